@@ -1,0 +1,230 @@
+"""Capture residual activations of a subject over a prompt set into an ActivationStore.
+
+Batches are bucketed by length (right padding, attention-masked), the forward pass stops after
+the deepest hook point needed (the LM head never runs), only the requested positions are
+copied out, and padding and special tokens are never stored. The batch plan is fixed by the
+inputs, so a killed capture resumes to a byte-identical store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from persona_probe.chat import EncodedChat
+from persona_probe.errors import PersonaProbeError, PromptSetError
+from persona_probe.hooks import HookPoint, parse_hook, residual_hooks
+from persona_probe.models import Subject, parse_dtype
+from persona_probe.prompts import PromptItem, check_items
+from persona_probe.provenance import provenance
+from persona_probe.artifacts import write_json
+from persona_probe.store import ActivationStore, ActivationStoreWriter
+
+Positions = Literal["all", "prompt_last", "response", "response_mean"]
+POSITIONS: tuple[str, ...] = ("all", "prompt_last", "response", "response_mean")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What to capture and how; every field is recorded in the store's metadata."""
+
+    hooks: tuple[str, ...] = ("blocks.15.hook_resid_post",)
+    """TransformerLens residual hook names to read."""
+    positions: Positions = "response"
+    """all | prompt_last | response | response_mean (see DESIGN.md)."""
+    storage_dtype: str = "float16"
+    """float16, bfloat16 or float32 on disk."""
+    batch_size: int = 16
+    """Most chats in one forward pass."""
+    max_batch_tokens: int = 8192
+    """Most padded tokens in one forward pass (bounds memory on long chats)."""
+    max_tokens: int | None = None
+    """Longest chat allowed; None means the model's context length."""
+    on_overflow: Literal["error", "truncate"] = "error"
+    """What to do with a chat longer than max_tokens."""
+    shard_rows: int = 16384
+    """Rows per shard file (a resume restarts at a shard boundary)."""
+    include_special: bool = False
+    """Keep special tokens (BOS, turn markers) under positions='all'."""
+
+    def __post_init__(self) -> None:
+        if not self.hooks:
+            raise PersonaProbeError("give at least one hook point (e.g. blocks.15.hook_resid_post)")
+        for h in self.hooks:
+            parse_hook(h)
+        if self.positions not in POSITIONS:
+            raise PersonaProbeError(f"unknown positions {self.positions!r}; use one of "
+                                    f"{', '.join(POSITIONS)}")
+        if self.on_overflow not in ("error", "truncate"):
+            raise PersonaProbeError("on_overflow must be 'error' or 'truncate'")
+        if self.batch_size < 1 or self.max_batch_tokens < 1 or self.shard_rows < 1:
+            raise PersonaProbeError("batch_size, max_batch_tokens and shard_rows must be >= 1")
+        parse_dtype(self.storage_dtype)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One encoded item and the token positions it contributes rows from."""
+
+    item: int
+    enc: EncodedChat
+    positions: list[int]
+    mean: bool
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.mean else len(self.positions)
+
+
+def select_positions(enc: EncodedChat, positions: str, special_ids: set[int],
+                     include_special: bool) -> list[int]:
+    """Token positions of one chat that a position mode reads (before any averaging)."""
+    if positions == "all":
+        return [t for t, tok in enumerate(enc.input_ids)
+                if include_special or tok not in special_ids]
+    if positions == "prompt_last":
+        return [enc.prompt_last]
+    return list(range(enc.response_start, enc.response_end))
+
+
+def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Bucket by length: longest first (a memory error shows up at once), each batch capped by
+    chat count and padded-token count."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        width = max([lengths[j] for j in cur] + [lengths[i]])
+        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > max_batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to end the forward pass early."""
+
+
+def _fingerprint(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def capture(subject: Subject, items: list[PromptItem], out: str | Path,
+            config: CaptureConfig = CaptureConfig(), resume: bool = False,
+            overwrite: bool = False, progress: bool = True, seed: int | None = None,
+            ) -> ActivationStore:
+    """Run ``subject`` over ``items`` and write the residuals at ``config.hooks`` to ``out``."""
+    check_items(items)
+    hps = sorted({parse_hook(h, subject.n_layers) for h in config.hooks})
+    hook_names = [hp.name for hp in hps]
+    store_dtype = parse_dtype(config.storage_dtype)
+    mean = config.positions == "response_mean"
+    special = set(subject.tokenizer.all_special_ids)
+    planned = []
+    for i, item in enumerate(items):
+        try:
+            enc = subject.encode_chat(item.messages, config.max_tokens, config.on_overflow)
+        except PromptSetError as exc:
+            raise PromptSetError(f"item {item.id!r}: {exc}") from None
+        pos = select_positions(enc, config.positions, special, config.include_special)
+        if config.positions.startswith("response") and not enc.has_response:
+            raise PromptSetError(
+                f"item {item.id!r} has no assistant response, so positions="
+                f"{config.positions!r} has nothing to read; generate responses first "
+                "(--generate N) or use positions prompt_last or all")
+        planned.append(_Planned(i, enc, pos, mean))
+    batches = plan_batches([len(p.enc) for p in planned], config.batch_size,
+                           config.max_batch_tokens)
+    meta = {
+        "model": subject.provenance(), "positions": config.positions,
+        "storage_dtype": str(store_dtype).removeprefix("torch."), "config": asdict(config),
+        "n_items": len(items),
+    }
+    meta["fingerprint"] = _fingerprint({**meta, "tokens": [p.enc.input_ids for p in planned],
+                                        "batches": batches})
+    meta["provenance"] = provenance(seed)
+    item_records = [{"id": it.id, "category": it.category, "subcategory": it.subcategory,
+                     "messages": it.messages} for it in items]
+    writer = ActivationStoreWriter(out, meta, [it.id for it in items], hook_names,
+                                   subject.d_model, config.shard_rows, resume, overwrite)
+    write_json(Path(out) / "chats.json", item_records)
+    if writer.complete:
+        return ActivationStore(out)
+    skip = writer.rows_committed
+    total_rows = sum(p.rows for p in planned)
+    depth = max(hp.depth for hp in hps)
+    stop_point = HookPoint(depth - 1, "post") if depth > 0 else HookPoint(0, "pre")
+    bar = tqdm(total=total_rows, initial=skip, desc="capture", unit="row", disable=not progress)
+    done = 0
+    pad = subject.tokenizer.pad_token_id
+    for batch in batches:
+        rows = sum(planned[i].rows for i in batch)
+        if done + rows <= skip:
+            done += rows
+            continue
+        acts, index = _run_batch(subject, [planned[i] for i in batch], hps, stop_point, pad,
+                                 store_dtype, mean)
+        drop = max(0, skip - done)
+        writer.append({h: a[drop:] for h, a in acts.items()},
+                      {k: v[drop:] for k, v in index.items()})
+        done += rows
+        bar.update(rows - drop)
+    bar.close()
+    return writer.finalize({"n_rows": total_rows})
+
+
+@torch.no_grad()
+def _run_batch(subject: Subject, batch: list[_Planned], hps: list[HookPoint],
+               stop_point: HookPoint, pad: int, store_dtype: torch.dtype, mean: bool,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    width = max(len(p.enc) for p in batch)
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, p in enumerate(batch):
+        input_ids[r, :len(p.enc)] = torch.tensor(p.enc.input_ids)
+        mask[r, :len(p.enc)] = 1
+    b_idx = torch.tensor([r for r, p in enumerate(batch) for _ in p.positions], dtype=torch.long)
+    t_idx = torch.tensor([t for p in batch for t in p.positions], dtype=torch.long)
+    dev = subject.device
+    b_dev, t_dev = b_idx.to(dev), t_idx.to(dev)
+    acts: dict[str, torch.Tensor] = {}
+
+    def reader(name: str):
+        def fn(resid: torch.Tensor) -> None:
+            sel = resid[b_dev, t_dev]
+            if mean:  # average over each item's response tokens in float32, then cast
+                sums = torch.zeros((len(batch), resid.shape[-1]), dtype=torch.float32, device=dev)
+                sums.index_add_(0, b_dev, sel.float())
+                counts = torch.bincount(b_dev, minlength=len(batch)).clamp_min(1)
+                sel = sums / counts[:, None]
+            acts[name] = sel.to(store_dtype).cpu()
+        return fn
+
+    def stop(_resid: torch.Tensor) -> None:
+        raise _StopForward
+
+    fns = [(hp, reader(hp.name)) for hp in hps] + [(stop_point, stop)]
+    with residual_hooks(subject.model, fns):
+        try:
+            subject.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
+                          use_cache=False)
+        except _StopForward:
+            pass
+    if mean:
+        index = {"item": torch.tensor([p.item for p in batch]),
+                 "position": torch.full((len(batch),), -1), "role": torch.full((len(batch),), 2),
+                 "token_id": torch.full((len(batch),), -1)}
+    else:
+        index = {"item": torch.tensor([p.item for p in batch for _ in p.positions]),
+                 "position": t_idx,
+                 "role": torch.tensor([p.enc.roles[t] for p in batch for t in p.positions]),
+                 "token_id": input_ids[b_idx, t_idx]}
+    return acts, {k: v.to(torch.int64) for k, v in index.items()}
