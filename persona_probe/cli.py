@@ -103,3 +103,7 @@ def info(store: Annotated[Path, typer.Argument(help="Activation store directory.
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,8 +1,9 @@
 """One vocabulary of hook points and one resolver from it to a model's modules.
 
 Names are TransformerLens's: ``blocks.{L}.hook_resid_pre|mid|post``. ``resid_pre`` at L is the
-input of decoder layer L, ``resid_post`` its output (= HF ``hidden_states[L + 1]``), ``resid_mid``
-the residual between attention and MLP. Architectures differ only in where the decoder layers
+input of decoder layer L, ``resid_post`` its output (= HF ``hidden_states[L + 1]``, except at the
+last layer, where HF reports the final-normed state and ``resid_post`` stays pre-norm as in
+TransformerLens), ``resid_mid`` the residual between attention and MLP. Architectures differ only in where the decoder layers
 live and which module reads ``resid_mid``; that is the whole per-architecture table below.
 Hooks exist only inside context managers and are removed on exit, also after an exception.
 """
