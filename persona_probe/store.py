@@ -77,13 +77,11 @@ class ActivationStoreWriter:
     # -- opening -------------------------------------------------------------------------
     def _open(self, items: list[str], resume: bool, overwrite: bool) -> None:
         root = self.root
-        if root.exists() and not (root / META).is_file():
-            if root.is_dir() and not any(root.iterdir()):
-                pass
-            else:
-                raise StoreError(f"{root} exists and is not an activation store; choose another "
-                                 "output path (nothing was written)")
-        elif (root / META).is_file():
+        is_store = (root / META).is_file()
+        if root.exists() and not is_store and not (root.is_dir() and not any(root.iterdir())):
+            raise StoreError(f"{root} exists and is not an activation store; choose another "
+                             "output path (nothing was written)")
+        if is_store:
             if overwrite:
                 shutil.rmtree(root)
             elif resume:
