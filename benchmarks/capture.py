@@ -234,20 +234,36 @@ print('RESULT', total, rows, before, after)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dtype", default="float32,bfloat16")
+    ap.add_argument("--dtype", default="float32",
+                    help="comma-separated; empty for memory only. bf16 is ~7x slower on CPUs "
+                         "without bf16 matmul units")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default="benchmarks/results/capture.json")
     args = ap.parse_args()
     torch.manual_seed(0)
-    results = [r for dt in args.dtype.split(",") for r in bench_dtype(dt, args.device, args.rounds)]
-    memory = [peak_memory(n, "float32", args.device) for n in (10_000, 100_000)] \
-        if args.memory else []
-    report = {"command": " ".join(["python", *sys.argv]), "torch_threads": torch.get_num_threads(),
-              "device": args.device, "results": results, "memory": memory}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    for dt in args.dtype.split(","):
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report.update({"command": " ".join(["python", *sys.argv]),
+                   "torch_threads": torch.get_num_threads(), "device": args.device})
+    report.setdefault("results", [])
+    results = report["results"]
+
+    def save() -> None:  # after every stage, so a long run that is stopped keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+
+    for dt in [d for d in args.dtype.split(",") if d]:
+        new = bench_dtype(dt, args.device, args.rounds)
+        results[:] = [r for r in results if r["dtype"] != dt] + new
+        save()
+    if args.memory:
+        report["memory"] = [peak_memory(n, "float32", args.device) for n in (10_000, 100_000)]
+        save()
+    memory = report.get("memory", [])
+    for dt in [d for d in args.dtype.split(",") if d]:
         for ds, limit in (("fixed", "hf_stopped"), ("chat_mix", "hf_stopped_bucketed")):
             rows = [r for r in results if r["dtype"] == dt and r["dataset"] == ds]
             lim = next(r["tok_per_s"] for r in rows if r["method"] == limit)
