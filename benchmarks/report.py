@@ -13,7 +13,8 @@ LIMITS = {"fixed": "hf_stopped", "chat_mix": "hf_stopped_bucketed"}
 
 
 def capture_section(report: dict) -> str:
-    lines = [f"## Capture (`{report['command']}`)", "",
+    command = report.get("throughput_command") or report.get("command")
+    lines = [f"## Capture (`{command}`)", "",
              f"Device `{report['device']}`, {report['torch_threads']} torch threads; hook "
              "`blocks.15.hook_resid_post`, every real token. Median of the interleaved rounds; "
              "ratio = tokens/s over the early-stopped raw forward on the same batches (the limit).",
@@ -44,8 +45,40 @@ def capture_section(report: dict) -> str:
         for m in report["memory"]:
             lines.append(f"| {m['tokens']} | {m['rows']} | {m['rss_after_load_mib']:.0f} | "
                          f"{m['peak_rss_mib']:.0f} |")
-        lines.append("")
+        a, b = report["memory"][0], report["memory"][-1]
+        grow = b["peak_rss_mib"] - a["peak_rss_mib"]
+        lines += ["", f"Command: `{report.get('command')}`. Batches capped at 2048 padded tokens "
+                  "in both runs. Stored rows are not held in memory (the 100k store is "
+                  f"{b['rows'] * 576 * 2 / 2**20:.0f} MiB of fp16), but peak RSS is not flat: "
+                  f"+{grow:.0f} MiB ({grow / a['peak_rss_mib']:.0%}) for "
+                  f"{b['tokens'] / a['tokens']:.0f}x the tokens. Suspected cause (unconfirmed): "
+                  "allocator fragmentation over more distinct batch shapes; a third point "
+                  "(300k tokens) would tell bounded from growing.", ""]
     return "\n".join(lines)
+
+
+def bf16_note(log: Path) -> str:
+    """bf16 on this CPU: the stopped run's single warm-up pass per method, beside fp32's."""
+    import re
+
+    warm: dict[tuple[str, str], float] = {}
+    for line in log.read_text().splitlines():
+        m = re.match(r"\[(\w+)\] fixed warm-up (\w+): ([\d.]+) s", line)
+        if m:
+            warm[(m[1], m[2])] = float(m[3])
+    methods = [me for (dt, me) in warm if dt == "bfloat16"]
+    if not methods:
+        return ""
+    lines = ["**bfloat16 on this CPU** (fixed set, one warm-up pass each, from "
+             f"`{log.relative_to(ROOT.parent)}`; the bf16 part of the run was stopped because "
+             "one round took ~6 min)", "", "| method | fp32 s | bf16 s | bf16 slowdown |",
+             "|---|---:|---:|---:|"]
+    for me in methods:
+        f32, b16 = warm[("float32", me)], warm[("bfloat16", me)]
+        lines.append(f"| {me} | {f32:.1f} | {b16:.1f} | {b16 / f32:.1f}× |")
+    return "\n".join(lines + ["", "Plain bf16 inference has no fast matmul path on this CPU; "
+                               "capture here runs in float32 (the default on CPU) and stores "
+                               "float16. On CUDA the default model dtype is bfloat16.", ""])
 
 
 def main() -> None:
@@ -56,6 +89,9 @@ def main() -> None:
     capture = ROOT / "results" / "capture.json"
     if capture.is_file():
         parts.append(capture_section(json.loads(capture.read_text())))
+    log = ROOT / "results" / "capture_run.log"
+    if log.is_file():
+        parts.append(bf16_note(log))
     (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
 
 
