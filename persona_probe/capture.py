@@ -17,13 +17,14 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from persona_probe.artifacts import write_json
+from persona_probe.batching import pad_batch, plan_batches
 from persona_probe.chat import EncodedChat
 from persona_probe.errors import PersonaProbeError, PromptSetError
 from persona_probe.hooks import HookPoint, parse_hook, residual_hooks
 from persona_probe.models import Subject, parse_dtype
 from persona_probe.prompts import PromptItem, check_items
 from persona_probe.provenance import provenance
-from persona_probe.artifacts import write_json
 from persona_probe.store import ActivationStore, ActivationStoreWriter
 
 Positions = Literal["all", "prompt_last", "response", "response_mean"]
@@ -93,24 +94,13 @@ def select_positions(enc: EncodedChat, positions: str, special_ids: set[int],
     return list(range(enc.response_start, enc.response_end))
 
 
-def plan_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Bucket by length: longest first (a memory error shows up at once), each batch capped by
-    chat count and padded-token count."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches, cur = [], []
-    for i in order:
-        width = max([lengths[j] for j in cur] + [lengths[i]])
-        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > max_batch_tokens):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 class _StopForward(Exception):
     """Raised by the last hook to end the forward pass early."""
+
+
+def _stop_forward(_resid: torch.Tensor) -> None:
+    """Residual hook that ends the forward pass (caught by the caller)."""
+    raise _StopForward
 
 
 def _fingerprint(obj: object) -> str:
@@ -185,12 +175,7 @@ def capture(subject: Subject, items: list[PromptItem], out: str | Path,
 def _run_batch(subject: Subject, batch: list[_Planned], hps: list[HookPoint],
                stop_point: HookPoint, pad: int, store_dtype: torch.dtype, mean: bool,
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    width = max(len(p.enc) for p in batch)
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, p in enumerate(batch):
-        input_ids[r, :len(p.enc)] = torch.tensor(p.enc.input_ids)
-        mask[r, :len(p.enc)] = 1
+    input_ids, mask = pad_batch([p.enc.input_ids for p in batch], pad)
     b_idx = torch.tensor([r for r, p in enumerate(batch) for _ in p.positions], dtype=torch.long)
     t_idx = torch.tensor([t for p in batch for t in p.positions], dtype=torch.long)
     dev = subject.device
@@ -208,10 +193,7 @@ def _run_batch(subject: Subject, batch: list[_Planned], hps: list[HookPoint],
             acts[name] = sel.to(store_dtype).cpu()
         return fn
 
-    def stop(_resid: torch.Tensor) -> None:
-        raise _StopForward
-
-    fns = [(hp, reader(hp.name)) for hp in hps] + [(stop_point, stop)]
+    fns = [(hp, reader(hp.name)) for hp in hps] + [(stop_point, _stop_forward)]
     with residual_hooks(subject.model, fns):
         try:
             subject.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),

@@ -7,6 +7,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from persona_probe.batching import pad_batch
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
 
@@ -30,12 +31,8 @@ def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens
     bar = tqdm(total=len(items), desc="generate", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-            mask[row, width - len(ids[i]):] = 1
+        input_ids, mask = pad_batch([ids[i] for i in batch], tok.pad_token_id, side="left")
+        width = input_ids.shape[1]
         out = subject.model.generate(
             input_ids=input_ids.to(subject.device), attention_mask=mask.to(subject.device),
             max_new_tokens=max_new_tokens, do_sample=temperature > 0,
