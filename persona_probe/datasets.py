@@ -82,5 +82,4 @@ def load_chat_jsonl(path: str | Path, limit: int | None = None, verify: bool = T
     path = Path(path)
     if verify:
         verify_provenance(path)
-    items = load_jsonl(path)
-    return items[:limit] if limit is not None else items
+    return load_jsonl(path, limit)

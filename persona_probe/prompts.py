@@ -66,14 +66,17 @@ def load_builtin(name: str) -> list[PromptItem]:
     return items
 
 
-def load_jsonl(path: str | Path) -> list[PromptItem]:
-    """A user prompt file in JSON lines; every error names the file and line."""
+def load_jsonl(path: str | Path, limit: int | None = None) -> list[PromptItem]:
+    """A user prompt file in JSON lines; every error names the file and line. Reading stops
+    after ``limit`` items, so a small sample of a large file costs only what it uses."""
     path = Path(path)
     if not path.is_file():
         raise PromptSetError(f"prompt file {path} does not exist")
     items = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
+            if limit is not None and len(items) >= limit:
+                break
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -101,13 +104,14 @@ def load_jsonl(path: str | Path) -> list[PromptItem]:
 
 def load_prompts(source: str, limit: int | None = None) -> list[PromptItem]:
     """``builtin:NAME[,NAME…]`` (or ``builtin:all``) or a path to a JSON-lines file."""
+    if limit is not None and limit < 0:
+        raise PromptSetError(f"limit must be 0 or more, not {limit}")
     if source.startswith("builtin:"):
         items = [it for name in source.removeprefix("builtin:").split(",")
                  for it in load_builtin(name.strip())]
+        items = items[:limit] if limit is not None else items
     else:
-        items = load_jsonl(source)
-    if limit is not None:
-        items = items[:limit]
+        items = load_jsonl(source, limit)
     check_items(items, source)
     return items
 

@@ -37,6 +37,16 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
         load_prompts("builtin:nope")
     with pytest.raises(PromptSetError, match="empty"):
         load_prompts("builtin:code", limit=0)
+    with pytest.raises(PromptSetError, match="limit must be 0 or more"):
+        load_prompts("builtin:code", limit=-1)
+
+
+def test_limit_stops_reading(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": \n')  # line 3 is broken
+    assert [it.messages[0]["content"] for it in load_prompts(str(f), limit=2)] == ["a", "b"]
+    with pytest.raises(PromptSetError, match="p.jsonl:3"):
+        load_prompts(str(f))
 
 
 def test_real_em_and_hh_files_load(data_dir):
