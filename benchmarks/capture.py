@@ -10,7 +10,7 @@ Datasets: (a) fixed 16x128-token batches; (b) a realistic variable-length chat m
 transcripts, emergent-misalignment code chats, built-in prompts). Baselines see what a user
 would hand them: (a) the same batches; (b) dataset-order batches of 16 (`*_naive`) and, for
 reference, persona_probe's length-bucketed batches (`*_bucketed`).
-Memory: peak RSS of a fresh capture process at ~10k and ~100k tokens.
+Memory: peak RSS of a fresh capture process at ~10k, ~100k and ~300k tokens.
 
 Run: .venv/bin/python benchmarks/capture.py [--rounds 3] [--dtype float32,bfloat16] [--device cpu]
 """
@@ -32,7 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from persona_probe.capture import CaptureConfig, _StopForward, capture, plan_batches  # noqa: E402
+from persona_probe.batching import pad_batch, plan_batches  # noqa: E402
+from persona_probe.capture import CaptureConfig, _StopForward, _stop_forward, capture  # noqa: E402
 from persona_probe.datasets import load_chat_jsonl, load_hh_rlhf, shared_data_dir  # noqa: E402
 from persona_probe.hooks import HookPoint, residual_hooks  # noqa: E402
 from persona_probe.models import load_subject  # noqa: E402
@@ -40,6 +41,7 @@ from persona_probe.prompts import PromptItem, load_builtin  # noqa: E402
 
 LAYER = 15
 HOOK = f"blocks.{LAYER}.hook_resid_post"
+MEMORY_POINTS = (10_000, 100_000, 300_000)
 
 
 def chat_mix(n_hh: int = 24, n_em: int = 6, n_builtin: int = 18) -> list[PromptItem]:
@@ -65,19 +67,9 @@ def fixed_items(subject, n_seq: int = 64, seq_len: int = 128) -> list[list[int]]
     return [stream[i * seq_len:(i + 1) * seq_len] for i in range(n_seq)]
 
 
-def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s)
-        mask[r, :len(s)] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def run_hf(model, batches, stop: bool) -> None:
-    fns = [(HookPoint(LAYER, "post"), lambda r: (_ for _ in ()).throw(_StopForward))] if stop else []
+    fns = [(HookPoint(LAYER, "post"), _stop_forward)] if stop else []
     with residual_hooks(model, fns):
         for ids, mask in batches:
             try:
@@ -207,12 +199,11 @@ def peak_memory(n_tokens: int, dtype: str, device: str) -> dict:
 import os, resource, tempfile, sys
 os.environ['HF_HUB_OFFLINE'] = '1'
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from capture import chat_mix
 from persona_probe.capture import CaptureConfig, capture
 from persona_probe.models import load_subject
 from persona_probe.datasets import load_hh_rlhf, shared_data_dir
 subject = load_subject(device={device!r}, dtype={dtype!r})
-items = load_hh_rlhf(shared_data_dir() / 'hh_rlhf/harmless_base_test.jsonl.gz', limit=2000)
+items = load_hh_rlhf(shared_data_dir() / 'hh_rlhf/harmless_base_test.jsonl.gz', limit=3000)
 chosen, total = [], 0
 for it in items:
     n = len(subject.encode_chat(it.messages, 512, 'truncate'))
@@ -225,13 +216,15 @@ with tempfile.TemporaryDirectory() as tmp:
                  max_tokens=512, on_overflow='truncate', shard_rows=4096,
                  max_batch_tokens=2048), progress=False)
     rows = st.n_rows
+    store_bytes = sum(f.stat().st_size for f in st.root.rglob('*.safetensors'))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print('RESULT', total, rows, before, after)
+print('RESULT', total, rows, store_bytes, before, after)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
-    _, total, rows, before, after = line.split()
+    _, total, rows, store_bytes, before, after = line.split()
     return {"target_tokens": n_tokens, "tokens": int(total), "rows": int(rows),
+            "store_mib": int(store_bytes) / 2**20,
             "rss_after_load_mib": int(before) / 1024, "peak_rss_mib": int(after) / 1024}
 
 
@@ -248,8 +241,8 @@ def main() -> None:
     torch.manual_seed(0)
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
-    report.update({"command": " ".join(["python", *sys.argv]),
-                   "torch_threads": torch.get_num_threads(), "device": args.device})
+    command = " ".join(["python", *sys.argv])
+    report.update({"torch_threads": torch.get_num_threads(), "device": args.device})
     report.setdefault("results", [])
     results = report["results"]
 
@@ -262,9 +255,11 @@ def main() -> None:
     for dt in [d for d in args.dtype.split(",") if d]:
         new = bench_dtype(dt, args.device, args.rounds)
         results[:] = [r for r in results if r["dtype"] != dt] + new
+        report["throughput_command"] = command
         save()
     if args.memory:
-        report["memory"] = [peak_memory(n, "float32", args.device) for n in (10_000, 100_000)]
+        report["memory"] = [peak_memory(n, "float32", args.device) for n in MEMORY_POINTS]
+        report["memory_command"] = command
         save()
     memory = report.get("memory", [])
     for dt in [d for d in args.dtype.split(",") if d]:

@@ -13,7 +13,7 @@ LIMITS = {"fixed": "hf_stopped", "chat_mix": "hf_stopped_bucketed"}
 
 
 def capture_section(report: dict) -> str:
-    command = report.get("throughput_command") or report.get("command")
+    command = report.get("throughput_command")
     lines = [f"## Capture (`{command}`)", "",
              f"Device `{report['device']}`, {report['torch_threads']} torch threads; hook "
              "`blocks.15.hook_resid_post`, every real token. Median of the interleaved rounds; "
@@ -40,20 +40,18 @@ def capture_section(report: dict) -> str:
     if report.get("memory"):
         lines += ["**Peak memory of a capture process** (fresh process, positions=all, "
                   "fp32 model, fp16 store)", "",
-                  "| tokens | rows stored | RSS after model load (MiB) | peak RSS (MiB) |",
-                  "|---:|---:|---:|---:|"]
+                  "| tokens | rows stored | store on disk (MiB) | RSS after model load (MiB) | "
+                  "peak RSS (MiB) |", "|---:|---:|---:|---:|---:|"]
         for m in report["memory"]:
-            lines.append(f"| {m['tokens']} | {m['rows']} | {m['rss_after_load_mib']:.0f} | "
+            lines.append(f"| {m['tokens']} | {m['rows']} | {m['store_mib']:.0f} | "
+                         f"{m['rss_after_load_mib']:.0f} | "
                          f"{m['peak_rss_mib']:.0f} |")
         a, b = report["memory"][0], report["memory"][-1]
         grow = b["peak_rss_mib"] - a["peak_rss_mib"]
-        lines += ["", f"Command: `{report.get('command')}`. Batches capped at 2048 padded tokens "
-                  "in both runs. Stored rows are not held in memory (the 100k store is "
-                  f"{b['rows'] * 576 * 2 / 2**20:.0f} MiB of fp16), but peak RSS is not flat: "
-                  f"+{grow:.0f} MiB ({grow / a['peak_rss_mib']:.0%}) for "
-                  f"{b['tokens'] / a['tokens']:.0f}x the tokens. Suspected cause (unconfirmed): "
-                  "allocator fragmentation over more distinct batch shapes; a third point "
-                  "(300k tokens) would tell bounded from growing.", ""]
+        lines += ["", f"Command: `{report['memory_command']}`. Batches capped at 2048 padded "
+                  f"tokens in every run. The largest store is {b['store_mib']:.0f} MiB on disk; peak "
+                  f"RSS grew by {grow:+.0f} MiB ({grow / a['peak_rss_mib']:+.0%}) from "
+                  f"{a['tokens']} to {b['tokens']} tokens.", ""]
     return "\n".join(lines)
 
 
