@@ -1,0 +1,133 @@
+"""Chat corpora for SAE training: a recipe of sources mixed into one JSON-lines prompt file.
+
+An SAE is only as good as the text it saw. A recipe names its sources (the team's built-in
+prompt sets, HH-RLHF transcripts, chat-format JSONL such as the emergent-misalignment sets,
+Anthropic persona statements) with a limit each, so a shipped SAE's data is one small JSON file
+that anyone with ``../shared/data`` can rebuild. Prompt-only items get the model's own replies
+at capture time (``--generate``). The corpus file holds the data; it is written under ``runs/``
+and never committed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from persona_probe.artifacts import atomic_write, read_json
+from persona_probe.datasets import load_chat_jsonl, load_hh_rlhf, shared_data_dir
+from persona_probe.errors import PromptSetError
+from persona_probe.prompts import PromptItem, check_items, load_prompts
+
+SourceKind = Literal["builtin", "hh_rlhf", "chat_jsonl", "persona_statements"]
+KINDS: tuple[str, ...] = ("builtin", "hh_rlhf", "chat_jsonl", "persona_statements")
+
+#: How a persona statement becomes a user turn; the model answers it at capture time.
+STATEMENT_PROMPT = 'What do you think of this statement? "{statement}"'
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """One source of chats. ``path`` may start with ``shared:`` (relative to the shared data
+    directory) or be any path; for ``builtin`` it is the set list, e.g. ``all``."""
+
+    kind: SourceKind
+    path: str
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class CorpusRecipe:
+    name: str
+    sources: tuple[CorpusSource, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CorpusRecipe:
+        path = Path(path)
+        if not path.is_file():
+            raise PromptSetError(f"corpus recipe {path} does not exist")
+        try:
+            raw = read_json(path)
+        except json.JSONDecodeError as exc:
+            raise PromptSetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(raw, dict) or "sources" not in raw:
+            raise PromptSetError(f"{path}: a corpus recipe is an object with 'name' and "
+                                 "'sources' (a list of {kind, path, limit})")
+        sources = []
+        for i, src in enumerate(raw["sources"]):
+            if not isinstance(src, dict) or src.get("kind") not in KINDS or "path" not in src:
+                raise PromptSetError(f"{path}: source {i} needs kind (one of {', '.join(KINDS)}) "
+                                     f"and path; got {src!r}")
+            unknown = set(src) - {"kind", "path", "limit"}
+            if unknown:
+                raise PromptSetError(f"{path}: source {i} has unknown keys {sorted(unknown)}")
+            sources.append(CorpusSource(src["kind"], str(src["path"]), src.get("limit")))
+        return cls(str(raw.get("name", path.stem)), tuple(sources))
+
+
+def resolve_shared(path: str) -> Path:
+    """``shared:REL`` → the shared data directory's file; other paths unchanged."""
+    if not path.startswith("shared:"):
+        return Path(path)
+    root = shared_data_dir()
+    if root is None:
+        raise PromptSetError(f"{path} needs the shared data directory (../shared/data beside the "
+                             "checkout, or set PERSONA_PROBE_DATA)")
+    return root / path.removeprefix("shared:")
+
+
+def load_persona_statements(path: str | Path, limit: int | None = None) -> list[PromptItem]:
+    """Anthropic persona statements as prompt-only chats asking the model's view."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptSetError(f"persona file {path} does not exist")
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if limit is not None and len(items) >= limit:
+                break
+            try:
+                statement = json.loads(line)["statement"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise PromptSetError(f"{path}:{lineno}: expected a JSON object with a "
+                                     "'statement'") from None
+            msgs = [{"role": "user", "content": STATEMENT_PROMPT.format(statement=statement)}]
+            items.append(PromptItem(f"{path.stem}/{lineno}", msgs, "persona", path.stem))
+    return items
+
+
+def load_source(src: CorpusSource) -> list[PromptItem]:
+    if src.kind == "builtin":
+        return load_prompts(f"builtin:{src.path}", src.limit)
+    path = resolve_shared(src.path)
+    if not path.is_file():
+        raise PromptSetError(f"corpus source {src.path} not found at {path}")
+    if src.kind == "hh_rlhf":
+        return load_hh_rlhf(path, src.limit)
+    if src.kind == "chat_jsonl":
+        items = load_chat_jsonl(path, src.limit)
+        return [PromptItem(f"{path.stem}/{i}", it.messages, path.stem, it.subcategory)
+                for i, it in enumerate(items, 1)]
+    return load_persona_statements(path, src.limit)
+
+
+def build_corpus(recipe: CorpusRecipe) -> list[PromptItem]:
+    items = [it for src in recipe.sources for it in load_source(src)]
+    check_items(items, f"corpus {recipe.name}")
+    return items
+
+
+def write_corpus(items: list[PromptItem], out: str | Path, recipe: CorpusRecipe | None = None,
+                 ) -> Path:
+    """Write items as JSON lines (readable by ``load_prompts``) and the recipe beside them."""
+    out = Path(out)
+    lines = "".join(json.dumps({"id": it.id, "messages": it.messages, "category": it.category,
+                                "subcategory": it.subcategory}, ensure_ascii=False) + "\n"
+                    for it in items)
+    atomic_write(out, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    if recipe is not None:
+        text = json.dumps(asdict(recipe), indent=2) + "\n"
+        atomic_write(out.with_suffix(".recipe.json"),
+                     lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return out

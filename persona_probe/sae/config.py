@@ -1,0 +1,157 @@
+"""SAE training configuration: one plain dataclass per run, read from JSON, and the sae-lens
+training SAE it describes (so every SAE trained here is a sae-lens SAE)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from persona_probe.errors import PersonaProbeError
+
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
+ARCHITECTURES: tuple[str, ...] = ("topk", "batchtopk", "jumprelu", "standard")
+
+
+class SAEConfigError(PersonaProbeError):
+    """A training config that cannot describe a run."""
+
+
+@dataclass
+class SAETrainConfig:
+    """Everything that decides a trained SAE. Defaults suit the embedded model on CPU."""
+
+    store: str                                # activation store directory
+    hook: str = "blocks.15.hook_resid_post"
+    architecture: Architecture = "topk"
+    expansion_factor: int = 8                 # d_sae = expansion_factor · d_in, unless d_sae
+    d_sae: int | None = None
+    k: int = 32                               # topk / batchtopk
+    l1_coefficient: float = 5.0               # standard
+    l0_coefficient: float = 1.0               # jumprelu
+    sparsity_warm_up_steps: int = 0           # l1 / l0 coefficient warm-up (sae-lens semantics)
+    aux_loss_coefficient: float = 1.0         # topk / batchtopk dead-latent loss
+    arch_options: dict[str, Any] = field(default_factory=dict)  # other sae-lens config fields
+    normalize_activations: str = "expected_average_only_in"
+    init_b_dec: Literal["mean", "zeros"] = "mean"  # mean of the (scaled) training inputs
+    training_tokens: int = 2_000_000
+    batch_size: int = 4096
+    lr: float = 3e-4
+    lr_warm_up_steps: int = 0
+    lr_decay_fraction: float = 0.2            # linear decay to lr_end over the last fraction
+    lr_end: float | None = None               # default lr / 10
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0                # as sae-lens's trainer
+    dead_feature_window: int = 250            # steps without firing before a latent is dead
+    holdout_fraction: float = 0.05            # of chats, never trained on; metrics use them
+    window_rows: int = 131072                 # shuffle window (rows in memory)
+    checkpoint_every: int = 100               # steps
+    log_every: int = 25
+    step: Literal["auto", "sparse", "reference"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise SAEConfigError(f"architecture {self.architecture!r} is not one of "
+                                 f"{', '.join(ARCHITECTURES)}")
+        for name in ("expansion_factor", "k", "training_tokens", "batch_size",
+                     "checkpoint_every", "log_every", "dead_feature_window"):
+            if int(getattr(self, name)) < 1:
+                raise SAEConfigError(f"{name} must be a positive integer, not "
+                                     f"{getattr(self, name)!r}")
+        if self.training_tokens < self.batch_size:
+            raise SAEConfigError(f"training_tokens ({self.training_tokens}) is less than one "
+                                 f"batch ({self.batch_size})")
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise SAEConfigError("lr_decay_fraction must lie in [0, 1]")
+        if self.init_b_dec not in ("mean", "zeros"):
+            raise SAEConfigError(f"init_b_dec must be mean or zeros, not {self.init_b_dec!r}")
+        if self.step not in ("auto", "sparse", "reference"):
+            raise SAEConfigError(f"step must be auto, sparse or reference, not {self.step!r}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.training_tokens // self.batch_size
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, constant, then linear decay to lr_end: a pure function of the step,
+        so a resumed run needs no scheduler state."""
+        lr_end = self.lr / 10 if self.lr_end is None else self.lr_end
+        if self.lr_warm_up_steps and step < self.lr_warm_up_steps:
+            return self.lr * (step + 1) / self.lr_warm_up_steps
+        decay_steps = int(self.total_steps * self.lr_decay_fraction)
+        start = self.total_steps - decay_steps
+        if decay_steps and step >= start:
+            return self.lr + (lr_end - self.lr) * (step - start + 1) / decay_steps
+        return self.lr
+
+    def coefficient_at(self, value: float, step: int) -> float:
+        """sae-lens's CoefficientScheduler: linear warm-up from 0 over the warm-up steps."""
+        w = self.sparsity_warm_up_steps
+        return value * min(step / w, 1.0) if w > 0 else value
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> SAETrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise SAEConfigError(f"SAE config {path} does not exist")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SAEConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(raw, dict):
+            raise SAEConfigError(f"{path}: an SAE config is a JSON object")
+        raw.pop("//", None)  # room for a comment
+        return cls.from_dict({**raw, **overrides}, where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "SAE config") -> SAETrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SAEConfigError(f"{where}: unknown keys {unknown}; valid keys are "
+                                 f"{', '.join(sorted(known))}")
+        if "store" not in raw:
+            raise SAEConfigError(f"{where}: 'store' (the activation store to train on) is "
+                                 "required")
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise SAEConfigError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_training_sae(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any],
+                       device: str = "cpu"):
+    """The sae-lens training SAE for ``cfg``; unknown ``arch_options`` are an error naming the
+    valid ones."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae_cls, cfg_cls = get_sae_training_class(cfg.architecture)
+    d_sae = cfg.d_sae or cfg.expansion_factor * d_in
+    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32",
+                              "device": device,
+                              "normalize_activations": cfg.normalize_activations}
+    if cfg.architecture in ("topk", "batchtopk"):
+        kwargs |= {"k": cfg.k, "aux_loss_coefficient": cfg.aux_loss_coefficient}
+    elif cfg.architecture == "standard":
+        kwargs |= {"l1_coefficient": cfg.l1_coefficient,
+                   "l1_warm_up_steps": cfg.sparsity_warm_up_steps}
+    elif cfg.architecture == "jumprelu":
+        kwargs |= {"l0_coefficient": cfg.l0_coefficient,
+                   "l0_warm_up_steps": cfg.sparsity_warm_up_steps}
+    valid = {f.name for f in dataclasses.fields(cfg_cls)}
+    bad = sorted(set(cfg.arch_options) - valid)
+    if bad:
+        raise SAEConfigError(f"arch_options {bad} are not fields of sae-lens's "
+                             f"{cfg_cls.__name__}; valid: {', '.join(sorted(valid))}")
+    kwargs |= cfg.arch_options
+    kwargs["metadata"] = SAEMetadata(**metadata)  # free-form: model, hook, provenance
+    return sae_cls(cfg_cls(**kwargs))

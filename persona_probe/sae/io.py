@@ -1,0 +1,101 @@
+"""Load SAEs (any sae-lens directory, or sae-lens's pretrained registry) and check that an SAE
+fits the subject it is applied to.
+
+A pretrained release is named ``sae-lens:RELEASE/SAE_ID`` (e.g.
+``sae-lens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical``); the release's model is
+checked against the subject *before* anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from persona_probe.errors import PersonaProbeError
+from persona_probe.models import Subject
+
+REGISTRY_PREFIX = "sae-lens:"
+
+
+class SAELoadError(PersonaProbeError):
+    pass
+
+
+class SAEMismatchError(PersonaProbeError):
+    """An SAE applied to a subject or hook point it was not trained for."""
+
+
+def _norm_model(name: str | None) -> str:
+    """Compare model names across conventions: 'google/gemma-2-2b' ~ 'gemma-2-2b',
+    'HuggingFaceTB/SmolLM2-135M-Instruct' ~ 'smollm2-135m-instruct'."""
+    base = (name or "").rstrip("/").split("/")[-1].lower()
+    return re.sub(r"\.gguf$", "", base)
+
+
+def registry_entry(spec: str) -> tuple[str, str, str]:
+    """``sae-lens:RELEASE/SAE_ID`` → (release, sae_id, model name), from the bundled registry."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    body = spec.removeprefix(REGISTRY_PREFIX)
+    directory = get_pretrained_saes_directory()
+    release = next((r for r in sorted(directory, key=len, reverse=True)
+                    if body.startswith(r + "/")), None)
+    if release is None:
+        close = [r for r in directory if body.split("/")[0][:8] in r][:5]
+        raise SAELoadError(f"{spec}: no sae-lens release matches; write sae-lens:RELEASE/SAE_ID"
+                           + (f" (similar releases: {', '.join(close)})" if close else ""))
+    sae_id = body[len(release) + 1:]
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        some = list(lookup.saes_map)[:3]
+        raise SAELoadError(f"{spec}: release {release} has no SAE {sae_id!r} (e.g. "
+                           f"{', '.join(some)})")
+    return release, sae_id, lookup.model
+
+
+def load_sae(spec: str | Path, device: str = "cpu", dtype: str | None = None,
+             subject: Subject | None = None):
+    """A sae-lens ``SAE`` from a directory (``cfg.json`` + ``sae_weights.safetensors``) or from
+    ``sae-lens:RELEASE/SAE_ID``. With ``subject``, a model or width mismatch is an error
+    (checked before downloading for registry SAEs)."""
+    from sae_lens import SAE
+
+    spec_s = str(spec)
+    if spec_s.startswith(REGISTRY_PREFIX):
+        release, sae_id, model = registry_entry(spec_s)
+        if subject is not None and _norm_model(model) != _norm_model(subject.spec):
+            raise SAEMismatchError(f"SAE {spec_s} was trained on {model}, but the subject is "
+                                   f"{subject.spec}; load {model} or pick an SAE for "
+                                   f"{subject.spec}")
+        sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype or "float32")
+    else:
+        path = Path(spec_s)
+        if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+            raise SAELoadError(f"{path} is not an SAE directory (needs cfg.json and "
+                               "sae_weights.safetensors, the sae-lens format)")
+        try:
+            sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise SAELoadError(f"{path}: cannot load as a sae-lens SAE ({exc})") from None
+    if subject is not None:
+        check_compatible(sae, subject)
+    return sae
+
+
+def check_compatible(sae, subject: Subject, hook: str | None = None) -> None:
+    """Raise SAEMismatchError naming both sides if width, hook point or model differ."""
+    name = sae.cfg.metadata.model_name
+    if sae.cfg.d_in != subject.d_model:
+        raise SAEMismatchError(f"SAE d_in is {sae.cfg.d_in}, but {subject.spec} has d_model "
+                               f"{subject.d_model}; use an SAE trained on this model")
+    sae_hook = sae.cfg.metadata.hook_name
+    if hook is not None and sae_hook is not None and sae_hook != hook:
+        raise SAEMismatchError(f"SAE was trained at {sae_hook}, but it is applied at {hook}; "
+                               f"use hook {sae_hook} or an SAE for {hook}")
+    if name and _norm_model(name) != _norm_model(subject.spec):
+        raise SAEMismatchError(f"SAE was trained on {name}, but the subject is {subject.spec}; "
+                               "load that model or an SAE trained on this one")
+    if sae_hook:
+        from persona_probe.hooks import parse_hook
+
+        parse_hook(sae_hook, subject.n_layers)  # a layer beyond the model is an error too

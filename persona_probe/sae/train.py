@@ -1,0 +1,278 @@
+"""Train a sae-lens SAE from an ActivationStore, with checkpoints that resume exactly.
+
+The loop is sae-lens's (Adam, gradient clipping at 1.0, dead latents = no firing for
+``dead_feature_window`` steps feeding the TopK auxiliary loss, sparsity-coefficient warm-up,
+input scaling to E‖x‖ = √d_in folded into the weights at the end). What differs: data streams
+from an ActivationStore with a held-out split by chat; the learning rate and coefficients are
+pure functions of the step; checkpoints are safetensors + JSON (no pickle), committed by an
+atomic pointer file; and TopK SAEs use the sparse step of ``fast_topk`` (same loss and
+gradients, several times faster on CPU).
+
+Output directory: ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens format, loads with
+``SAE.load_from_disk``), ``persona_probe.json`` (config, data, provenance), ``training_log.jsonl``
+and, from ``sae.metrics``, ``metrics.json``. ``checkpoint/`` holds the resumable state until the
+run finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from persona_probe.artifacts import atomic_write, read_json, write_json
+from persona_probe.errors import PersonaProbeError
+from persona_probe.models import resolve_device
+from persona_probe.provenance import provenance
+from persona_probe.sae.config import SAETrainConfig, build_training_sae
+from persona_probe.sae.data import BatchPlan, RowSplit
+from persona_probe.sae.fast_topk import supports_sparse_step, topk_training_loss
+from persona_probe.store import ActivationStore
+
+CHECKPOINT = "checkpoint"
+TRAINER_JSON = "trainer.json"
+PERSONA_PROBE_JSON = "persona_probe.json"
+LOG = "training_log.jsonl"
+NORM_ESTIMATE_ROWS = 65536
+
+
+class SAETrainingError(PersonaProbeError):
+    pass
+
+
+def _fingerprint(cfg: SAETrainConfig, store: ActivationStore) -> str:
+    """What must not change between a run and its resumption (everything but logging)."""
+    keys = {k: v for k, v in cfg.to_dict().items()
+            if k not in ("checkpoint_every", "log_every", "device", "store")}
+    blob = json.dumps({"cfg": keys, "store": store.meta.get("fingerprint")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainState:
+    step: int
+    scaling_factor: float
+    since_fired: torch.Tensor   # steps since each latent last fired
+    tokens_seen: int
+
+
+def _input_statistics(plan: BatchPlan) -> tuple[float, torch.Tensor]:
+    """Mean input norm and mean input over the first rows of the plan (float64)."""
+    total, norm_sum, n = None, 0.0, 0
+    for batch in plan.batches(0):
+        b = batch.double()
+        norm_sum += b.norm(dim=-1).sum().item()
+        total = b.sum(0) if total is None else total + b.sum(0)
+        n += b.shape[0]
+        if n >= NORM_ESTIMATE_ROWS:
+            break
+    assert total is not None
+    return norm_sum / n, total / n
+
+
+def _save_checkpoint(out: Path, sae, opt: torch.optim.Optimizer, st: TrainState,
+                     fingerprint: str) -> None:
+    """Tensors first, then the pointer JSON that commits them; older tensors go last."""
+    ck = out / CHECKPOINT
+    ck.mkdir(parents=True, exist_ok=True)
+    tensors = {f"sae.{k}": v.detach().contiguous() for k, v in sae.state_dict().items()}
+    names = dict(sae.named_parameters())
+    adam_step = 0.0
+    for name, p in names.items():
+        state = opt.state.get(p, {})
+        if state:
+            tensors[f"adam.{name}.exp_avg"] = state["exp_avg"].contiguous()
+            tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
+            adam_step = float(state["step"])
+    tensors["since_fired"] = st.since_fired.contiguous()
+    fname = f"state-{st.step:08d}.safetensors"
+    atomic_write(ck / fname, lambda tmp: save_file(tensors, str(tmp)))
+    write_json(ck / TRAINER_JSON, {"step": st.step, "tokens_seen": st.tokens_seen,
+                                   "scaling_factor": st.scaling_factor, "adam_step": adam_step,
+                                   "state_file": fname, "fingerprint": fingerprint})
+    for old in ck.glob("state-*.safetensors"):
+        if old.name != fname:
+            old.unlink()
+
+
+def _load_checkpoint(out: Path, sae, opt: torch.optim.Optimizer, fingerprint: str,
+                     ) -> TrainState | None:
+    ck = out / CHECKPOINT
+    if not (ck / TRAINER_JSON).is_file():
+        return None
+    meta = read_json(ck / TRAINER_JSON)
+    if meta["fingerprint"] != fingerprint:
+        raise SAETrainingError(f"{out} holds a checkpoint of a different run (config or store "
+                               "changed); use another --out, or --overwrite to start again")
+    device = sae.W_enc.device
+    tensors = load_file(str(ck / meta["state_file"]), device=str(device))
+    sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items()
+                         if k.startswith("sae.")})
+    state_dict = opt.state_dict()
+    names = [n for n, _ in sae.named_parameters()]
+    if meta["adam_step"] > 0:
+        state_dict["state"] = {
+            i: {"step": torch.tensor(meta["adam_step"]),
+                "exp_avg": tensors[f"adam.{n}.exp_avg"],
+                "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
+            for i, n in enumerate(names)}
+        opt.load_state_dict(state_dict)
+    return TrainState(int(meta["step"]), float(meta["scaling_factor"]), tensors["since_fired"],
+                      int(meta["tokens_seen"]))
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise SAETrainingError(f"{out} already exists; pass --resume to continue its "
+                                   "training or --overwrite to replace it")
+        elif (out / "cfg.json").is_file() and not (out / CHECKPOINT).exists():
+            return  # finished already
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _use_sparse(cfg: SAETrainConfig, sae) -> bool:
+    if cfg.step == "reference":
+        return False
+    ok = supports_sparse_step(sae)
+    if cfg.step == "sparse" and not ok:
+        raise SAETrainingError("step='sparse' needs a float32 TopK SAE; use step='auto'")
+    return ok and (cfg.step == "sparse" or sae.W_enc.device.type == "cpu")
+
+
+def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
+              overwrite: bool = False, progress: bool = True,
+              stop_after: int | None = None) -> Path:
+    """Train and save; returns ``out``. ``stop_after`` ends the process's share of work after
+    that many steps (with a checkpoint), for tests of resumption and time-boxed jobs."""
+    out = Path(out)
+    store = ActivationStore(cfg.store)
+    if cfg.hook not in store.hooks:
+        raise SAETrainingError(f"hook {cfg.hook!r} is not in store {cfg.store} (it has "
+                               f"{', '.join(store.hooks)})")
+    _prepare_out(out, resume, overwrite)
+    if (out / "cfg.json").is_file() and not (out / CHECKPOINT).exists():
+        return out
+    device = resolve_device(cfg.device)
+    split = RowSplit.of(store, cfg.holdout_fraction, cfg.seed)
+    plan = BatchPlan(store, cfg.hook, split.train, cfg.batch_size, cfg.seed, cfg.window_rows)
+    model_meta = store.meta["model"]
+    metadata = {"model_name": model_meta.get("model"), "hook_name": cfg.hook,
+                "model_revision": model_meta.get("revision"),
+                "model_adapter": model_meta.get("adapter"),
+                "prepend_bos": False, "context_size": None,
+                "persona_probe_positions": store.meta.get("positions")}
+    torch.manual_seed(cfg.seed)
+    sae = build_training_sae(cfg, store.d_model, metadata, device=str(device))
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    fingerprint = _fingerprint(cfg, store)
+    st = _load_checkpoint(out, sae, opt, fingerprint) if resume else None
+    if st is None:
+        mean_norm, mean = _input_statistics(plan)
+        # sae-lens's 'expected_average_only_in': scale so the mean input norm is √d_in
+        scale = (math.sqrt(store.d_model) / mean_norm
+                 if cfg.normalize_activations == "expected_average_only_in" else 1.0)
+        if cfg.init_b_dec == "mean":  # the residual stream's large mean is not a feature
+            with torch.no_grad():
+                sae.b_dec.copy_((mean * scale).to(sae.b_dec))
+        st = TrainState(0, scale, torch.zeros(sae.cfg.d_sae, device=device), 0)
+        (out / LOG).unlink(missing_ok=True)
+    sparse = _use_sparse(cfg, sae)
+    coefficients = {name: (c.value if hasattr(c, "value") else float(c))
+                    for name, c in sae.get_coefficients().items()}
+    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, st.step + stop_after)
+    bar = tqdm(total=cfg.total_steps, initial=st.step, desc="train SAE", unit="step",
+               disable=not progress)
+    batches = plan.batches(st.step)
+    sae.train()
+    log_fh = open(out / LOG, "a", encoding="utf-8")
+    try:
+        while st.step < end:
+            x = next(batches).to(device=device, dtype=torch.float32) * st.scaling_factor
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(st.step)
+            dead = st.since_fired > cfg.dead_feature_window
+            if sparse:
+                res = topk_training_loss(sae, x, dead)
+                loss, mse, aux = res.loss, res.mse_loss, res.aux_loss
+                fired = torch.zeros_like(st.since_fired, dtype=torch.bool)
+                fired[res.top_idx[res.top_acts > 0]] = True
+                l0 = (res.top_acts > 0).sum(-1).float().mean()
+            else:
+                from sae_lens.saes.sae import TrainStepInput
+                coeffs = {n: cfg.coefficient_at(v, st.step) for n, v in coefficients.items()}
+                o = sae.training_forward_pass(TrainStepInput(x, coeffs, dead, st.step, False))
+                loss, mse = o.loss, o.losses["mse_loss"]
+                aux = sum((v for k, v in o.losses.items() if k != "mse_loss"), x.new_zeros(()))
+                acts = o.feature_acts.to_dense() if o.feature_acts.is_sparse else o.feature_acts
+                fired = (acts > 0).any(0)
+                l0 = (acts > 0).sum(-1).float().mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            st.since_fired += 1
+            st.since_fired[fired] = 0
+            st.step += 1
+            st.tokens_seen += x.shape[0]
+            if not torch.isfinite(loss):
+                raise SAETrainingError(f"loss became {loss.item()} at step {st.step}; lower lr "
+                                       f"(now {cfg.lr}) or check the store for inf/nan rows")
+            if st.step % cfg.log_every == 0 or st.step == cfg.total_steps:
+                with torch.no_grad():
+                    var = (x - x.mean(0)).pow(2).sum(-1).mean()
+                rec = {"step": st.step, "tokens": st.tokens_seen, "lr": cfg.lr_at(st.step - 1),
+                       "loss": loss.item(), "mse": mse.item(), "aux": float(aux),
+                       "explained_variance": 1 - mse.item() / var.item(), "l0": l0.item(),
+                       "dead": int((st.since_fired > cfg.dead_feature_window).sum())}
+                log_fh.write(json.dumps(rec) + "\n")
+                log_fh.flush()
+                bar.set_postfix(ev=f"{rec['explained_variance']:.3f}", l0=f"{rec['l0']:.1f}")
+            if st.step % cfg.checkpoint_every == 0 and st.step < cfg.total_steps:
+                _save_checkpoint(out, sae, opt, st, fingerprint)
+            bar.update(1)
+    finally:
+        log_fh.close()
+        bar.close()
+    if st.step < cfg.total_steps:
+        _save_checkpoint(out, sae, opt, st, fingerprint)
+        return out
+    _finish(out, cfg, sae, st, store, split, sparse)
+    return out
+
+
+def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: ActivationStore,
+            split: RowSplit, sparse: bool) -> None:
+    """Fold the input scaling into the weights, write the sae-lens files and our provenance,
+    then drop the checkpoint (its removal marks the run finished)."""
+    if sae.cfg.normalize_activations == "expected_average_only_in":
+        sae.fold_activation_norm_scaling_factor(st.scaling_factor)
+    sae.cfg.metadata.num_dead_features = int((st.since_fired > cfg.dead_feature_window).sum())
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.save_inference_model(tmp)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+    info: dict[str, Any] = {
+        "config": cfg.to_dict(), "store": str(Path(cfg.store)),
+        "store_fingerprint": store.meta.get("fingerprint"), "model": store.meta["model"],
+        "positions": store.meta.get("positions"), "hook": cfg.hook,
+        "rows": {"train": int(split.train.size), "heldout": int(split.heldout.size)},
+        "heldout_items": len(split.heldout_items), "steps": st.step,
+        "tokens_seen": st.tokens_seen, "scaling_factor_folded": st.scaling_factor,
+        "step_implementation": "sparse_topk" if sparse else "sae_lens_reference",
+        "provenance": provenance(cfg.seed),
+    }
+    write_json(out / PERSONA_PROBE_JSON, info)
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
