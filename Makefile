@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-sae shipped-sae clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,23 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/capture.py
+
+bench-sae: install
+	$(BIN)/python benchmarks/sae_train.py
+	$(BIN)/python benchmarks/report.py
+
+SAE_HOOK := blocks.15.hook_resid_post
+SAE_DIR := saes/smollm2-135m-instruct/$(SAE_HOOK)/topk-2304
+
+# Rebuild the shipped SAE from ../shared/data: corpus -> the model's own replies + capture ->
+# train -> held-out metrics (about 45 min on 2 CPU cores; resumable at every stage).
+shipped-sae: install
+	$(BIN)/persona-probe corpus saes/recipes/chat-mix-v1.json --out runs/sae-l15/corpus.jsonl
+	$(BIN)/persona-probe capture --prompts runs/sae-l15/corpus.jsonl --generate 64 \
+	  --hooks $(SAE_HOOK) --positions all --max-tokens 512 --on-overflow truncate \
+	  --out runs/sae-l15/store --resume
+	$(BIN)/persona-probe train-sae --config saes/configs/smollm2-135m-instruct-l15-topk.json \
+	  --out $(SAE_DIR) --resume --ce-chats 64
 
 clean:
 	rm -rf runs .pytest_cache

@@ -79,6 +79,39 @@ def bf16_note(log: Path) -> str:
                                "float16. On CUDA the default model dtype is bfloat16.", ""])
 
 
+def sae_section(report: dict) -> str:
+    sh = report["shape"]
+    lines = [f"## SAE training (`{report['command'].strip()}`)", "",
+             f"Device `{report['device']}`, {report['torch_threads']} torch threads, "
+             f"{report['dtype']}; TopK, d_in {sh['d_in']}, d_sae {sh['d_sae']} (8×), k {sh['k']}, "
+             f"batch {sh['batch']}, the same real activations (blocks.15.hook_resid_post of the "
+             "embedded model) for every method; full optimizer steps (Adam, clipping, "
+             "dead-latent bookkeeping). Median of the interleaved rounds.", "",
+             f"Limit: the encoder product `x @ W_enc` ({sh['batch']}×{sh['d_in']} @ "
+             f"{sh['d_in']}×{sh['d_sae']}), the one dense matmul a TopK step cannot avoid, ran at "
+             f"{report['matmul_gflops']:.0f} GFLOP/s (fp32, measured in the same rounds), so no "
+             f"TopK step can exceed {report['limit_tok_per_s']:.0f} tokens/s here. "
+             "*Dense-equivalent MFU* counts the 6·(2·d_in·d_sae) FLOPs per token of a dense SAE "
+             "step against the same rate (sparse steps can exceed 100%)."
+             + (f" The same product in bfloat16 ran at {report['matmul_bf16_gflops']:.0f} "
+                "GFLOP/s, so fp32 is this CPU's fastest matmul and the limit is the machine's."
+                if report.get("matmul_bf16_gflops", 0) < report["matmul_gflops"] else
+                f" bfloat16 ran the product at {report.get('matmul_bf16_gflops', 0):.0f} "
+                "GFLOP/s, faster than fp32: a bf16 step could beat this limit."), "",
+             "| method | ms/step | tokens/s | × sae-lens | × limit | dense-equiv. MFU | "
+             "rounds (ms) |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in report["results"]:
+        rounds = ", ".join(f"{t:.0f}" for t in r["rounds_ms"])
+        lines.append(f"| {r['method']} | {r['ms_per_step']:.0f} | {r['tok_per_s']:.0f} | "
+                     f"{r['x_sae_lens']:.2f} | {r['fraction_of_limit']:.0%} | "
+                     f"{r['dense_equiv_mfu']:.0%} | {rounds} |")
+    lines += ["", "`sae_lens` is sae-lens's `SAETrainer.step`; `pp_reference` is persona_probe's "
+              "loop around sae-lens's `training_forward_pass` (the path for BatchTopK, JumpReLU "
+              "and standard SAEs); `pp_sparse` is the sparse TopK step (default for TopK on CPU), "
+              "checked against sae-lens's loss and gradients in `tests/test_sae.py`.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = ["# Benchmarks", "",
              "Ratios measured side by side in one run (methods interleaved round by round). "
@@ -90,6 +123,9 @@ def main() -> None:
     log = ROOT / "results" / "capture_run.log"
     if log.is_file():
         parts.append(bf16_note(log))
+    sae = ROOT / "results" / "sae_train.json"
+    if sae.is_file():
+        parts.append(sae_section(json.loads(sae.read_text())))
     (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
 
 

@@ -47,10 +47,12 @@ class SAETrainConfig:
     max_grad_norm: float = 1.0                # as sae-lens's trainer
     dead_feature_window: int = 250            # steps without firing before a latent is dead
     holdout_fraction: float = 0.05            # of chats, never trained on; metrics use them
+    roles: list[str] | None = None            # keep rows of these roles only (None: all)
     window_rows: int = 131072                 # shuffle window (rows in memory)
     checkpoint_every: int = 100               # steps
     log_every: int = 25
     step: Literal["auto", "sparse", "reference"] = "auto"
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # of the saved weights
     device: str = "auto"
     seed: int = 0
 
@@ -68,6 +70,9 @@ class SAETrainConfig:
                                  f"batch ({self.batch_size})")
         if not 0 <= self.lr_decay_fraction <= 1:
             raise SAEConfigError("lr_decay_fraction must lie in [0, 1]")
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise SAEConfigError(f"save_dtype must be float32, float16 or bfloat16, not "
+                                 f"{self.save_dtype!r}")
         if self.init_b_dec not in ("mean", "zeros"):
             raise SAEConfigError(f"init_b_dec must be mean or zeros, not {self.init_b_dec!r}")
         if self.step not in ("auto", "sparse", "reference"):

@@ -40,11 +40,22 @@ class RowSplit:
     heldout_items: list[int]
 
     @classmethod
-    def of(cls, store: ActivationStore, fraction: float, seed: int) -> RowSplit:
-        item_of_row = store.index()["item"].numpy()
+    def of(cls, store: ActivationStore, fraction: float, seed: int,
+           roles: list[str] | None = None) -> RowSplit:
+        """``roles`` keeps only rows of those chat roles (system, user, assistant, template)."""
+        from persona_probe.chat import ROLE_CODES
+
+        index = store.index()
+        item_of_row = index["item"].numpy()
         held = heldout_items(store.item_ids, fraction, seed)
         row_held = held[item_of_row]
-        split = cls(np.nonzero(~row_held)[0], np.nonzero(row_held)[0],
+        keep = np.ones_like(row_held)
+        if roles is not None:
+            unknown = sorted(set(roles) - set(ROLE_CODES))
+            if unknown:
+                raise StoreError(f"unknown roles {unknown}; choose from {', '.join(ROLE_CODES)}")
+            keep = np.isin(index["role"].numpy(), [ROLE_CODES[r] for r in roles])
+        split = cls(np.nonzero(~row_held & keep)[0], np.nonzero(row_held & keep)[0],
                     sorted(np.nonzero(held)[0].tolist()))
         if split.train.size == 0:
             raise StoreError(f"{store.root}: no rows left to train on after holding out "

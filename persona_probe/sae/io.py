@@ -55,10 +55,17 @@ def registry_entry(spec: str) -> tuple[str, str, str]:
 
 def load_sae(spec: str | Path, device: str = "cpu", dtype: str | None = None,
              subject: Subject | None = None):
-    """A sae-lens ``SAE`` from a directory (``cfg.json`` + ``sae_weights.safetensors``) or from
-    ``sae-lens:RELEASE/SAE_ID``. With ``subject``, a model or width mismatch is an error
-    (checked before downloading for registry SAEs)."""
+    """A sae-lens ``SAE`` from a directory (``cfg.json`` + ``sae_weights.safetensors``), from
+    ``sae-lens:RELEASE/SAE_ID``, or ``shipped`` (this project's SAE for the embedded model).
+    With ``subject``, a model or width mismatch is an error (checked before downloading for
+    registry SAEs). ``dtype`` None means float32 on CPU (half-precision matmuls are slow
+    there) and the saved dtype elsewhere."""
     from sae_lens import SAE
+
+    if dtype is None and str(device).startswith("cpu"):
+        dtype = "float32"
+    if str(spec) == "shipped":
+        spec = shipped_sae_path()
 
     spec_s = str(spec)
     if spec_s.startswith(REGISTRY_PREFIX):
@@ -80,6 +87,18 @@ def load_sae(spec: str | Path, device: str = "cpu", dtype: str | None = None,
     if subject is not None:
         check_compatible(sae, subject)
     return sae
+
+
+SHIPPED = "saes/smollm2-135m-instruct/blocks.15.hook_resid_post/topk-2304"
+
+
+def shipped_sae_path() -> Path:
+    """The SAE this project trained for the embedded model (``saes/`` in the checkout)."""
+    path = Path(__file__).resolve().parents[2] / SHIPPED
+    if not (path / "cfg.json").is_file():
+        raise SAELoadError(f"the shipped SAE is not at {path}; it lives in the git checkout "
+                           "(saes/), or rebuild it with `make shipped-sae`")
+    return path
 
 
 def check_compatible(sae, subject: Subject, hook: str | None = None) -> None:

@@ -90,13 +90,19 @@ def activation_metrics(sae, rows: torch.Tensor, batch_size: int = 4096,
 
 @torch.no_grad()
 def downstream_metrics(subject: Subject, sae, hook: str, chats: list[list[dict]],
-                       max_tokens: int = 512, batch_size: int = 4) -> DownstreamMetrics:
+                       max_tokens: int = 512, batch_size: int = 4,
+                       roles: list[str] | None = None) -> DownstreamMetrics:
     """CE and KL with the residual at ``hook`` replaced by the SAE's reconstruction (and by
-    zeros), at non-special token positions."""
+    zeros), at non-special token positions (of ``roles`` only, when given: the rows the SAE
+    was trained on)."""
+    from persona_probe.chat import ROLE_CODES
+
     hp = parse_hook(hook, subject.n_layers)
     special = torch.tensor(sorted(set(subject.tokenizer.all_special_ids)))
     pad = subject.tokenizer.pad_token_id
-    encoded = [subject.encode_chat(c, max_tokens, "truncate").input_ids for c in chats]
+    chats_enc = [subject.encode_chat(c, max_tokens, "truncate") for c in chats]
+    encoded = [e.input_ids for e in chats_enc]
+    role_codes = [ROLE_CODES[r] for r in roles] if roles else None
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     tot = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     n_tok = 0
@@ -120,7 +126,11 @@ def downstream_metrics(subject: Subject, sae, hook: str, chats: list[list[dict]]
             seqs = [encoded[i] for i in order[s:s + batch_size]]
             ids, attn = pad_batch(seqs, pad, "right")
             ids, attn = ids.to(device), attn.to(device)
-            patch_mask["mask"] = (attn.bool() & ~torch.isin(ids, special.to(device)))
+            mask = attn.bool() & ~torch.isin(ids, special.to(device))
+            if role_codes is not None:
+                role_ids, _ = pad_batch([chats_enc[i].roles for i in order[s:s + batch_size]], -1)
+                mask &= torch.isin(role_ids.to(device), torch.tensor(role_codes, device=device))
+            patch_mask["mask"] = mask
             targets = ids[:, 1:]
             valid = attn[:, 1:].bool()
             logp = {}
@@ -144,7 +154,8 @@ def downstream_metrics(subject: Subject, sae, hook: str, chats: list[list[dict]]
         ce_delta=ce["sae"] - ce["clean"],
         ce_loss_recovered=(ce["zero"] - ce["sae"]) / denom if denom else float("nan"),
         kl_sae=tot["kl_sae"] / n_tok, kl_zero=tot["kl_zero"] / n_tok,
-        patched_positions="non-special tokens (special tokens keep their clean residual)")
+        patched_positions="non-special tokens" + (f" of roles {', '.join(roles)}" if roles else "")
+        + " (special tokens keep their clean residual)")
 
 
 def heldout_chats(store: ActivationStore, item_numbers: list[int], limit: int) -> list[list[dict]]:
@@ -168,11 +179,12 @@ def evaluate_sae(sae_dir: str | Path, store: ActivationStore | str | Path | None
         else {}
     sae = load_sae(sae_dir)
     hook = sae.cfg.metadata.hook_name
-    store = ActivationStore(store or info.get("store"))
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore(store or info.get("store"))
     cfg = info.get("config", {})
     fraction = cfg.get("holdout_fraction", 0.05)
     seed = cfg.get("seed", 0) if seed is None else seed
-    split = RowSplit.of(store, fraction, seed)
+    split = RowSplit.of(store, fraction, seed, cfg.get("roles"))
     if split.heldout.size == 0:
         split.heldout = split.train  # nothing held out: say so below
     pick = split.heldout
@@ -186,7 +198,8 @@ def evaluate_sae(sae_dir: str | Path, store: ActivationStore | str | Path | None
         check_compatible(sae, subject, hook)
         chats = heldout_chats(store, split.heldout_items or list(range(len(store.item_ids))),
                               ce_chats)
-        result["downstream"] = asdict(downstream_metrics(subject, sae, hook, chats))
+        result["downstream"] = asdict(downstream_metrics(subject, sae, hook, chats,
+                                                         roles=cfg.get("roles")))
     if write:
         write_json(sae_dir / METRICS_JSON, result)
         atomic_write(sae_dir / SPARSITY_FILE,

@@ -141,6 +141,46 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    mse: torch.Tensor
+    aux: torch.Tensor
+    fired: torch.Tensor   # (d_sae,) bool: latents that fired on this batch
+    l0: torch.Tensor
+
+
+def train_step(sae, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor,
+               cfg: SAETrainConfig, step: int, sparse: bool,
+               coefficients: dict[str, float]) -> StepResult:
+    """One optimizer step on a normalized batch, as sae-lens's trainer takes it (clip at
+    ``max_grad_norm``, Adam); ``sparse`` picks the sparse TopK step over sae-lens's own."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(step)
+    if sparse:
+        res = topk_training_loss(sae, x, dead)
+        loss, mse, aux = res.loss, res.mse_loss, res.aux_loss
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[res.top_idx[res.top_acts > 0]] = True
+        l0 = (res.top_acts > 0).sum(-1).float().mean()
+    else:
+        from sae_lens.saes.sae import TrainStepInput
+
+        coeffs = {n: cfg.coefficient_at(v, step) for n, v in coefficients.items()}
+        o = sae.training_forward_pass(TrainStepInput(x, coeffs, dead, step, False))
+        loss, mse = o.loss, o.losses["mse_loss"]
+        aux = sum((v for k, v in o.losses.items() if k != "mse_loss"), x.new_zeros(()))
+        acts = o.feature_acts.to_dense() if o.feature_acts.is_sparse else o.feature_acts
+        fired = (acts > 0).any(0)
+        l0 = (acts > 0).sum(-1).float().mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return StepResult(loss.detach(), mse.detach(), torch.as_tensor(aux).detach(), fired,
+                      l0.detach())
+
+
 def _use_sparse(cfg: SAETrainConfig, sae) -> bool:
     if cfg.step == "reference":
         return False
@@ -164,7 +204,7 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
     if (out / "cfg.json").is_file() and not (out / CHECKPOINT).exists():
         return out
     device = resolve_device(cfg.device)
-    split = RowSplit.of(store, cfg.holdout_fraction, cfg.seed)
+    split = RowSplit.of(store, cfg.holdout_fraction, cfg.seed, cfg.roles)
     plan = BatchPlan(store, cfg.hook, split.train, cfg.batch_size, cfg.seed, cfg.window_rows)
     model_meta = store.meta["model"]
     metadata = {"model_name": model_meta.get("model"), "hook_name": cfg.hook,
@@ -199,28 +239,10 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
     try:
         while st.step < end:
             x = next(batches).to(device=device, dtype=torch.float32) * st.scaling_factor
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(st.step)
             dead = st.since_fired > cfg.dead_feature_window
-            if sparse:
-                res = topk_training_loss(sae, x, dead)
-                loss, mse, aux = res.loss, res.mse_loss, res.aux_loss
-                fired = torch.zeros_like(st.since_fired, dtype=torch.bool)
-                fired[res.top_idx[res.top_acts > 0]] = True
-                l0 = (res.top_acts > 0).sum(-1).float().mean()
-            else:
-                from sae_lens.saes.sae import TrainStepInput
-                coeffs = {n: cfg.coefficient_at(v, st.step) for n, v in coefficients.items()}
-                o = sae.training_forward_pass(TrainStepInput(x, coeffs, dead, st.step, False))
-                loss, mse = o.loss, o.losses["mse_loss"]
-                aux = sum((v for k, v in o.losses.items() if k != "mse_loss"), x.new_zeros(()))
-                acts = o.feature_acts.to_dense() if o.feature_acts.is_sparse else o.feature_acts
-                fired = (acts > 0).any(0)
-                l0 = (acts > 0).sum(-1).float().mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            out_step = train_step(sae, opt, x, dead, cfg, st.step, sparse, coefficients)
+            loss, mse, aux, fired, l0 = (out_step.loss, out_step.mse, out_step.aux,
+                                         out_step.fired, out_step.l0)
             st.since_fired += 1
             st.since_fired[fired] = 0
             st.step += 1
@@ -258,6 +280,9 @@ def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: Activati
     if sae.cfg.normalize_activations == "expected_average_only_in":
         sae.fold_activation_norm_scaling_factor(st.scaling_factor)
     sae.cfg.metadata.num_dead_features = int((st.since_fired > cfg.dead_feature_window).sum())
+    if cfg.save_dtype != "float32":  # fold in float32 first, then store small
+        sae = sae.to(getattr(torch, cfg.save_dtype))
+        sae.cfg.dtype = cfg.save_dtype
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     sae.save_inference_model(tmp)
