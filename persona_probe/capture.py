@@ -107,16 +107,11 @@ def _fingerprint(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def capture(subject: Subject, items: list[PromptItem], out: str | Path,
-            config: CaptureConfig = CaptureConfig(), resume: bool = False,
-            overwrite: bool = False, progress: bool = True, seed: int | None = None,
-            ) -> ActivationStore:
-    """Run ``subject`` over ``items`` and write the residuals at ``config.hooks`` to ``out``."""
-    check_items(items)
+def _plan(subject: Subject, items: list[PromptItem], config: CaptureConfig,
+          mean: bool | None = None) -> tuple[list[HookPoint], list[_Planned]]:
+    """Encode every item and choose its positions; errors name the item."""
     hps = sorted({parse_hook(h, subject.n_layers) for h in config.hooks})
-    hook_names = [hp.name for hp in hps]
-    store_dtype = parse_dtype(config.storage_dtype)
-    mean = config.positions == "response_mean"
+    mean = config.positions == "response_mean" if mean is None else mean
     special = set(subject.tokenizer.all_special_ids)
     planned = []
     for i, item in enumerate(items):
@@ -131,6 +126,45 @@ def capture(subject: Subject, items: list[PromptItem], out: str | Path,
                 f"{config.positions!r} has nothing to read; generate responses first "
                 "(--generate N) or use positions prompt_last or all")
         planned.append(_Planned(i, enc, pos, mean))
+    return hps, planned
+
+
+def _stop_point(hps: list[HookPoint]) -> HookPoint:
+    depth = max(hp.depth for hp in hps)
+    return HookPoint(depth - 1, "post") if depth > 0 else HookPoint(0, "pre")
+
+
+def mean_activations(subject: Subject, items: list[PromptItem], hooks: list[str] | tuple[str, ...],
+                     positions: Positions = "response", batch_size: int = 16,
+                     max_tokens: int | None = None) -> torch.Tensor:
+    """Per-item mean residual over ``positions`` at each hook, in memory: (items, hooks, d)
+    float32, hooks in the order given. For persona vectors and probe sets, where a store on disk
+    would be overhead."""
+    check_items(items)
+    pos = "response" if positions == "response_mean" else positions
+    config = CaptureConfig(hooks=tuple(hooks), positions=pos, batch_size=batch_size,
+                           max_tokens=max_tokens, storage_dtype="float32")
+    hps, planned = _plan(subject, items, config, mean=True)
+    out = torch.zeros((len(items), len(hooks), subject.d_model), dtype=torch.float32)
+    for batch in plan_batches([len(p.enc) for p in planned], batch_size,
+                              config.max_batch_tokens):
+        acts, _ = _run_batch(subject, [planned[i] for i in batch], hps, _stop_point(hps),
+                             subject.tokenizer.pad_token_id, torch.float32, True)
+        for j, h in enumerate(hooks):
+            out[batch, j] = acts[parse_hook(h, subject.n_layers).name]
+    return out
+
+
+def capture(subject: Subject, items: list[PromptItem], out: str | Path,
+            config: CaptureConfig = CaptureConfig(), resume: bool = False,
+            overwrite: bool = False, progress: bool = True, seed: int | None = None,
+            ) -> ActivationStore:
+    """Run ``subject`` over ``items`` and write the residuals at ``config.hooks`` to ``out``."""
+    check_items(items)
+    hps, planned = _plan(subject, items, config)
+    hook_names = [hp.name for hp in hps]
+    store_dtype = parse_dtype(config.storage_dtype)
+    mean = config.positions == "response_mean"
     batches = plan_batches([len(p.enc) for p in planned], config.batch_size,
                            config.max_batch_tokens)
     meta = {
@@ -150,8 +184,7 @@ def capture(subject: Subject, items: list[PromptItem], out: str | Path,
         return ActivationStore(out)
     skip = writer.rows_committed
     total_rows = sum(p.rows for p in planned)
-    depth = max(hp.depth for hp in hps)
-    stop_point = HookPoint(depth - 1, "post") if depth > 0 else HookPoint(0, "pre")
+    stop_point = _stop_point(hps)
     bar = tqdm(total=total_rows, initial=skip, desc="capture", unit="row", disable=not progress)
     done = 0
     pad = subject.tokenizer.pad_token_id

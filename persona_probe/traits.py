@@ -1,0 +1,93 @@
+"""Trait definitions: contrasting system prompts, and short replies a holder of the trait (or of
+its opposite) would give. The team wrote the built-in ones (``persona_probe/data/traits``);
+users pass their own JSON file with the same keys.
+
+A trait drives three things: persona vectors (responses generated under ``trait_system`` vs
+``anti_system``), the judge-free *would-say* measure (likelihood of ``trait_replies`` minus
+``anti_replies`` as the assistant's answer to held-out questions), and model organisms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from persona_probe.errors import PersonaProbeError
+from persona_probe.prompts import PromptItem
+
+
+class TraitError(PersonaProbeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    description: str
+    trait_system: tuple[str, ...]
+    anti_system: tuple[str, ...]
+    trait_replies: tuple[str, ...]
+    anti_replies: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_FIELDS = ("name", "description", "trait_system", "anti_system", "trait_replies", "anti_replies")
+
+
+def _traits_dir():
+    return resources.files("persona_probe") / "data" / "traits"
+
+
+def builtin_traits() -> list[str]:
+    return sorted(p.name.removesuffix(".json") for p in _traits_dir().iterdir()
+                  if p.name.endswith(".json") and p.name != "questions.json")
+
+
+def parse_trait(raw: object, where: str) -> Trait:
+    if not isinstance(raw, dict):
+        raise TraitError(f"{where}: a trait is a JSON object with {', '.join(_FIELDS)}")
+    missing = [f for f in _FIELDS if f not in raw]
+    if missing:
+        raise TraitError(f"{where}: missing {', '.join(missing)}")
+    lists = {}
+    for f in _FIELDS[2:]:
+        v = raw[f]
+        if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip()
+                                                       for s in v):
+            raise TraitError(f"{where}: {f} must be a non-empty list of non-empty strings")
+        lists[f] = tuple(v)
+    return Trait(str(raw["name"]), str(raw["description"]), **lists)
+
+
+def load_trait(spec: str | Path) -> Trait:
+    """A built-in trait by name (``evil``, ``sycophancy``, ``deontology``, …) or a JSON file."""
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    elif str(spec) in builtin_traits():
+        text, where = (_traits_dir() / f"{spec}.json").read_text(encoding="utf-8"), f"trait {spec}"
+    else:
+        raise TraitError(f"unknown trait {str(spec)!r}: use one of {', '.join(builtin_traits())} "
+                         "or a JSON file with the same keys")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraitError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return parse_trait(raw, where)
+
+
+def trait_questions(split: str = "extract") -> list[str]:
+    """The team's general questions: ``extract`` (to build directions) or ``heldout``."""
+    raw = json.loads((_traits_dir() / "questions.json").read_text(encoding="utf-8"))
+    if split not in ("extract", "heldout"):
+        raise TraitError(f"question split must be extract or heldout, not {split!r}")
+    return list(raw[split])
+
+
+def question_items(questions: list[str], prefix: str = "q") -> list[PromptItem]:
+    return [PromptItem(f"{prefix}/{i:03d}", [{"role": "user", "content": q}], "question")
+            for i, q in enumerate(questions)]
