@@ -1,0 +1,231 @@
+"""Directions, steering, ablation and latent ranking on the real embedded model.
+
+The evil persona vector is built the DESIGN.md way (responses under the team's evil vs kind
+system prompts, averaged over response tokens, difference of means at every layer). The trait
+measure is the judge-free would-say score: mean log-likelihood of the trait's evil replies minus
+its kind replies, teacher-forced as the answer to held-out questions never used to build the
+vector. Everything is greedy and seeded, so the numbers below are fixed for this model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from persona_probe.directions import Direction, DirectionError, persona_vector, random_direction
+from persona_probe.dose_response import DoseResponseConfig, dose_response, is_monotonic
+from persona_probe.interventions import (InterventionError, SAELatents, ablate, nnsight_steer,
+                                         residual_norms, steer)
+from persona_probe.hooks import HookPoint, residual_hooks
+from persona_probe.likelihood import trait_scores
+from persona_probe.traits import TraitError, load_trait, trait_questions
+
+pytestmark = pytest.mark.slow
+LAYER = 15
+
+
+@pytest.fixture(scope="module")
+def evil():
+    return load_trait("evil")
+
+
+@pytest.fixture(scope="module")
+def evil_vector(subject, evil):
+    return persona_vector(subject, evil, questions=trait_questions("extract")[:12])
+
+
+@pytest.fixture(scope="module")
+def measure(evil):
+    """Per-question would-say evil score on 8 held-out questions (4 evil, 4 kind replies)."""
+    small = dataclasses.replace(evil, trait_replies=evil.trait_replies[:4],
+                                anti_replies=evil.anti_replies[:4])
+    questions = trait_questions("heldout")[:8]
+    return lambda subject, system=None: trait_scores(subject, small, questions, system)
+
+
+def _batch(subject):
+    return subject.tokenizer(["The weather today is", "Tell me about kindness and"],
+                             return_tensors="pt", padding=True)
+
+
+# --- exactness -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_alpha_zero_is_identical_to_no_hook(subject, evil_vector):
+    batch = _batch(subject)
+    clean = subject.model(**batch).logits
+    with steer(subject, evil_vector, 0.0, [5, LAYER]):
+        steered = subject.model(**batch).logits
+    assert torch.equal(clean, steered)
+    with steer(subject, evil_vector, 0.3, [LAYER]):
+        moved = subject.model(**batch).logits
+    assert not torch.allclose(clean, moved)
+
+
+@torch.no_grad()
+def test_directional_ablation_leaves_no_projection(subject, evil_vector):
+    seen = {}
+    u = evil_vector.at(LAYER)
+    with ablate(subject, evil_vector, layers=[LAYER]):
+        with residual_hooks(subject.model, [(HookPoint(LAYER, "post"),
+                                             lambda r: seen.__setitem__("r", r.clone()))]):
+            subject.model(**_batch(subject))
+    proj = seen["r"] @ u
+    assert proj.abs().max() < 1e-4 * seen["r"].norm(dim=-1).max()
+
+
+@torch.no_grad()
+def test_latent_ablation_removes_only_that_latent(subject):
+    from persona_probe.sae import load_sae
+
+    sae = load_sae("shipped")
+    hp = HookPoint(LAYER, "post")
+    got = {}
+    with residual_hooks(subject.model, [(hp, lambda r: got.__setitem__("clean", r.clone()))]):
+        subject.model(**_batch(subject))
+    h = got["clean"].reshape(-1, 576)
+    acts = sae.encode(h)
+    latent = int(acts.sum(0).argmax())          # a latent that fires on these tokens
+    with ablate(subject, SAELatents(sae, [latent]), mode="latent"):
+        with residual_hooks(subject.model, [(hp, lambda r: got.__setitem__("ab", r.clone()))]):
+            subject.model(**_batch(subject))
+    removed = h - got["ab"].reshape(-1, 576)
+    only = torch.zeros_like(acts)
+    only[:, latent] = acts[:, latent]
+    expected = sae.decode(only) - sae.b_dec       # that latent's term of the reconstruction
+    # float32 precision relative to each token's norm (the first token's is ~2e4: an attention
+    # sink with massive activations)
+    tol = 1e-5 * h.norm(dim=-1) + 1e-4
+    assert ((removed - expected).norm(dim=-1) <= tol).all()
+    # the SAE error term and every other latent's contribution are untouched
+    err_before = h - sae.decode(acts)
+    err_after = got["ab"].reshape(-1, 576) - (sae.decode(acts) - expected)
+    assert ((err_after - err_before).norm(dim=-1) <= tol).all()
+
+
+def test_hooks_are_gone_after_an_exception(subject, evil_vector):
+    layers = subject.model.model.layers
+    before = [len(layer._forward_hooks) for layer in layers]
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(subject, evil_vector, 0.5, [3, LAYER]):
+            with ablate(subject, evil_vector, layers=[4]):
+                raise RuntimeError("boom")
+    assert [len(layer._forward_hooks) for layer in layers] == before
+
+
+@torch.no_grad()
+def test_steering_works_in_generate_with_kv_cache(subject, evil_vector):
+    enc = subject.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "How should I treat my neighbours?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    plain = subject.model.generate(**enc, max_new_tokens=12, do_sample=False)
+    with steer(subject, evil_vector, 0.0, [LAYER]):
+        zero = subject.model.generate(**enc, max_new_tokens=12, do_sample=False)
+    with steer(subject, evil_vector, 1.0, [LAYER]):
+        pushed = subject.model.generate(**enc, max_new_tokens=12, do_sample=False)
+    assert torch.equal(plain, zero) and not torch.equal(plain, pushed)
+
+
+@torch.no_grad()
+def test_nnsight_backend_applies_the_same_steering(subject, evil_vector):
+    from nnsight.modeling.transformers import TransformersModel
+
+    batch = _batch(subject)
+    with steer(subject, evil_vector, 0.3, [LAYER]):
+        ours = subject.model(**batch).logits
+    wrapped = TransformersModel(subject.model, tokenizer=subject.tokenizer)
+    with wrapped.trace(dict(batch)):
+        nnsight_steer(wrapped, subject, evil_vector, 0.3, [LAYER])
+        theirs = wrapped.output.logits.save()
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_direction_save_load_and_errors(evil_vector, tmp_path, subject):
+    evil_vector.save(tmp_path / "evil")
+    back = Direction.load(tmp_path / "evil")
+    assert torch.equal(back.vectors, evil_vector.vectors) and back.layers == evil_vector.layers
+    assert back.meta["n_trait"] == 24 and len(back.meta["raw_norms"]) == 30
+    assert json.loads((tmp_path / "evil" / "direction.json").read_text())["trait"] == "evil"
+    with pytest.raises(DirectionError, match="not a direction"):
+        Direction.load(tmp_path)
+    with pytest.raises(InterventionError, match="pass layers"):
+        with steer(subject, evil_vector, 0.1):
+            pass
+    with pytest.raises(InterventionError, match="d_model 64"):
+        with steer(subject, random_direction(64, [3], 0), 0.1):
+            pass
+    with pytest.raises(TraitError, match="unknown trait 'nasty'.*evil"):
+        load_trait("nasty")
+    norms = residual_norms(subject, [HookPoint(LAYER, "post")])
+    assert 1 < norms[HookPoint(LAYER, "post")] < 1e4
+
+
+# --- a real effect -------------------------------------------------------------------------
+
+def test_evil_vector_steers_the_trait_measure_and_random_directions_do_not(
+        subject, evil_vector, measure, tmp_path):
+    summary = dose_response(subject, {"evil": evil_vector}, measure,
+                            DoseResponseConfig(alphas=(0.0, 0.1, 0.2, 0.4), layers=(LAYER,),
+                                               random_controls=2),
+                            out=tmp_path / "dr", metric_name="evil_would_say")
+    print("\n".join(f"{r['target']:>14} α={r['alpha']:.1f} {r['mean']:+.3f} "
+                    f"[{r['lo']:+.3f}, {r['hi']:+.3f}]" for r in summary))
+    rows = {(r["target"], r["alpha"]): r for r in summary}
+    assert is_monotonic(summary, "evil")
+    base, top = rows[("evil", 0.0)], rows[("evil", 0.4)]
+    assert top["lo"] > base["hi"]                      # a rise beyond both CIs
+    rise = top["mean"] - base["mean"]
+    for name in ("random0@evil", "random1@evil"):
+        shifts = [rows[(name, a)]["mean"] - base["mean"] for a in (0.1, 0.2, 0.4)]
+        assert max(shifts) < rise / 3, (name, shifts)   # equal-norm controls move far less
+        assert rows[(name, 0.4)]["lo"] < base["hi"]     # and not beyond the base CI
+    items = (tmp_path / "dr" / "items.jsonl").read_text().splitlines()
+    assert len(items) == 3 * 4 * 8                     # every item of every condition kept
+
+
+def test_ablating_the_vector_lowers_the_measure_under_the_evil_prompt(
+        subject, evil, evil_vector, measure):
+    system = evil.trait_system[0]
+    prompted = measure(subject, system).mean()
+    every_layer = list(range(subject.n_layers))
+    with ablate(subject, evil_vector, layers=every_layer):
+        ablated = measure(subject, system).mean()
+    with ablate(subject, random_direction(576, every_layer, 7), layers=every_layer):
+        control = measure(subject, system).mean()
+    print(f"\nevil prompt {prompted:+.3f}, ablated {ablated:+.3f}, random ablated {control:+.3f}")
+    assert ablated < prompted - 0.3
+    assert abs(control - prompted) < abs(ablated - prompted) / 3
+
+
+# --- model diffing -------------------------------------------------------------------------
+
+def test_model_diffing_under_a_persistent_evil_prompt(subject, evil, evil_vector):
+    from persona_probe.generation import generate_responses
+    from persona_probe.latents import decoder_cosines, decompose, diff_subjects, top_examples
+    from persona_probe.sae import load_sae
+    from persona_probe.traits import question_items
+
+    sae = load_sae("shipped", subject=subject)
+    base_items = generate_responses(subject, question_items(trait_questions("heldout")), 40,
+                                    progress=False)
+    evil_items = [it.with_system(evil.trait_system[0]) for it in base_items]
+    ranking = diff_subjects(sae, subject, subject, evil_items, "response", items_b=base_items,
+                            labels=("evil_prompt", "base"))
+    top = ranking.top(10)
+    assert ranking.delta_mean[top[0]] > 0 and ranking.a.tokens == ranking.b.tokens
+    examples = top_examples(subject, sae, evil_items, top[:3], n=3)
+    for latent, ex in examples.items():
+        assert ex.examples and "latent" in ex._repr_html_() and str(latent) in str(ex)
+    cos = decoder_cosines(sae, evil_vector)
+    best_match = torch.argsort(cos, descending=True)[:10].tolist()
+    print(f"\n{ranking}\nevil vector's best-matching latents {best_match}\n"
+          f"{decompose(sae, evil_vector)}\n{examples[top[0]]}")
+    # the contrast finds latents aligned with the persona vector, not arbitrary ones: the top
+    # 10 latents' mean cosine lies more than 2 standard errors above that of random latents
+    z = float((cos[top].mean() - cos.mean()) / (cos.std() / len(top) ** 0.5))
+    print(f"top-10 diffing latents: mean cosine {float(cos[top].mean()):+.3f}, z = {z:.1f}; "
+          f"ranks by cosine {[int((cos > cos[i]).sum()) for i in top]}")
+    assert z > 2
