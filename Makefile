@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/persona-probe capture --prompts builtin:all --generate 48 \
 	  --hooks blocks.15.hook_resid_post --positions response --out runs/demo/store --resume
+	$(BIN)/persona-probe rank-latents --sae shipped --trait evil --prompts builtin:everyday \
+	  --limit 24 --top 3 --out runs/demo/evil_latents.jsonl
 
 test: install
 	$(BIN)/python -m pytest -q -rs
@@ -31,6 +33,8 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python benchmarks/steer_generate.py
+	$(BIN)/python benchmarks/report.py
 
 bench-sae: install
 	$(BIN)/python benchmarks/sae_train.py
@@ -48,6 +52,7 @@ shipped-sae: install
 	  --out runs/sae-l15/store --resume
 	$(BIN)/persona-probe train-sae --config saes/configs/smollm2-135m-instruct-l15-topk.json \
 	  --out $(SAE_DIR) --resume --ce-chats 64
+	$(BIN)/python saes/render_readme.py
 
 clean:
 	rm -rf runs .pytest_cache

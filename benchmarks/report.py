@@ -95,7 +95,9 @@ def sae_section(report: dict) -> str:
              "step against the same rate (sparse steps can exceed 100%)."
              + (f" The same product in bfloat16 ran at {report['matmul_bf16_gflops']:.0f} "
                 "GFLOP/s, so fp32 is this CPU's fastest matmul and the limit is the machine's."
-                if report.get("matmul_bf16_gflops", 0) < report["matmul_gflops"] else
+                if "matmul_bf16_gflops" in report
+                and report["matmul_bf16_gflops"] < report["matmul_gflops"] else ""
+                if "matmul_bf16_gflops" not in report else
                 f" bfloat16 ran the product at {report.get('matmul_bf16_gflops', 0):.0f} "
                 "GFLOP/s, faster than fp32: a bf16 step could beat this limit."), "",
              "| method | ms/step | tokens/s | × sae-lens | × limit | dense-equiv. MFU | "
@@ -112,6 +114,23 @@ def sae_section(report: dict) -> str:
     return "\n".join(lines)
 
 
+def steer_section(report: dict) -> str:
+    lines = [f"## Generation with a steering hook (`{report['command'].strip()}`)", "",
+             f"Device `{report['device']}`, {report['torch_threads']} torch threads; greedy "
+             f"generation of exactly {report['new_tokens']} tokens for {report['prompts']} "
+             "built-in prompts in one left-padded batch (KV cache on), with `steer` at α = 0 "
+             "(the hook runs and adds a zero vector, so every method generates the same tokens). "
+             "Overhead = median over rounds of the per-round ratio to `plain` (methods of a round "
+             "run back to back, so the VM's drift cancels).", "",
+             "| method | median s | overhead | 95% CI | rounds (s) |", "|---|---:|---:|---|---|"]
+    for r in report["results"]:
+        rounds = ", ".join(f"{t:.1f}" for t in r["rounds_s"])
+        lo, hi = r.get("overhead_ci", [float("nan")] * 2)
+        lines.append(f"| {r['method']} | {r['median_s']:.2f} | {r['overhead']:+.1%} | "
+                     f"[{lo:+.1%}, {hi:+.1%}] | {rounds} |")
+    return "\n".join(lines + [""])
+
+
 def main() -> None:
     parts = ["# Benchmarks", "",
              "Ratios measured side by side in one run (methods interleaved round by round). "
@@ -123,6 +142,9 @@ def main() -> None:
     log = ROOT / "results" / "capture_run.log"
     if log.is_file():
         parts.append(bf16_note(log))
+    steer = ROOT / "results" / "steer_generate.json"
+    if steer.is_file():
+        parts.append(steer_section(json.loads(steer.read_text())))
     sae = ROOT / "results" / "sae_train.json"
     if sae.is_file():
         parts.append(sae_section(json.loads(sae.read_text())))

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from persona_probe.sae.config import SAETrainConfig, build_training_sae  # noqa: E402
-from persona_probe.sae.train import train_step  # noqa: E402
+from persona_probe.sae.train import make_optimizer, train_step  # noqa: E402
 from persona_probe.store import ActivationStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -67,7 +67,7 @@ def make_ours(device: str, sparse: bool):
                          device=device)
     torch.manual_seed(0)
     sae = build_training_sae(cfg, D_IN, {}, device=device)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    opt = make_optimizer(cfg, sae)
     dead = torch.zeros(WIDTH, dtype=torch.bool, device=device)
     state = {"step": 0}
 

@@ -219,6 +219,164 @@ def sae_info_cmd(sae: Annotated[str, typer.Argument(
         typer.echo("  no metrics.json yet: run `persona-probe sae-metrics " + str(path) + "`")
 
 
+def _int_list(spec: str, n_layers: int) -> list[int]:
+    """'15' / '10,15,20' / '0-29' / 'all' → layer numbers."""
+    if spec == "all":
+        return list(range(n_layers))
+    out: list[int] = []
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        elif part.strip():
+            out.append(int(part))
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if bad or not out:
+        raise PersonaProbeError(f"layers {spec!r}: need numbers in 0..{n_layers - 1}")
+    return out
+
+
+@app.command()
+@_clean_errors
+def vector(
+    trait: Annotated[str, typer.Option(help="Built-in trait (evil, sycophancy, deontology, "
+                                            "consequentialism, virtue_ethics, human_authority) "
+                                            "or a trait JSON file.")],
+    out: Annotated[Path, typer.Option(help="Direction directory to write.")],
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    adapter: Annotated[Optional[Path], typer.Option()] = None,
+    layers: Annotated[str, typer.Option(help="'all', '15', '10,15' or '5-20'.")] = "all",
+    questions: Annotated[int, typer.Option(help="Extraction questions to use (max 24).")] = 24,
+    max_new_tokens: Annotated[int, typer.Option()] = 40,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build a persona vector (difference in means over response tokens) for a trait."""
+    from persona_probe.directions import describe, persona_vector
+    from persona_probe.models import load_subject
+    from persona_probe.traits import load_trait, trait_questions
+
+    t = load_trait(trait)
+    subject = load_subject(model, adapter=adapter)
+    d = persona_vector(subject, t, trait_questions("extract")[:questions],
+                       _int_list(layers, subject.n_layers), max_new_tokens, progress=True,
+                       seed=seed)
+    d.save(out)
+    typer.echo(describe(d) + f"\ndirection written to {out.resolve()}")
+
+
+@app.command("rank-latents")
+@_clean_errors
+def rank_latents_cmd(
+    sae: Annotated[str, typer.Option(help="SAE directory, 'shipped' or sae-lens:RELEASE/ID.")] = (
+        "shipped"),
+    prompts: Annotated[str, typer.Option(help="Prompt set (builtin:… or JSONL).")] = (
+        "builtin:everyday"),
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    adapter: Annotated[Optional[Path], typer.Option(
+        help="Finetuned adapter: rank finetuned vs base (model diffing).")] = None,
+    trait: Annotated[Optional[str], typer.Option(
+        help="Rank the trait's system prompt vs none on the same replies (contrast).")] = None,
+    generate: Annotated[int, typer.Option(help="Tokens of the base model's replies.")] = 40,
+    limit: Annotated[Optional[int], typer.Option()] = None,
+    top: Annotated[int, typer.Option(help="Latents to show with examples.")] = 5,
+    direction: Annotated[Optional[Path], typer.Option(
+        help="Also report this direction's best-matching latents.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the ranking as JSON lines.")] = None,
+) -> None:
+    """Rank SAE latents by Δ mean activation: finetuned vs base, or trait prompt vs none."""
+    from persona_probe.generation import generate_responses
+    from persona_probe.latents import decompose, diff_subjects, top_examples
+    from persona_probe.models import load_subject
+    from persona_probe.prompts import load_prompts
+    from persona_probe.sae import load_sae
+
+    if (adapter is None) == (trait is None):
+        raise PersonaProbeError("give exactly one of --adapter (model diffing) or --trait "
+                                "(contrast)")
+    base = load_subject(model)
+    s = load_sae(sae, subject=base)
+    items = [it for it in load_prompts(prompts, limit) if not it.has_response]
+    items = generate_responses(base, items, generate, progress=True) + [
+        it for it in load_prompts(prompts, limit) if it.has_response]
+    if adapter is not None:
+        ft = load_subject(model, adapter=adapter)
+        ranking = diff_subjects(s, ft, base, items, "response", labels=("finetuned", "base"))
+        shown_items, shown_subject = items, ft
+    else:
+        from persona_probe.traits import load_trait
+
+        t = load_trait(trait)
+        trait_items = [it.with_system(t.trait_system[0]) for it in items]
+        ranking = diff_subjects(s, base, base, trait_items, "response", items_b=items,
+                                labels=(t.name, "base"))
+        shown_items, shown_subject = trait_items, base
+    typer.echo(str(ranking))
+    for latent, ex in top_examples(shown_subject, s, shown_items, ranking.top(top), 3).items():
+        typer.echo(str(ex))
+    if direction is not None:
+        from persona_probe.directions import Direction
+
+        typer.echo(str(decompose(s, Direction.load(direction))))
+    if out is not None:
+        ranking.save(out)
+        typer.echo(f"ranking written to {out}")
+
+
+@app.command()
+@_clean_errors
+def steer(
+    direction: Annotated[Path, typer.Option(help="Direction directory (persona-probe vector).")],
+    layers: Annotated[str, typer.Option(help="Layers to steer at: '15', '10,15'.")] = "15",
+    alphas: Annotated[str, typer.Option(help="Comma-separated α (units of r̄_L).")] = (
+        "0,0.1,0.2,0.4"),
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    adapter: Annotated[Optional[Path], typer.Option()] = None,
+    trait: Annotated[Optional[str], typer.Option(
+        help="Measure this trait's would-say score on held-out questions per α.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(
+        help="Generate a reply to this prompt at every α.")] = None,
+    random_controls: Annotated[int, typer.Option()] = 2,
+    max_new_tokens: Annotated[int, typer.Option()] = 40,
+    out: Annotated[Optional[Path], typer.Option(help="Results directory (JSON lines).")] = None,
+) -> None:
+    """Steer along a direction: a dose-response table (--trait) and/or sample text (--prompt)."""
+    from persona_probe.directions import Direction
+    from persona_probe.models import load_subject
+
+    if trait is None and prompt is None:
+        raise PersonaProbeError("give --trait (dose-response of a trait measure) and/or "
+                                "--prompt (text under steering)")
+    subject = load_subject(model, adapter=adapter)
+    d = Direction.load(direction)
+    lay = _int_list(layers, subject.n_layers)
+    alpha_list = [float(a) for a in alphas.split(",")]
+    if trait is not None:
+        from persona_probe.dose_response import DoseResponseConfig, dose_response
+        from persona_probe.likelihood import trait_scores
+        from persona_probe.traits import load_trait, trait_questions
+
+        t = load_trait(trait)
+        qs = trait_questions("heldout")
+        summary = dose_response(subject, {d.name: d}, lambda s: trait_scores(s, t, qs),
+                                DoseResponseConfig(tuple(alpha_list), tuple(lay),
+                                                   random_controls=random_controls),
+                                out=out, metric_name=f"{t.name}_would_say")
+        for r in summary:
+            typer.echo(f"{r['target']:>16}  α={r['alpha']:<5} {r['mean']:+.3f} "
+                       f"[{r['lo']:+.3f}, {r['hi']:+.3f}]  n={r['n']}")
+    if prompt is not None:
+        from persona_probe.generation import generate_responses
+        from persona_probe.interventions import steer as steer_ctx
+        from persona_probe.prompts import PromptItem
+
+        item = PromptItem("prompt", [{"role": "user", "content": prompt}])
+        for a in alpha_list:
+            with steer_ctx(subject, d, a, lay):
+                reply = generate_responses(subject, [item], max_new_tokens, progress=False)
+            text = reply[0].messages[-1]["content"] if reply else ""
+            typer.echo(f"α={a}: {text}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 

@@ -15,7 +15,8 @@ from persona_probe.prompts import PromptItem
 @torch.no_grad()
 def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens: int = 64,
                        batch_size: int = 16, temperature: float = 0.0, seed: int = 0,
-                       progress: bool = True) -> list[PromptItem]:
+                       progress: bool = True, min_new_tokens: int | None = None,
+                       ) -> list[PromptItem]:
     """Append the subject's reply to every prompt-only item (greedy when temperature is 0).
 
     Items are batched by length with left padding; order of the returned list matches the
@@ -37,7 +38,7 @@ def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens
             input_ids=input_ids.to(subject.device), attention_mask=mask.to(subject.device),
             max_new_tokens=max_new_tokens, do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-            pad_token_id=tok.pad_token_id)
+            pad_token_id=tok.pad_token_id, min_new_tokens=min_new_tokens)
         for row, i in enumerate(batch):
             replies[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
         bar.update(len(batch))

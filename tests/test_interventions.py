@@ -229,3 +229,28 @@ def test_model_diffing_under_a_persistent_evil_prompt(subject, evil, evil_vector
     print(f"top-10 diffing latents: mean cosine {float(cos[top].mean()):+.3f}, z = {z:.1f}; "
           f"ranks by cosine {[int((cos > cos[i]).sum()) for i in top]}")
     assert z > 2
+
+
+def test_cli_vector_steer_and_rank(tmp_path):
+    from typer.testing import CliRunner
+
+    from persona_probe.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "evil"
+    res = runner.invoke(app, ["vector", "--trait", "evil", "--out", str(out), "--questions", "2",
+                              "--layers", "14-15", "--max-new-tokens", "12"])
+    assert res.exit_code == 0, res.output
+    assert Direction.load(out).layers == [14, 15]
+    res = runner.invoke(app, ["steer", "--direction", str(out), "--layers", "15", "--alphas",
+                              "0,0.5", "--prompt", "Say hello.", "--max-new-tokens", "8"])
+    assert res.exit_code == 0 and res.output.count("α=") == 2, res.output
+    res = runner.invoke(app, ["rank-latents", "--trait", "evil", "--limit", "3", "--generate",
+                              "10", "--top", "2", "--direction", str(out), "--out",
+                              str(tmp_path / "rank.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "Δ mean" in res.output and len((tmp_path / "rank.jsonl").read_text().splitlines()) == 50
+    res = runner.invoke(app, ["steer", "--direction", str(out), "--layers", "3", "--prompt", "x"])
+    assert res.exit_code == 2 and "defined at layers [14, 15]" in res.output
+    res = runner.invoke(app, ["rank-latents"])
+    assert res.exit_code == 2 and "exactly one of --adapter" in res.output

@@ -162,9 +162,9 @@ def test_in_memory_sae_equals_saved_one(sae_store, tmp_path):
     cfg = _cfg(sae_store, training_tokens=10 * 1024)
     out = tmp_path / "s"
     train_sae(cfg, out, progress=False, stop_after=5)
-    from persona_probe.sae.train import _load_checkpoint, _fingerprint
+    from persona_probe.sae.train import _fingerprint, _load_checkpoint, make_optimizer
     sae = build_training_sae(cfg, 576, {"model_name": "smollm2-135m-instruct", "hook_name": HOOK})
-    opt = torch.optim.Adam(sae.parameters())
+    opt = make_optimizer(cfg, sae)
     st = _load_checkpoint(out, sae, opt, _fingerprint(cfg, sae_store))
     assert isinstance(st, TrainState) and st.step == 5
     x = sae_store.rows(HOOK, np.arange(500)).float()
