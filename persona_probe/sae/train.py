@@ -299,6 +299,7 @@ def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: Activati
     shutil.rmtree(tmp, ignore_errors=True)
     sae.save_inference_model(tmp)
     for f in tmp.iterdir():
+        f.chmod(0o644)  # some writers create 0600; an SAE is a shared artifact
         f.replace(out / f.name)
     tmp.rmdir()
     info: dict[str, Any] = {
