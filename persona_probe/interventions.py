@@ -97,7 +97,7 @@ def residual_norms(subject: Subject, hook_points: Iterable[HookPoint],
     set (default: the team's everyday prompts). Cached on the subject per (set, hook)."""
     hps = list(hook_points)
     key_set = "default" if items is None else str(hash(tuple(it.id for it in items)))
-    cache: dict = subject.extra.setdefault("_residual_norms", {})
+    cache: dict = subject.cache.setdefault("residual_norms", {})
     todo = [hp for hp in hps if (key_set, hp) not in cache]
     if todo:
         items = items or load_prompts(REFERENCE_SET)
@@ -224,7 +224,7 @@ def nnsight_steer(envoy: Any, subject: Subject, target: Target, alpha: float,
     """Inside ``with envoy.trace(...)`` (an nnsight ``TransformersModel``; ``remote=True``
     works the same on NDIF): add α·r̄_L·û at each layer, as ``steer`` does with torch hooks.
     r̄ is measured on ``subject`` (for remote models, a local copy of the same weights or
-    precomputed norms placed in ``subject.extra``)."""
+    precomputed norms placed in ``subject.cache``)."""
     units = _unit_vectors(subject, target, layers)
     norms = residual_norms(subject, units)
     for hp, u in units.items():

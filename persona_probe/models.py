@@ -132,6 +132,8 @@ class Subject:
     revision: str | None = None
     adapter: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+    """Derived values (e.g. reference residual norms); never written to provenance."""
 
     @property
     def n_layers(self) -> int:
