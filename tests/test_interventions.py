@@ -140,7 +140,7 @@ def test_nnsight_backend_applies_the_same_steering(subject, evil_vector):
     with wrapped.trace(dict(batch)):
         nnsight_steer(wrapped, subject, evil_vector, 0.3, [LAYER])
         theirs = wrapped.output.logits.save()
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)  # logits ~10: float32 noise
 
 
 def test_direction_save_load_and_errors(evil_vector, tmp_path, subject):
