@@ -155,6 +155,30 @@ def mean_activations(subject: Subject, items: list[PromptItem], hooks: list[str]
     return out
 
 
+def collect_rows(subject: Subject, items: list[PromptItem], hooks: list[str] | tuple[str, ...],
+                 positions: Positions = "all", batch_size: int = 16,
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The rows ``capture`` would store, in memory (float32): residuals per hook name and the
+    index (item, position, role, token_id). For eval-sized prompt sets."""
+    check_items(items)
+    config = CaptureConfig(hooks=tuple(hooks), positions=positions, batch_size=batch_size,
+                           storage_dtype="float32")
+    hps, planned = _plan(subject, items, config)
+    acts: dict[str, list[torch.Tensor]] = {hp.name: [] for hp in hps}
+    index: dict[str, list[torch.Tensor]] = {}
+    for batch in plan_batches([len(p.enc) for p in planned], batch_size,
+                              config.max_batch_tokens):
+        a, idx = _run_batch(subject, [planned[i] for i in batch], hps, _stop_point(hps),
+                            subject.tokenizer.pad_token_id, torch.float32,
+                            positions == "response_mean")
+        for name, rows in a.items():
+            acts[name].append(rows)
+        for k, v in idx.items():
+            index.setdefault(k, []).append(v)
+    return ({n: torch.cat(v) for n, v in acts.items()},
+            {k: torch.cat(v) for k, v in index.items()})
+
+
 def capture(subject: Subject, items: list[PromptItem], out: str | Path,
             config: CaptureConfig = CaptureConfig(), resume: bool = False,
             overwrite: bool = False, progress: bool = True, seed: int | None = None,

@@ -18,7 +18,7 @@ from typing import Literal
 from persona_probe.artifacts import atomic_write, read_json
 from persona_probe.datasets import load_chat_jsonl, load_hh_rlhf, shared_data_dir
 from persona_probe.errors import PromptSetError
-from persona_probe.prompts import PromptItem, check_items, load_prompts
+from persona_probe.prompts import PromptItem, check_items, iter_jsonl, load_prompts
 
 SourceKind = Literal["builtin", "hh_rlhf", "chat_jsonl", "persona_statements"]
 KINDS: tuple[str, ...] = ("builtin", "hh_rlhf", "chat_jsonl", "persona_statements")
@@ -80,20 +80,14 @@ def resolve_shared(path: str) -> Path:
 def load_persona_statements(path: str | Path, limit: int | None = None) -> list[PromptItem]:
     """Anthropic persona statements as prompt-only chats asking the model's view."""
     path = Path(path)
-    if not path.is_file():
-        raise PromptSetError(f"persona file {path} does not exist")
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if limit is not None and len(items) >= limit:
-                break
-            try:
-                statement = json.loads(line)["statement"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise PromptSetError(f"{path}:{lineno}: expected a JSON object with a "
-                                     "'statement'") from None
-            msgs = [{"role": "user", "content": STATEMENT_PROMPT.format(statement=statement)}]
-            items.append(PromptItem(f"{path.stem}/{lineno}", msgs, "persona", path.stem))
+    for where, rec in iter_jsonl(path, limit, what="persona file"):
+        statement = rec.get("statement")
+        if not isinstance(statement, str):
+            raise PromptSetError(f"{where}: expected a JSON object with a 'statement'")
+        lineno = where.rsplit(":", 1)[1]
+        msgs = [{"role": "user", "content": STATEMENT_PROMPT.format(statement=statement)}]
+        items.append(PromptItem(f"{path.stem}/{lineno}", msgs, "persona", path.stem))
     return items
 
 

@@ -22,7 +22,6 @@ from typing import Any, Literal, Union
 
 import torch
 
-from persona_probe.batching import pad_batch, plan_batches
 from persona_probe.directions import Direction, DirectionError
 from persona_probe.errors import PersonaProbeError
 from persona_probe.hooks import HookPoint, nnsight_residual, parse_hook, residual_hooks
@@ -100,28 +99,12 @@ def residual_norms(subject: Subject, hook_points: Iterable[HookPoint],
     cache: dict = subject.cache.setdefault("residual_norms", {})
     todo = [hp for hp in hps if (key_set, hp) not in cache]
     if todo:
-        items = items or load_prompts(REFERENCE_SET)
-        special = torch.tensor(sorted(subject.tokenizer.all_special_ids))
-        encs = [subject.encode_chat(it.messages).input_ids for it in items]
-        sums = {hp: 0.0 for hp in todo}
-        count = 0
-        mask_box: dict[str, torch.Tensor] = {}
+        from persona_probe.capture import collect_rows
 
-        def reader(hp: HookPoint):
-            def fn(resid: torch.Tensor) -> None:
-                m = mask_box["m"]
-                sums[hp] += resid.float().norm(dim=-1)[m].sum().item()
-            return fn
-        with residual_hooks(subject.model, [(hp, reader(hp)) for hp in todo]):
-            for batch in plan_batches([len(e) for e in encs], batch_size, 8192):
-                ids, attn = pad_batch([encs[i] for i in batch], subject.tokenizer.pad_token_id)
-                m = attn.bool() & ~torch.isin(ids, special)
-                mask_box["m"] = m.to(subject.device)
-                count += int(m.sum())
-                subject.model(input_ids=ids.to(subject.device),
-                              attention_mask=attn.to(subject.device), use_cache=False)
+        acts, _ = collect_rows(subject, items or load_prompts(REFERENCE_SET),
+                               [hp.name for hp in todo], "all", batch_size)
         for hp in todo:
-            cache[(key_set, hp)] = sums[hp] / count
+            cache[(key_set, hp)] = float(acts[hp.name].norm(dim=-1).double().mean())
     return {hp: cache[(key_set, hp)] for hp in hps}
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 from persona_probe.artifacts import atomic_write
-from persona_probe.batching import pad_batch, plan_batches
-from persona_probe.capture import select_positions
+from persona_probe.capture import collect_rows
 from persona_probe.directions import Direction
-from persona_probe.hooks import parse_hook, residual_hooks
+from persona_probe.hooks import parse_hook
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
 
@@ -55,25 +54,10 @@ def token_activations(subject: Subject, sae, items: Sequence[PromptItem], positi
     """Residuals at the SAE's hook over ``positions`` of every item, and (item, position,
     token_id) per row. In memory: meant for eval-sized prompt sets."""
     hp = parse_hook(sae.cfg.metadata.hook_name, subject.n_layers)
-    special = set(subject.tokenizer.all_special_ids)
-    encs = [subject.encode_chat(it.messages) for it in items]
-    pos = [select_positions(e, positions, special, False) for e in encs]
-    rows, where = [], []
-    box: dict = {}
-
-    def read(resid: torch.Tensor) -> None:
-        box["r"] = resid.detach()
-    with residual_hooks(subject.model, [(hp, read)]):
-        for batch in plan_batches([len(e) for e in encs], batch_size, 8192):
-            ids, attn = pad_batch([encs[i].input_ids for i in batch],
-                                  subject.tokenizer.pad_token_id)
-            subject.model(input_ids=ids.to(subject.device), attention_mask=attn.to(subject.device),
-                          use_cache=False)
-            for r, i in enumerate(batch):
-                if pos[i]:
-                    rows.append(box["r"][r, pos[i]].float().cpu())
-                    where += [(i, t, encs[i].input_ids[t]) for t in pos[i]]
-    return (torch.cat(rows) if rows else torch.zeros(0, subject.d_model)), where
+    acts, index = collect_rows(subject, list(items), [hp.name], positions, batch_size)  # type: ignore[arg-type]
+    where = list(zip(index["item"].tolist(), index["position"].tolist(),
+                     index["token_id"].tolist()))
+    return acts[hp.name], where
 
 
 @dataclass

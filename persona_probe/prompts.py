@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -66,16 +67,17 @@ def load_builtin(name: str) -> list[PromptItem]:
     return items
 
 
-def load_jsonl(path: str | Path, limit: int | None = None) -> list[PromptItem]:
-    """A user prompt file in JSON lines; every error names the file and line. Reading stops
-    after ``limit`` items, so a small sample of a large file costs only what it uses."""
+def iter_jsonl(path: str | Path, limit: int | None = None, what: str = "prompt file",
+               ) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, object) for each non-empty line; stops after ``limit`` objects, so a
+    small sample of a large file costs only what it uses. Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise PromptSetError(f"prompt file {path} does not exist")
-    items = []
+        raise PromptSetError(f"{what} {path} does not exist")
+    n = 0
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if limit is not None and len(items) >= limit:
+            if limit is not None and n >= limit:
                 break
             if not line.strip():
                 continue
@@ -86,19 +88,29 @@ def load_jsonl(path: str | Path, limit: int | None = None) -> list[PromptItem]:
                 raise PromptSetError(f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
                 raise PromptSetError(f"{where}: each line must be a JSON object")
-            if "messages" in rec:
-                msgs = rec["messages"]
-            elif "prompt" in rec:
-                msgs = [{"role": "user", "content": rec["prompt"]}]
-                if rec.get("response"):
-                    msgs.append({"role": "assistant", "content": rec["response"]})
-            else:
-                raise PromptSetError(f"{where}: needs 'messages' or 'prompt'")
-            if not isinstance(msgs, list):
-                raise PromptSetError(f"{where}: 'messages' must be a list")
-            validate_messages(msgs, where)
-            items.append(PromptItem(str(rec.get("id", f"{path.stem}/{lineno}")), msgs,
-                                    str(rec.get("category", "")), str(rec.get("subcategory", ""))))
+            n += 1
+            yield where, rec
+
+
+def load_jsonl(path: str | Path, limit: int | None = None) -> list[PromptItem]:
+    """A user prompt file in JSON lines; every error names the file and line."""
+    path = Path(path)
+    items = []
+    for where, rec in iter_jsonl(path, limit):
+        if "messages" in rec:
+            msgs = rec["messages"]
+        elif "prompt" in rec:
+            msgs = [{"role": "user", "content": rec["prompt"]}]
+            if rec.get("response"):
+                msgs.append({"role": "assistant", "content": rec["response"]})
+        else:
+            raise PromptSetError(f"{where}: needs 'messages' or 'prompt'")
+        if not isinstance(msgs, list):
+            raise PromptSetError(f"{where}: 'messages' must be a list")
+        validate_messages(msgs, where)
+        lineno = where.rsplit(":", 1)[1]
+        items.append(PromptItem(str(rec.get("id", f"{path.stem}/{lineno}")), msgs,
+                                str(rec.get("category", "")), str(rec.get("subcategory", ""))))
     return items
 
 
