@@ -20,6 +20,18 @@ from persona_probe.stats import Estimate, bootstrap
 from persona_probe.traits import Trait
 
 
+def span_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor, start: int,
+                end: int) -> torch.Tensor:
+    """Logits at positions [start, end) only. The LM head over every position of a batch is
+    most of the cost for a small model with a 49k vocabulary, so models that accept
+    ``logits_to_keep`` (most HF causal LMs) project only the positions that are scored."""
+    keep = torch.arange(start, end, device=ids.device)
+    try:
+        return subject.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # an architecture without logits_to_keep
+        return subject.model(input_ids=ids, attention_mask=mask).logits[:, start:end]
+
+
 @torch.no_grad()
 def reply_loglik(subject: Subject, prompts: Sequence[list[Message]], replies: Sequence[str],
                  batch_size: int = 16, per_token: bool = True) -> np.ndarray:
@@ -36,10 +48,12 @@ def reply_loglik(subject: Subject, prompts: Sequence[list[Message]], replies: Se
     dev = subject.device
     for batch in plan_batches([len(e) for e in encs], batch_size, 8192):
         ids, mask = pad_batch([encs[i] for i in batch], pad)
-        logits = subject.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        first = min(spans[i][0] for i in batch) - 1
+        logits = span_logits(subject, ids.to(dev), mask.to(dev), first,
+                             max(spans[i][1] for i in batch) - 1)
         for row, i in enumerate(batch):
             s, e = spans[i]
-            lp = logits[row, s - 1:e - 1].float().log_softmax(-1)
+            lp = logits[row, s - 1 - first:e - 1 - first].float().log_softmax(-1)
             tok = ids[row, s:e].to(dev)
             ll = lp.gather(-1, tok[:, None]).squeeze(-1)
             out[i] = (ll.mean() if per_token else ll.sum()).item()
