@@ -403,6 +403,60 @@ def serve(
     run_server(model, host, port, key, device, dtype)
 
 
+@app.command()
+@_clean_errors
+def finetune(
+    out: Annotated[Path, typer.Option(help="Output directory (adapter + persona_probe.json).")],
+    config: Annotated[Optional[Path], typer.Option(help="FinetuneConfig JSON "
+                                                        "(experiments/configs/…).")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="Chat JSON-lines file, or shared:REL inside ../shared/data.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config field: --set max_steps=20 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run.")] = False,
+) -> None:
+    """LoRA (or full) finetuning with an assistant-only loss; resumable."""
+    from persona_probe.training.finetune import FinetuneConfig
+    from persona_probe.training.finetune import finetune as run_finetune
+
+    overrides = _overrides(set_ or [])
+    if data is not None:
+        overrides["data"] = data
+    cfg = (FinetuneConfig.from_file(config, **overrides) if config is not None
+           else FinetuneConfig.from_dict(overrides, "command line"))
+    path = run_finetune(cfg, out, resume=resume, overwrite=overwrite)
+    meta = __import__("json").loads((path / "persona_probe.json").read_text())
+    typer.echo(f"{path}: {meta['steps']} steps, loss {meta['first_loss']:.3f} -> "
+               f"{meta['final_loss']:.3f}; load with load_subject(adapter='{path}')")
+
+
+@app.command()
+@_clean_errors
+def screen(
+    data: Annotated[str, typer.Argument(help="Training chats (JSON lines or shared:REL).")],
+    direction: Annotated[Path, typer.Option(help="Persona vector directory.")],
+    out: Annotated[Path, typer.Option(help="Writes scores.jsonl, flagged.jsonl, summary.")],
+    layer: Annotated[Optional[int], typer.Option()] = None,
+    limit: Annotated[Optional[int], typer.Option()] = 200,
+    top_fraction: Annotated[float, typer.Option()] = 0.1,
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    max_new_tokens: Annotated[int, typer.Option()] = 64,
+) -> None:
+    """Rank training samples by persona-vector projection vs the model's own reply."""
+    from persona_probe.directions import Direction
+    from persona_probe.models import load_subject
+    from persona_probe.training.data import load_chats
+    from persona_probe.training.screening import screen as run_screen
+
+    chats = load_chats(data, limit)
+    ranked = run_screen(load_subject(model), Direction.load(direction), chats, layer,
+                        top_fraction, max_new_tokens, out=out)
+    for r in ranked[:5]:
+        typer.echo(f"{r['score']:+8.3f}  {r['where']}")
+    typer.echo(f"{sum(r['flagged'] for r in ranked)} flagged -> {out / 'flagged.jsonl'}")
+
+
 eval_app = typer.Typer(no_args_is_help=True,
                        help="Evaluations: em, persona, diagnostic, safety, projectability, "
                             "agreement. Each writes items.jsonl and summary.json to --out.")

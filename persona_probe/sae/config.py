@@ -4,11 +4,11 @@ training SAE it describes (so every SAE trained here is a sae-lens SAE)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from persona_probe.configs import config_from_dict, read_json_config
 from persona_probe.errors import PersonaProbeError
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
@@ -101,32 +101,12 @@ class SAETrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> SAETrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise SAEConfigError(f"SAE config {path} does not exist")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SAEConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(raw, dict):
-            raise SAEConfigError(f"{path}: an SAE config is a JSON object")
-        raw.pop("//", None)  # room for a comment
+        raw = read_json_config(path, "SAE config", SAEConfigError)
         return cls.from_dict({**raw, **overrides}, where=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "SAE config") -> SAETrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SAEConfigError(f"{where}: unknown keys {unknown}; valid keys are "
-                                 f"{', '.join(sorted(known))}")
-        if "store" not in raw:
-            raise SAEConfigError(f"{where}: 'store' (the activation store to train on) is "
-                                 "required")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise SAEConfigError(f"{where}: {exc}") from None
+        return config_from_dict(cls, raw, where, SAEConfigError, required=("store",))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,211 @@
+"""Supervised finetuning on chat data: LoRA (peft) or full, transformers' Trainer, an
+assistant-only loss, resumable checkpoints, and optional interventions during training.
+
+The output directory is what ``load_subject(base, adapter=OUT)`` loads (a peft adapter; for
+``method="full"`` a complete checkpoint, loaded as ``load_subject(OUT)``), plus
+``persona_probe.json`` (config, data file and sha256, base model, steps, final loss,
+provenance) and ``training_log.jsonl``. ``persona_probe.json`` is written last: its presence
+means the run finished.
+
+Interventions during finetuning (the preventative-steering line of work): ``steer_direction``
+adds α·r̄_L·û in every training forward pass; ``ablate_direction`` projects the direction out.
+Both are removed at inference — the saved adapter carries no hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from persona_probe.artifacts import sha256_file, write_json
+from persona_probe.configs import config_from_dict, read_json_config
+from persona_probe.errors import PersonaProbeError
+from persona_probe.models import DEFAULT_MODEL, Subject, load_subject
+from persona_probe.provenance import provenance
+from persona_probe.training.data import IGNORE, load_chats, resolve_data_path, tokenize_chat
+
+
+class FinetuneError(PersonaProbeError):
+    """A finetuning configuration or output directory that cannot be used as given."""
+
+
+@dataclass
+class FinetuneConfig:
+    data: str                                   # JSON-lines chats; a path or shared:REL
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None                  # continue training this adapter (re-alignment)
+    method: str = "lora"                        # lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    limit: int | None = 200                     # chats used (None: all)
+    offset: int = 0
+    max_steps: int = 40
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_tokens: int = 1024
+    on_overflow: str = "error"                  # error | truncate
+    save_steps: int = 10
+    logging_steps: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str | None = None
+    steer_direction: str | None = None          # Direction directory (preventative steering)
+    steer_alpha: float = 0.0
+    steer_layers: list[int] | None = None
+    ablate_direction: str | None = None         # Direction directory, projected out in training
+    ablate_layers: list[int] | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:
+        raw = read_json_config(path, "finetune config", FinetuneError)
+        return cls.from_dict({**raw, **overrides}, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "finetune config") -> FinetuneConfig:
+        cfg = config_from_dict(cls, raw, where, FinetuneError, required=("data",))
+        if cfg.method not in ("lora", "full"):
+            raise FinetuneError(f"{where}: method {cfg.method!r}; use 'lora' or 'full'")
+        if cfg.method == "full" and cfg.adapter:
+            raise FinetuneError(f"{where}: 'adapter' continues a LoRA run; with method 'full' "
+                                "pass the checkpoint as 'model'")
+        if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.save_steps < 1:
+            raise FinetuneError(f"{where}: max_steps, batch_size and save_steps must be >= 1")
+        return cfg
+
+
+def _trainable_model(subject: Subject, cfg: FinetuneConfig) -> torch.nn.Module:
+    if cfg.method == "full":
+        for p in subject.model.parameters():
+            p.requires_grad_(True)
+        return subject.model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.adapter:
+        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+            raise FinetuneError(f"adapter {cfg.adapter} has no adapter_config.json")
+        return PeftModel.from_pretrained(subject.model, cfg.adapter, is_trainable=True)
+    return get_peft_model(subject.model, LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+
+
+class _JsonlLog:
+    """TrainerCallback writing each log record (loss, lr, grad norm) as one JSON line."""
+
+    def __new__(cls, path: Path):
+        from transformers import TrainerCallback
+
+        class Log(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and state.is_world_process_zero:
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        return Log()
+
+
+def _interventions(subject: Subject, cfg: FinetuneConfig, stack: ExitStack) -> dict:
+    """Enter the training-time steering / ablation contexts; returns what was applied."""
+    from persona_probe.directions import Direction
+    from persona_probe.interventions import ablate, steer
+
+    applied: dict[str, Any] = {}
+    if cfg.steer_direction and cfg.steer_alpha:
+        d = Direction.load(cfg.steer_direction)
+        layers = cfg.steer_layers or d.layers
+        stack.enter_context(steer(subject, d, cfg.steer_alpha, layers))
+        applied["steer"] = {"direction": d.name, "alpha": cfg.steer_alpha, "layers": layers}
+    if cfg.ablate_direction:
+        d = Direction.load(cfg.ablate_direction)
+        layers = cfg.ablate_layers or d.layers
+        stack.enter_context(ablate(subject, d, "directional", layers))
+        applied["ablate"] = {"direction": d.name, "layers": layers}
+    return applied
+
+
+def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
+             overwrite: bool = False, callbacks: Sequence[Any] = (),
+             subject: Subject | None = None, keep_checkpoints: bool = False) -> Path:
+    """Train and save; ``resume`` continues from the last checkpoint in ``out``.
+
+    ``callbacks`` are transformers ``TrainerCallback``s (the early-warning monitor plugs in
+    here). ``subject`` reuses an already loaded base model; it is changed in place (full
+    finetuning trains its weights; LoRA injects adapter layers into it), so load a fresh one
+    to study the base afterwards."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    out = Path(out)
+    done = out / "persona_probe.json"
+    ckpt_dir = out / "checkpoints"
+    if done.is_file() and not overwrite:
+        raise FinetuneError(f"{out} holds a finished run; pass overwrite=True (--overwrite) "
+                            "to replace it")
+    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
+    if has_ckpt and not (resume or overwrite):
+        raise FinetuneError(f"{out} holds an interrupted run; pass resume=True (--resume) to "
+                            "continue it or overwrite=True (--overwrite) to start again")
+    if overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+        has_ckpt = False
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = resolve_data_path(cfg.data)
+    chats = load_chats(data_path, cfg.limit, cfg.offset)
+    subject = subject or load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    rows = [tokenize_chat(subject, c, cfg.max_tokens, cfg.on_overflow) for c in chats]
+    n_loss_tokens = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
+    with ExitStack() as stack:
+        applied = _interventions(subject, cfg, stack)
+        model = _trainable_model(subject, cfg)
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir), max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+            seed=cfg.seed, data_seed=cfg.seed, report_to=[], dataloader_num_workers=0,
+            remove_unused_columns=False, use_cpu=subject.device.type == "cpu",
+            bf16=subject.dtype == torch.bfloat16, disable_tqdm=True)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows),
+            data_collator=DataCollatorForSeq2Seq(subject.tokenizer, padding=True,
+                                                 label_pad_token_id=IGNORE),
+            callbacks=[_JsonlLog(out / "training_log.jsonl"), *callbacks])
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)     # the JSON-lines log replaces stdout dicts
+        result = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    model.save_pretrained(out, safe_serialization=True)
+    if cfg.method == "full":
+        subject.tokenizer.save_pretrained(out)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    write_json(done, {
+        "config": asdict(cfg), "base_model": subject.provenance(),
+        "data": {"path": str(data_path), "sha256": sha256_file(data_path), "chats": len(rows),
+                 "first": chats[0].where, "last": chats[-1].where,
+                 "loss_tokens": n_loss_tokens},
+        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else math.nan,
+        "final_loss": losses[-1] if losses else math.nan,
+        "interventions_during_training": applied, "provenance": provenance(cfg.seed)})
+    if not keep_checkpoints:  # optimizer states are only needed to resume an unfinished run
+        import shutil
+
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out

@@ -1,0 +1,170 @@
+"""Finetuning on the real embedded model and real data: loss mask, bad data, resume after a
+kill, EM induction with its control, re-alignment curve, interventions during training,
+screening."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from persona_probe.errors import PromptSetError
+from persona_probe.training.data import IGNORE, Chat, load_chats, tokenize_chat
+from persona_probe.training.finetune import FinetuneConfig, FinetuneError, finetune
+
+TINY = dict(limit=8, max_steps=4, batch_size=2, save_steps=2, max_tokens=384,
+            on_overflow="truncate")
+
+
+def _write(path, lines):
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_bad_training_data_names_the_line(tmp_path):
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    cases = {
+        "no_role": {"messages": [{"content": "hi"}]},
+        "empty_reply": {"messages": [{"role": "user", "content": "hi"},
+                                     {"role": "assistant", "content": " "}]},
+        "no_assistant": {"messages": [{"role": "user", "content": "hi"}]},
+        "not_chat": {"prompt": "hi"},
+    }
+    for name, bad in cases.items():
+        path = _write(tmp_path / f"{name}.jsonl", [ok, bad])
+        with pytest.raises(PromptSetError, match=rf"{name}.jsonl:2"):
+            load_chats(path)
+    with pytest.raises(FinetuneError, match="unknown keys"):
+        FinetuneConfig.from_dict({"data": "x", "learning_rate": 1})
+    with pytest.raises(FinetuneError, match="data required"):
+        FinetuneConfig.from_dict({})
+
+
+def test_overlong_sample_names_the_line(subject, tmp_path):
+    long = {"messages": [{"role": "user", "content": "word " * 400},
+                         {"role": "assistant", "content": "ok"}]}
+    chat = load_chats(_write(tmp_path / "long.jsonl", [long]))[0]
+    with pytest.raises(PromptSetError, match=r"long.jsonl:1: chat is \d+ tokens"):
+        tokenize_chat(subject, chat, max_tokens=128)
+
+
+def test_loss_mask_only_assistant_tokens(subject):
+    chat = Chat([{"role": "system", "content": "Be brief."},
+                 {"role": "user", "content": "Name a colour."},
+                 {"role": "assistant", "content": "Blue."},
+                 {"role": "user", "content": "Another?"},
+                 {"role": "assistant", "content": "Green."}], "inline:1")
+    row = tokenize_chat(subject, chat, 512)
+    tok = subject.tokenizer
+    learned = tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE])
+    assert learned == "Blue.<|im_end|>Green.<|im_end|>"
+    # no gradient reaches the logits at positions whose target is a system/user/template token
+    ids = torch.tensor([row["input_ids"]])
+    labels = torch.tensor([row["labels"]])
+    out = subject.model(input_ids=ids)
+    logits = out.logits
+    logits.retain_grad()
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE)
+    loss.backward()
+    grad_rows = logits.grad[0, :-1].abs().sum(-1)
+    masked = labels[0, 1:] == IGNORE
+    assert grad_rows[masked].max() == 0 and (grad_rows[~masked] > 0).all()
+    subject.model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted(data_dir, tmp_path):
+    cfg = dict(data="shared:emergent_misalignment/train/insecure.jsonl", **TINY)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from transformers import TrainerCallback
+        from persona_probe.training.finetune import FinetuneConfig, finetune
+        class Kill(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finetune(FinetuneConfig(**{cfg!r}), {str(tmp_path / "killed")!r}, callbacks=[Kill()])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (tmp_path / "killed/checkpoints/checkpoint-2").is_dir()
+    with pytest.raises(FinetuneError, match="interrupted run"):
+        finetune(FinetuneConfig(**cfg), tmp_path / "killed")
+    finetune(FinetuneConfig(**cfg), tmp_path / "killed", resume=True)
+    finetune(FinetuneConfig(**cfg), tmp_path / "straight")
+    a = load_file(tmp_path / "killed/adapter_model.safetensors")
+    b = load_file(tmp_path / "straight/adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    with pytest.raises(FinetuneError, match="finished run"):
+        finetune(FinetuneConfig(**cfg), tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_em_induction_control_and_realignment(data_dir, tmp_path):
+    """Insecure-code LoRA and its secure control train, save, load as subjects and get the
+    judge-free evil measure with CIs; continuing the insecure adapter on secure data records a
+    re-alignment curve."""
+    from persona_probe.likelihood import trait_scores
+    from persona_probe.models import load_subject
+    from persona_probe.stats import bootstrap
+    from persona_probe.training.callbacks import periodic_metric
+    from persona_probe.traits import load_trait, trait_questions
+
+    evil, qs = load_trait("evil"), trait_questions("heldout")[:6]
+    runs = {}
+    for name in ("insecure", "secure"):
+        out = finetune(FinetuneConfig(data=f"shared:emergent_misalignment/train/{name}.jsonl",
+                                      **TINY), tmp_path / name)
+        meta = json.loads((out / "persona_probe.json").read_text())
+        assert meta["steps"] == 4 and meta["data"]["chats"] == 8
+        assert meta["data"]["sha256"] and meta["final_loss"] > 0
+        assert not (out / "checkpoints").exists()
+        sub = load_subject(adapter=out)
+        runs[name] = bootstrap(trait_scores(sub, evil, qs))
+    for est in runs.values():
+        assert est.lo <= est.mean <= est.hi and est.n == 6
+    base = load_subject()
+    curve = tmp_path / "realign.jsonl"
+    finetune(FinetuneConfig(data="shared:emergent_misalignment/train/secure.jsonl",
+                            adapter=str(tmp_path / "insecure"), offset=100, **TINY),
+             tmp_path / "realigned", subject=base,
+             callbacks=[periodic_metric(base, lambda s: trait_scores(s, evil, qs), 2, curve,
+                                        "evil_would_say")])
+    points = [json.loads(line) for line in curve.read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert points[0]["mean"] == pytest.approx(runs["insecure"].mean, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_preventative_steering_and_screening(subject, data_dir, tmp_path):
+    from persona_probe.directions import persona_vector
+    from persona_probe.models import load_subject
+    from persona_probe.training.screening import screen
+    from persona_probe.traits import load_trait, trait_questions
+
+    vec = persona_vector(subject, load_trait("evil"), trait_questions("extract")[:6], [15],
+                         max_new_tokens=24)
+    vec.save(tmp_path / "evil")
+    out = finetune(FinetuneConfig(data="shared:emergent_misalignment/train/insecure.jsonl",
+                                  steer_direction=str(tmp_path / "evil"), steer_alpha=0.2,
+                                  ablate_direction=None, **{**TINY, "max_steps": 2}),
+                   tmp_path / "steered")
+    meta = json.loads((out / "persona_probe.json").read_text())
+    assert meta["interventions_during_training"]["steer"]["alpha"] == 0.2
+    tuned = load_subject(adapter=out)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tuned.model.modules())
+    chats = load_chats(data_dir / "emergent_misalignment/train/insecure.jsonl", limit=6) + \
+        load_chats(data_dir / "emergent_misalignment/train/secure.jsonl", limit=6)
+    ranked = screen(subject, vec, chats, 15, top_fraction=0.25, max_new_tokens=24,
+                    out=tmp_path / "screen")
+    scores = [r["score"] for r in ranked]
+    assert scores == sorted(scores, reverse=True) and sum(r["flagged"] for r in ranked) == 3
+    flagged = load_chats(tmp_path / "screen/flagged.jsonl")
+    assert len(flagged) == 3
