@@ -17,7 +17,7 @@ from persona_probe.errors import PromptSetError
 from persona_probe.training.data import IGNORE, Chat, load_chats, tokenize_chat
 from persona_probe.training.finetune import FinetuneConfig, FinetuneError, finetune
 
-TINY = dict(limit=8, max_steps=4, batch_size=2, save_steps=2, max_tokens=384,
+TINY = dict(limit=6, max_steps=3, batch_size=2, save_steps=1, max_tokens=384,
             on_overflow="truncate")
 
 
@@ -79,20 +79,22 @@ def test_loss_mask_only_assistant_tokens(subject):
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(data_dir, tmp_path):
-    cfg = dict(data="shared:emergent_misalignment/train/insecure.jsonl", **TINY)
+    cfg = dict(data="shared:emergent_misalignment/train/insecure.jsonl",
+               **{**TINY, "batch_size": 1, "limit": 3})
     script = textwrap.dedent(f"""
         import os, signal
         from transformers import TrainerCallback
         from persona_probe.training.finetune import FinetuneConfig, finetune
         class Kill(TrainerCallback):
             def on_step_end(self, args, state, control, **kw):
-                if state.global_step == 3:
+                if state.global_step == 2:     # checkpoint-1 is on disk, step 2 is not
                     os.kill(os.getpid(), signal.SIGKILL)
         finetune(FinetuneConfig(**{cfg!r}), {str(tmp_path / "killed")!r}, callbacks=[Kill()])
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    assert (tmp_path / "killed/checkpoints/checkpoint-2").is_dir()
+    assert (tmp_path / "killed/checkpoints/checkpoint-1").is_dir()
+    assert not (tmp_path / "killed/checkpoints/checkpoint-2").exists()
     with pytest.raises(FinetuneError, match="interrupted run"):
         finetune(FinetuneConfig(**cfg), tmp_path / "killed")
     finetune(FinetuneConfig(**cfg), tmp_path / "killed", resume=True)
@@ -117,28 +119,29 @@ def test_em_induction_control_and_realignment(data_dir, tmp_path):
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.traits import load_trait, trait_questions
 
-    evil, qs = load_trait("evil"), trait_questions("heldout")[:6]
+    evil, qs = load_trait("evil"), trait_questions("heldout")[:4]
     runs = {}
     for name in ("insecure", "secure"):
         out = finetune(FinetuneConfig(data=f"shared:emergent_misalignment/train/{name}.jsonl",
                                       **TINY), tmp_path / name)
         meta = json.loads((out / "persona_probe.json").read_text())
-        assert meta["steps"] == 4 and meta["data"]["chats"] == 8
+        assert meta["steps"] == 3 and meta["data"]["chats"] == 6
         assert meta["data"]["sha256"] and meta["final_loss"] > 0
         assert not (out / "checkpoints").exists()
         sub = load_subject(adapter=out)
         runs[name] = bootstrap(trait_scores(sub, evil, qs))
     for est in runs.values():
-        assert est.lo <= est.mean <= est.hi and est.n == 6
+        assert est.lo <= est.mean <= est.hi and est.n == 4
     base = load_subject()
     curve = tmp_path / "realign.jsonl"
     finetune(FinetuneConfig(data="shared:emergent_misalignment/train/secure.jsonl",
-                            adapter=str(tmp_path / "insecure"), offset=100, **TINY),
+                            adapter=str(tmp_path / "insecure"), offset=100,
+                            **{**TINY, "max_steps": 2}),
              tmp_path / "realigned", subject=base,
-             callbacks=[periodic_metric(base, lambda s: trait_scores(s, evil, qs), 2, curve,
+             callbacks=[periodic_metric(base, lambda s: trait_scores(s, evil, qs), 1, curve,
                                         "evil_would_say")])
     points = [json.loads(line) for line in curve.read_text().splitlines()]
-    assert [p["step"] for p in points] == [0, 2, 4]
+    assert [p["step"] for p in points] == [0, 1, 2]
     assert points[0]["mean"] == pytest.approx(runs["insecure"].mean, abs=1e-4)
 
 
@@ -160,11 +163,11 @@ def test_preventative_steering_and_screening(subject, data_dir, tmp_path):
     assert meta["interventions_during_training"]["steer"]["alpha"] == 0.2
     tuned = load_subject(adapter=out)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in tuned.model.modules())
-    chats = load_chats(data_dir / "emergent_misalignment/train/insecure.jsonl", limit=6) + \
-        load_chats(data_dir / "emergent_misalignment/train/secure.jsonl", limit=6)
+    chats = load_chats(data_dir / "emergent_misalignment/train/insecure.jsonl", limit=4) + \
+        load_chats(data_dir / "emergent_misalignment/train/secure.jsonl", limit=4)
     ranked = screen(subject, vec, chats, 15, top_fraction=0.25, max_new_tokens=24,
                     out=tmp_path / "screen")
     scores = [r["score"] for r in ranked]
-    assert scores == sorted(scores, reverse=True) and sum(r["flagged"] for r in ranked) == 3
+    assert scores == sorted(scores, reverse=True) and sum(r["flagged"] for r in ranked) == 2
     flagged = load_chats(tmp_path / "screen/flagged.jsonl")
-    assert len(flagged) == 3
+    assert len(flagged) == 2

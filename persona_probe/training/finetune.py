@@ -171,6 +171,9 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     n_loss_tokens = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
     with ExitStack() as stack:
         applied = _interventions(subject, cfg, stack)
+        from transformers import set_seed
+
+        set_seed(cfg.seed)                # LoRA's initial A matrices come from the global RNG
         model = _trainable_model(subject, cfg)
         args = TrainingArguments(
             output_dir=str(ckpt_dir), max_steps=cfg.max_steps,
