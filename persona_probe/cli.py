@@ -145,7 +145,7 @@ def train_sae_cmd(
     ce_chats: Annotated[int, typer.Option(help="Held-out chats for the CE/KL metrics.")] = 64,
 ) -> None:
     """Train an SAE from an activation store, then measure it on held-out chats."""
-    from persona_probe.sae import SAETrainConfig, evaluate_sae, format_metrics, train_sae
+    from persona_probe.sae import SAETrainConfig, format_metrics, train_sae
 
     cfg = SAETrainConfig.from_file(config, **_overrides(set_ or []))
     path = train_sae(cfg, out, resume=resume, overwrite=overwrite)
@@ -455,6 +455,45 @@ def screen(
     for r in ranked[:5]:
         typer.echo(f"{r['score']:+8.3f}  {r['where']}")
     typer.echo(f"{sum(r['flagged'] for r in ranked)} flagged -> {out / 'flagged.jsonl'}")
+
+
+@app.command()
+@_clean_errors
+def cai(
+    out: Annotated[Path, typer.Option(help="Writes manifest.json, revisions.jsonl (and the "
+                                           "adapter under OUT/adapter with --finetune).")],
+    constitution: Annotated[str, typer.Option(help="deontology | consequentialism | "
+                                                   "virtue_ethics | human_authority | a JSON "
+                                                   "file")] = "deontology",
+    regime: Annotated[str, typer.Option(help="narrow (harassment, illegal_behaviour) | "
+                                             "broad (all categories)")] = "narrow",
+    source: Annotated[str, typer.Option(help="Red-team prompts: builtin | do_not_answer | a "
+                                             "TSV/CSV")] = "builtin",
+    per_category: Annotated[Optional[int], typer.Option()] = None,
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    max_new_tokens: Annotated[int, typer.Option()] = 96,
+    finetune_steps: Annotated[int, typer.Option(
+        "--finetune", help="Then SFT on the revisions for this many steps (0: don't).")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Constitutional AI: answer, critique under a principle, revise; optionally SFT."""
+    from persona_probe.models import load_subject
+    from persona_probe.training.cai import CAIConfig, critique_and_revise
+
+    cfg = CAIConfig(constitution, regime, source, per_category=per_category,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    subject = load_subject(model)
+    data = critique_and_revise(subject, cfg, out)
+    typer.echo(f"revisions: {data} ({sum(1 for _ in open(data))} chats); "
+               f"manifest: {out / 'manifest.json'}")
+    if finetune_steps:
+        from persona_probe.training.finetune import FinetuneConfig
+        from persona_probe.training.finetune import finetune as run_finetune
+
+        path = run_finetune(FinetuneConfig(data=str(data), model=model, limit=None,
+                                           max_steps=finetune_steps, seed=seed),
+                            out / "adapter", resume=(out / "adapter").exists())
+        typer.echo(f"adapter: {path}")
 
 
 eval_app = typer.Typer(no_args_is_help=True,

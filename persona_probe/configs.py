@@ -44,3 +44,34 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
         return cls(**raw)
     except TypeError as exc:
         raise error(f"{where}: {exc}") from None
+
+
+def builtin_names(subdir: str) -> list[str]:
+    """Names of the JSON files shipped in ``persona_probe/data/SUBDIR``."""
+    from importlib import resources
+
+    root = resources.files("persona_probe") / "data" / subdir
+    return sorted(p.name.removesuffix(".json") for p in root.iterdir()
+                  if p.name.endswith(".json"))
+
+
+def read_named_json(subdir: str, spec: str | Path, what: str,
+                    error: type[PersonaProbeError] = PersonaProbeError,
+                    ) -> tuple[Any, str]:
+    """(parsed JSON, where) for a built-in name in ``data/SUBDIR`` or a ``.json`` path; errors
+    list the built-in names and name the line of bad JSON."""
+    from importlib import resources
+
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    elif str(spec) in builtin_names(subdir):
+        ref = resources.files("persona_probe") / "data" / subdir / f"{spec}.json"
+        text, where = ref.read_text(encoding="utf-8"), f"builtin:{spec}"
+    else:
+        raise error(f"unknown {what} {str(spec)!r}; use one of "
+                    f"{', '.join(builtin_names(subdir))} or a JSON file")
+    try:
+        return json.loads(text), where
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None

@@ -171,3 +171,42 @@ def test_preventative_steering_and_screening(subject, data_dir, tmp_path):
     assert scores == sorted(scores, reverse=True) and sum(r["flagged"] for r in ranked) == 2
     flagged = load_chats(tmp_path / "screen/flagged.jsonl")
     assert len(flagged) == 2
+
+
+def test_constitutions_and_regimes():
+    from persona_probe.training.cai import (
+        CAIConfig, CAIError, builtin_constitutions, load_constitution, select_red_team)
+    from persona_probe.evals.safety import load_safety_prompts
+
+    assert set(builtin_constitutions()) == {"deontology", "consequentialism", "virtue_ethics",
+                                            "human_authority"}
+    for name in builtin_constitutions():
+        assert len(load_constitution(name).principles) >= 5
+    prompts = load_safety_prompts("builtin")
+    used, excluded = select_red_team(prompts, CAIConfig(regime="narrow"))
+    assert {p.category for p in used} == {"harassment", "illegal_behaviour"}
+    assert len(used) + len(excluded) == len(prompts)
+    broad, _ = select_red_team(prompts, CAIConfig(regime="broad"))
+    assert len(broad) == len(prompts)
+    with pytest.raises(CAIError, match="unknown regime"):
+        select_red_team(prompts, CAIConfig(regime="wide"))
+    with pytest.raises(CAIError, match="unknown constitution"):
+        load_constitution("stoicism")
+
+
+@pytest.mark.slow
+def test_cai_run_produces_critiques_revisions_and_adapter(subject, tmp_path):
+    from persona_probe.training.cai import CAIConfig, critique_and_revise
+
+    cfg = CAIConfig(constitution="virtue_ethics", regime="narrow", per_category=2,
+                    max_new_tokens=32, critique_tokens=24)
+    data = critique_and_revise(subject, cfg, tmp_path / "cai", progress=False)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert len(rows) == 4
+    assert {r["meta"]["category"] for r in rows} == {"harassment", "illegal_behaviour"}
+    assert all(r["meta"]["critique"] and r["meta"]["initial"] for r in rows)
+    manifest = json.loads((tmp_path / "cai/manifest.json").read_text())
+    assert len(manifest["used"]) == 4 and manifest["constitution"]["name"] == "virtue_ethics"
+    out = finetune(FinetuneConfig(data=str(data), limit=None, max_steps=2, batch_size=2,
+                                  max_tokens=384), tmp_path / "adapter")
+    assert (out / "adapter_model.safetensors").is_file()

@@ -19,15 +19,14 @@ dimension (``source="anthropic"``).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from persona_probe.chat import Message
+from persona_probe.configs import builtin_names, read_named_json
 from persona_probe.errors import PersonaProbeError
 from persona_probe.evals.records import ItemLog, write_summary
 from persona_probe.likelihood import reply_loglik
@@ -84,27 +83,15 @@ def category_context(category: str, requests: list[str], n: int = 3) -> Context:
 
 
 def builtin_dimensions() -> list[str]:
-    root = resources.files("persona_probe") / "data" / "diagnostic"
-    return sorted(p.name.removesuffix(".json") for p in root.iterdir()
-                  if p.name.endswith(".json"))
+    return builtin_names("diagnostic")
 
 
 def load_dimension(spec: str | Path) -> Dimension:
     """A built-in dimension by name, or a JSON file ``{dimension, description, statements:
     [{text, holder_answer}], anthropic_files?}``."""
-    path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
-        text, where = path.read_text(encoding="utf-8"), str(path)
-    elif str(spec) in builtin_dimensions():
-        ref = resources.files("persona_probe") / "data" / "diagnostic" / f"{spec}.json"
-        text, where = ref.read_text(encoding="utf-8"), f"builtin:{spec}"
-    else:
-        raise DiagnosticError(f"unknown dimension {str(spec)!r}; use one of "
-                              f"{', '.join(builtin_dimensions())} or a JSON file")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DiagnosticError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    raw, where = read_named_json("diagnostic", spec, "dimension", DiagnosticError)
+    if not isinstance(raw, dict):
+        raise DiagnosticError(f"{where}: a dimension is a JSON object")
     name = raw.get("dimension")
     stmts = raw.get("statements")
     if not isinstance(name, str) or not isinstance(stmts, list) or not stmts:
