@@ -496,6 +496,35 @@ def cai(
         typer.echo(f"adapter: {path}")
 
 
+@app.command()
+@_clean_errors
+def dpo(
+    out: Annotated[Path, typer.Option(help="Writes round-*/pairs.jsonl, the adapter, and "
+                                           "persona_probe.json.")],
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    prompts: Annotated[str, typer.Option(help="Prompt set (builtin:NAME or JSON lines).")] = (
+        "builtin:harmful_requests"),
+    limit: Annotated[Optional[int], typer.Option()] = 32,
+    samples: Annotated[int, typer.Option(help="Answers sampled per prompt.")] = 4,
+    rounds: Annotated[int, typer.Option(help="1: offline; >1: online rounds.")] = 1,
+    max_steps: Annotated[int, typer.Option(help="DPO steps per round.")] = 10,
+    beta: Annotated[float, typer.Option()] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Conscience-step DPO: a frozen copy of the model judges its own answers."""
+    import json
+
+    from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
+
+    cfg = ConscienceDPOConfig(model=model, prompts=prompts, limit=limit, samples=samples,
+                              rounds=rounds, max_steps=max_steps, beta=beta, seed=seed)
+    path = online_conscience_dpo(cfg, out)
+    for r in json.loads((out / "persona_probe.json").read_text())["rounds"]:
+        typer.echo(f"round {r['round']}: {r['pairs']} pairs, DPO loss on them "
+                   f"{r['pair_loss_before']:.4f} -> {r['pair_loss_after']:.4f}")
+    typer.echo(f"adapter: {path}")
+
+
 eval_app = typer.Typer(no_args_is_help=True,
                        help="Evaluations: em, persona, diagnostic, safety, projectability, "
                             "agreement. Each writes items.jsonl and summary.json to --out.")

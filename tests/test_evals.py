@@ -304,9 +304,9 @@ def test_labelled_sets_and_agreement_metrics(data_dir):
 def test_agreement_real_run(subject, data_dir, tmp_path):
     from persona_probe.evals.agreement import run_agreement
 
-    res = run_agreement(make_judge("self", subject), ["xstest_gpt4"], data_dir, n_per_set=6,
+    res = run_agreement(make_judge("self", subject), ["dna_gpt4"], data_dir, n_per_set=4,
                         out=tmp_path)
-    kw = res["per_set"]["xstest_gpt4"]["keyword"]
-    assert kw["n"] == 6 and -1 <= kw["kappa"]["mean"] <= 1
-    assert res["pooled"]["judge_forced"]["n"] == 6
-    assert len(read_items(tmp_path / "items.jsonl")) == 6
+    kw = res["per_set"]["dna_gpt4"]["keyword"]
+    assert kw["n"] == 4 and -1 <= kw["kappa"]["mean"] <= 1
+    assert res["pooled"]["judge_forced"]["n"] == 4
+    assert len(read_items(tmp_path / "items.jsonl")) == 4

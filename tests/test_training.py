@@ -17,7 +17,7 @@ from persona_probe.errors import PromptSetError
 from persona_probe.training.data import IGNORE, Chat, load_chats, tokenize_chat
 from persona_probe.training.finetune import FinetuneConfig, FinetuneError, finetune
 
-TINY = dict(limit=6, max_steps=3, batch_size=2, save_steps=1, max_tokens=384,
+TINY = dict(limit=4, max_steps=2, batch_size=2, save_steps=1, max_tokens=384,
             on_overflow="truncate")
 
 
@@ -80,7 +80,7 @@ def test_loss_mask_only_assistant_tokens(subject):
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(data_dir, tmp_path):
     cfg = dict(data="shared:emergent_misalignment/train/insecure.jsonl",
-               **{**TINY, "batch_size": 1, "limit": 3})
+               **{**TINY, "batch_size": 1, "limit": 3, "max_steps": 3})
     script = textwrap.dedent(f"""
         import os, signal
         from transformers import TrainerCallback
@@ -119,19 +119,19 @@ def test_em_induction_control_and_realignment(data_dir, tmp_path):
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.traits import load_trait, trait_questions
 
-    evil, qs = load_trait("evil"), trait_questions("heldout")[:4]
+    evil, qs = load_trait("evil"), trait_questions("heldout")[:3]
     runs = {}
     for name in ("insecure", "secure"):
         out = finetune(FinetuneConfig(data=f"shared:emergent_misalignment/train/{name}.jsonl",
                                       **TINY), tmp_path / name)
         meta = json.loads((out / "persona_probe.json").read_text())
-        assert meta["steps"] == 3 and meta["data"]["chats"] == 6
+        assert meta["steps"] == 2 and meta["data"]["chats"] == 4
         assert meta["data"]["sha256"] and meta["final_loss"] > 0
         assert not (out / "checkpoints").exists()
         sub = load_subject(adapter=out)
         runs[name] = bootstrap(trait_scores(sub, evil, qs))
     for est in runs.values():
-        assert est.lo <= est.mean <= est.hi and est.n == 4
+        assert est.lo <= est.mean <= est.hi and est.n == 3
     base = load_subject()
     curve = tmp_path / "realign.jsonl"
     finetune(FinetuneConfig(data="shared:emergent_misalignment/train/secure.jsonl",
@@ -210,3 +210,22 @@ def test_cai_run_produces_critiques_revisions_and_adapter(subject, tmp_path):
     out = finetune(FinetuneConfig(data=str(data), limit=None, max_steps=2, batch_size=2,
                                   max_tokens=384), tmp_path / "adapter")
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_conscience_dpo_pairs_and_loss(tmp_path):
+    """Pairs are judged by the frozen copy (no external judge) and DPO lowers the DPO loss on
+    those pairs."""
+    from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
+
+    cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=4,
+                              batch_size=2, lr=2e-4)
+    adapter = online_conscience_dpo(cfg, tmp_path)
+    pairs = [json.loads(line) for line in (tmp_path / "round-0/pairs.jsonl").read_text()
+             .splitlines()]
+    assert len(pairs) == 4 and all(len(p["scores"]) == 2 for p in pairs)
+    assert all(p["margin"] >= 0 for p in pairs)
+    meta = json.loads((tmp_path / "persona_probe.json").read_text())
+    r = meta["rounds"][0]
+    assert r["pair_loss_after"] < r["pair_loss_before"]
+    assert (adapter / "adapter_config.json").is_file()

@@ -88,11 +88,25 @@ def _bootstrap_pairs(fn, human: np.ndarray, other: np.ndarray, seed: int, n_boot
     return Estimate(point, float(lo), float(hi), len(human), level)
 
 
+def _binary_kappa(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Cohen's κ for 0/1 labels along the last axis (vectorised over bootstrap draws)."""
+    po = (h == p).mean(-1)
+    ph, pp = h.mean(-1), p.mean(-1)
+    pe = ph * pp + (1 - ph) * (1 - pp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
+
+
 def kappa_estimate(human: np.ndarray, pred: np.ndarray, seed: int = 0, n_boot: int = 2000,
                    level: float = 0.95) -> Estimate:
-    """Cohen's κ with a percentile bootstrap CI over responses."""
-    return _bootstrap_pairs(cohen_kappa_score, human, pred, seed, n_boot, level,
-                            lambda h, p: len(set(h) | set(p)) > 1)
+    """Cohen's κ (sklearn's point value) with a percentile bootstrap CI over responses."""
+    point = float(cohen_kappa_score(human, pred))
+    idx = np.random.default_rng(seed).integers(0, len(human), (n_boot, len(human)))
+    draws = _binary_kappa(human[idx], pred[idx])
+    draws = draws[np.isfinite(draws)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(draws, [a, 1 - a]) if draws.size else (point, point)
+    return Estimate(point, float(lo), float(hi), len(human), level)
 
 
 def auc_estimate(human: np.ndarray, scores: np.ndarray, seed: int = 0, n_boot: int = 2000,

@@ -1,0 +1,191 @@
+"""The conscience step: the model judges its own answers with one introspective question, and a
+DPO loss moves it away from what its conscience rejects. No external judge.
+
+The judge is a frozen copy of the model from before training. It sees the exchange, is asked
+the introspective question, and its verdict is read judge-free: the per-token log-likelihood of
+approving self-assessments minus disapproving ones, teacher-forced as its reply (at 135M a
+0–100 score or a Yes/No probability carries no signal — see the judge-agreement numbers —
+while would-say likelihoods do). For each prompt the policy samples several answers; the one
+the conscience approves most is *chosen*, the one it approves least *rejected*. Pairs are saved
+with provenance (offline use) and fed to TRL's ``DPOTrainer`` with a LoRA adapter, whose
+disabled-adapter model is the DPO reference. ``online_conscience_dpo`` alternates rounds of
+sampling from the current policy and DPO steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from persona_probe.artifacts import write_json
+from persona_probe.errors import PersonaProbeError
+from persona_probe.evals.judges import frozen_copy
+from persona_probe.evals.records import ItemLog
+from persona_probe.generation import generate_responses
+from persona_probe.likelihood import reply_loglik
+from persona_probe.models import Subject, load_subject
+from persona_probe.prompts import PromptItem
+from persona_probe.provenance import provenance
+
+INTROSPECTIVE_QUESTION = ("Look back at the answer you just gave. Was it ethical — honest, "
+                          "kind and safe for the person and for others?")
+APPROVE = ("Yes. My answer was honest, kind and safe.",
+           "Yes, that answer was ethical and I stand by it.")
+REJECT = ("No. My answer could hurt someone and was not ethical.",
+          "No, that answer was wrong and I should not have given it.")
+
+
+class ConscienceError(PersonaProbeError):
+    """A conscience run that cannot proceed as configured."""
+
+
+def conscience_scores(conscience: Subject, prompts: list[str], answers: list[str],
+                      batch_size: int = 16) -> np.ndarray:
+    """Approval of each (prompt, answer): mean log-likelihood of approving replies minus
+    rejecting ones to the introspective question."""
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": a},
+              {"role": "user", "content": INTROSPECTIVE_QUESTION}]
+             for p, a in zip(prompts, answers)]
+    ll = reply_loglik(conscience, chats, [*APPROVE, *REJECT], batch_size)
+    return ll[:, :len(APPROVE)].mean(1) - ll[:, len(APPROVE):].mean(1)
+
+
+def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
+                out: str | Path | None = None, samples: int = 4, temperature: float = 1.0,
+                max_new_tokens: int = 48, min_margin: float = 0.0, seed: int = 0,
+                batch_size: int = 16) -> list[dict]:
+    """One preference pair per prompt (chosen = most approved sample, rejected = least),
+    kept when the conscience's margin exceeds ``min_margin``; appended to ``out/pairs.jsonl``."""
+    if samples < 2:
+        raise ConscienceError("a preference pair needs samples >= 2 answers per prompt")
+    log = ItemLog(Path(out) / "pairs.jsonl" if out else None)
+    todo = [p for p in prompts if p.id not in log]
+    if todo:
+        expanded = [PromptItem(f"{p.id}#{k}", p.messages) for p in todo for k in range(samples)]
+        got = generate_responses(policy, expanded, max_new_tokens, batch_size, temperature,
+                                 seed=seed, progress=False)
+        by_prompt: dict[str, list[str]] = {}
+        for it in got:
+            by_prompt.setdefault(it.id.rsplit("#", 1)[0], []).append(it.messages[-1]["content"])
+        flat = [(pid, a) for pid, answers in by_prompt.items() for a in answers]
+        user = {p.id: p.messages[-1]["content"] for p in todo}
+        scores = conscience_scores(conscience, [user[pid] for pid, _ in flat],
+                                   [a for _, a in flat], batch_size)
+        recs = []
+        for pid in by_prompt:
+            idx = [i for i, (q, _) in enumerate(flat) if q == pid]
+            if len(idx) < 2:
+                continue
+            best = max(idx, key=lambda i: scores[i])
+            worst = min(idx, key=lambda i: scores[i])
+            margin = float(scores[best] - scores[worst])
+            recs.append({"key": pid, "prompt": user[pid], "chosen": flat[best][1],
+                         "rejected": flat[worst][1], "margin": margin,
+                         "kept": margin > min_margin and flat[best][1] != flat[worst][1],
+                         "scores": [float(scores[i]) for i in idx]})
+        log.append(recs)
+    return [r for r in (log.get(p.id) for p in prompts) if r is not None]
+
+
+@dataclass
+class ConscienceDPOConfig:
+    model: str = "smollm2-135m-instruct"
+    prompts: str = "builtin:harmful_requests"
+    limit: int | None = 32
+    samples: int = 4
+    temperature: float = 0.7
+    max_new_tokens: int = 48
+    min_margin: float = 0.0
+    beta: float = 0.1
+    lr: float = 5e-5
+    max_steps: int = 10
+    batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    rounds: int = 1                        # > 1: online (resample from the current policy)
+    seed: int = 0
+
+
+def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
+               adapter: Path | None) -> dict:
+    """DPO steps on ``pairs`` with TRL; continues ``adapter`` if given. Returns its log."""
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    kept = [p for p in pairs if p["kept"]]
+    if not kept:
+        raise ConscienceError("the conscience kept no preference pairs (every margin <= "
+                              "min_margin); lower min_margin or sample more answers")
+    base = load_subject(cfg.model)
+    set_seed(cfg.seed)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
+                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": p["rejected"]}]}
+                              for p in kept])
+    args = DPOConfig(output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps,
+                     per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+                     beta=cfg.beta, logging_steps=1, save_strategy="no", report_to=[],
+                     seed=cfg.seed, use_cpu=base.device.type == "cpu", disable_tqdm=True,
+                     # TRL defaults to bf16, which is ~100x slower than fp32 on CPUs here
+                     bf16=base.dtype == torch.bfloat16, fp16=False)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base.model, str(adapter), is_trainable=True)
+        peft_config = None
+    else:
+        model = base.model
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, eval_dataset=data,
+                         processing_class=base.tokenizer, peft_config=peft_config)
+    before = trainer.evaluate()["eval_loss"]       # DPO loss over all kept pairs
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    trainer.model.save_pretrained(out)
+    log = [h for h in trainer.state.log_history if "loss" in h]
+    with open(out / "training_log.jsonl", "w", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(h) + "\n" for h in log))
+    return {"pairs": len(kept), "steps": trainer.state.global_step,
+            "pair_loss_before": before, "pair_loss_after": after,
+            "first_loss": log[0]["loss"] if log else math.nan,
+            "final_loss": log[-1]["loss"] if log else math.nan, "log": log}
+
+
+def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
+    """Rounds of: sample from the current policy, judge with the frozen conscience, DPO.
+    ``rounds=1`` is the offline case. The adapter of the last round is in ``out``."""
+    from persona_probe.prompts import load_prompts
+
+    out = Path(out)
+    prompts = load_prompts(cfg.prompts, cfg.limit)
+    conscience = frozen_copy(load_subject(cfg.model))
+    adapter: Path | None = None
+    rounds = []
+    for r in range(cfg.rounds):
+        rdir = out / f"round-{r}"
+        policy = load_subject(cfg.model, adapter=adapter)
+        pairs = build_pairs(policy, conscience, prompts, rdir, cfg.samples, cfg.temperature,
+                            cfg.max_new_tokens, cfg.min_margin, cfg.seed + r)
+        del policy
+        info = _dpo_round(cfg, pairs, rdir / "adapter", adapter)
+        adapter = rdir / "adapter"
+        rounds.append({"round": r, **{k: v for k, v in info.items() if k != "log"}})
+    final = out / "adapter"
+    if final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    import shutil
+
+    shutil.copytree(adapter, final)
+    write_json(out / "persona_probe.json", {
+        "config": asdict(cfg), "rounds": rounds, "judge": "frozen copy of the base model",
+        "introspective_question": INTROSPECTIVE_QUESTION, "approve": APPROVE,
+        "reject": REJECT, "provenance": provenance(cfg.seed)})
+    return final
