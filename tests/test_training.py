@@ -163,6 +163,14 @@ def test_preventative_steering_and_screening(subject, data_dir, tmp_path):
     assert meta["interventions_during_training"]["steer"]["alpha"] == 0.2
     tuned = load_subject(adapter=out)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in tuned.model.modules())
+    # ablation during finetuning: the direction is projected out of layer 15 in training, so
+    # the LoRA update cannot move the layer-15 residual along it in the training forward
+    out_ab = finetune(FinetuneConfig(data="shared:emergent_misalignment/train/insecure.jsonl",
+                                     ablate_direction=str(tmp_path / "evil"),
+                                     ablate_layers=[15], **{**TINY, "max_steps": 1}),
+                      tmp_path / "ablated")
+    ab = json.loads((out_ab / "persona_probe.json").read_text())["interventions_during_training"]
+    assert ab["ablate"] == {"direction": vec.name, "layers": [15]}
     chats = load_chats(data_dir / "emergent_misalignment/train/insecure.jsonl", limit=4) + \
         load_chats(data_dir / "emergent_misalignment/train/secure.jsonl", limit=4)
     ranked = screen(subject, vec, chats, 15, top_fraction=0.25, max_new_tokens=24,
