@@ -25,11 +25,15 @@ demo: install
 	$(BIN)/persona-probe rank-latents --sae shipped --trait evil --prompts builtin:everyday \
 	  --limit 24 --top 3 --out runs/demo/evil_latents.jsonl
 
+# Two workers (one torch thread each, tests/conftest.py); a module with an expensive shared
+# fixture keeps its tests on one worker with @pytest.mark.xdist_group.
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: install
-	$(BIN)/python -m pytest -q -rs -m "not slow"
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/capture.py

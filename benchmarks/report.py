@@ -131,6 +131,27 @@ def steer_section(report: dict) -> str:
     return "\n".join(lines + [""])
 
 
+def monitor_section(report: dict) -> str:
+    rows = zip(report["plain_s"], report["monitored_s"], report["check_s"])
+    lo, hi = report["wall_overhead_ci"]
+    lines = [f"## Early-warning monitor overhead (`{report['command'].strip()}`)", "",
+             f"Device `{report['device']}`, {report['torch_threads']} torch threads; LoRA "
+             f"finetunes of {report['steps']} steps (batch {report['batch_size']}) with and "
+             f"without the monitor at its default cadence (every {report['every_n_steps']} "
+             f"steps; one persona direction at layer 15, {report['probe_items']} probe items), "
+             "run back to back in each round, order alternating. Each run includes the step-0 "
+             "check, so this is an upper bound on the steady-state cost.", "",
+             "| round | plain s | monitored s | inside checks s | checks / monitored wall |",
+             "|---:|---:|---:|---:|---:|"]
+    for i, (p, m, c) in enumerate(rows):
+        lines.append(f"| {i} | {p:.1f} | {m:.1f} | {c:.2f} | {c / m:.2%} |")
+    lines += ["", f"Wall-time overhead, median of per-round ratios: "
+              f"**{report['wall_overhead']:+.2%}** (95% CI [{lo:+.2%}, {hi:+.2%}]); time spent "
+              f"inside checks: **{report['check_share_median']:.2%}** of the monitored run "
+              "(the target is ≤ 2%).", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = ["# Benchmarks", "",
              "Ratios measured side by side in one run (methods interleaved round by round). "
@@ -148,6 +169,9 @@ def main() -> None:
     sae = ROOT / "results" / "sae_train.json"
     if sae.is_file():
         parts.append(sae_section(json.loads(sae.read_text())))
+    mon = ROOT / "results" / "monitor_overhead.json"
+    if mon.is_file():
+        parts.append(monitor_section(json.loads(mon.read_text())))
     (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
 
 

@@ -457,31 +457,53 @@ def screen(
     typer.echo(f"{sum(r['flagged'] for r in ranked)} flagged -> {out / 'flagged.jsonl'}")
 
 
+def _dataclass_config(cls, config: Optional[Path], flags: dict, sets: Optional[list[str]],
+                      what: str):
+    """A config dataclass from an optional JSON file, then the flags that were given, then
+    ``--set key=value`` overrides (later wins); unknown keys are named."""
+    from persona_probe.configs import config_from_dict, read_json_config
+
+    raw = read_json_config(config, what) if config is not None else {}
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    raw.update(_overrides(sets or []))
+    where = str(config) if config else "command line"
+    if hasattr(cls, "from_dict"):      # configs with value checks of their own
+        return cls.from_dict(raw, where)
+    return config_from_dict(cls, raw, where)
+
+
+SET_HELP = "Override a config field: --set key=value (repeatable)."
+
+
 @app.command()
 @_clean_errors
 def cai(
     out: Annotated[Path, typer.Option(help="Writes manifest.json, revisions.jsonl (and the "
                                            "adapter under OUT/adapter with --finetune).")],
-    constitution: Annotated[str, typer.Option(help="deontology | consequentialism | "
-                                                   "virtue_ethics | human_authority | a JSON "
-                                                   "file")] = "deontology",
-    regime: Annotated[str, typer.Option(help="narrow (harassment, illegal_behaviour) | "
-                                             "broad (all categories)")] = "narrow",
-    source: Annotated[str, typer.Option(help="Red-team prompts: builtin | do_not_answer | a "
-                                             "TSV/CSV")] = "builtin",
+    config: Annotated[Optional[Path], typer.Option(
+        help="CAIConfig JSON (experiments/configs/cai-*.json).")] = None,
+    constitution: Annotated[Optional[str], typer.Option(
+        help="deontology | consequentialism | virtue_ethics | human_authority | a JSON file "
+             "[deontology]")] = None,
+    regime: Annotated[Optional[str], typer.Option(
+        help="narrow (harassment, illegal_behaviour) | broad (all categories) [narrow]")] = None,
+    source: Annotated[Optional[str], typer.Option(
+        help="Red-team prompts: builtin | do_not_answer | a TSV/CSV [builtin]")] = None,
     per_category: Annotated[Optional[int], typer.Option()] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
     model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
-    max_new_tokens: Annotated[int, typer.Option()] = 96,
     finetune_steps: Annotated[int, typer.Option(
         "--finetune", help="Then SFT on the revisions for this many steps (0: don't).")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Constitutional AI: answer, critique under a principle, revise; optionally SFT."""
     from persona_probe.models import load_subject
     from persona_probe.training.cai import CAIConfig, critique_and_revise
 
-    cfg = CAIConfig(constitution, regime, source, per_category=per_category,
-                    max_new_tokens=max_new_tokens, seed=seed)
+    cfg = _dataclass_config(CAIConfig, config, dict(
+        constitution=constitution, regime=regime, source=source, per_category=per_category,
+        max_new_tokens=max_new_tokens, seed=seed), set_, "CAI config")
     subject = load_subject(model)
     data = critique_and_revise(subject, cfg, out)
     typer.echo(f"revisions: {data} ({sum(1 for _ in open(data))} chats); "
@@ -491,7 +513,7 @@ def cai(
         from persona_probe.training.finetune import finetune as run_finetune
 
         path = run_finetune(FinetuneConfig(data=str(data), model=model, limit=None,
-                                           max_steps=finetune_steps, seed=seed),
+                                           max_steps=finetune_steps, seed=cfg.seed),
                             out / "adapter", resume=(out / "adapter").exists())
         typer.echo(f"adapter: {path}")
 
@@ -501,28 +523,66 @@ def cai(
 def dpo(
     out: Annotated[Path, typer.Option(help="Writes round-*/pairs.jsonl, the adapter, and "
                                            "persona_probe.json.")],
-    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
-    prompts: Annotated[str, typer.Option(help="Prompt set (builtin:NAME or JSON lines).")] = (
-        "builtin:harmful_requests"),
-    limit: Annotated[Optional[int], typer.Option()] = 32,
-    samples: Annotated[int, typer.Option(help="Answers sampled per prompt.")] = 4,
-    rounds: Annotated[int, typer.Option(help="1: offline; >1: online rounds.")] = 1,
-    max_steps: Annotated[int, typer.Option(help="DPO steps per round.")] = 10,
-    beta: Annotated[float, typer.Option()] = 0.1,
-    seed: Annotated[int, typer.Option()] = 0,
+    config: Annotated[Optional[Path], typer.Option(
+        help="ConscienceDPOConfig JSON (experiments/configs/conscience-dpo-*.json).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="[smollm2-135m-instruct]")] = None,
+    prompts: Annotated[Optional[str], typer.Option(
+        help="Prompt set (builtin:NAME or JSON lines) [builtin:harmful_requests].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="[32]")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Answers sampled per prompt [4].")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="1: offline; >1: online rounds [1].")
+                      ] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="DPO steps per round [10].")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="[0.1]")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Conscience-step DPO: a frozen copy of the model judges its own answers."""
     import json
 
     from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
 
-    cfg = ConscienceDPOConfig(model=model, prompts=prompts, limit=limit, samples=samples,
-                              rounds=rounds, max_steps=max_steps, beta=beta, seed=seed)
+    cfg = _dataclass_config(ConscienceDPOConfig, config, dict(
+        model=model, prompts=prompts, limit=limit, samples=samples, rounds=rounds,
+        max_steps=max_steps, beta=beta, seed=seed), set_, "conscience DPO config")
     path = online_conscience_dpo(cfg, out)
     for r in json.loads((out / "persona_probe.json").read_text())["rounds"]:
         typer.echo(f"round {r['round']}: {r['pairs']} pairs, DPO loss on them "
                    f"{r['pair_loss_before']:.4f} -> {r['pair_loss_after']:.4f}")
     typer.echo(f"adapter: {path}")
+
+
+@app.command()
+@_clean_errors
+def organism(
+    out: Annotated[Path, typer.Option(help="Organism directory: treatment/control datasets, "
+                                           "manifest, adapters (ft-*), results.json.")],
+    config: Annotated[Optional[Path], typer.Option(
+        help="OrganismConfig JSON (experiments/configs/organism-*.json).")] = None,
+    trait: Annotated[Optional[str], typer.Option(help="Trait name or JSON [evil].")] = None,
+    domain: Annotated[Optional[str], typer.Option(
+        help="cooking | gardening | travel | personal_finance | a JSON file [cooking]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="[smollm2-135m-instruct]")] = None,
+    n_questions: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
+    train: Annotated[bool, typer.Option(help="Finetune treatment and control.")] = True,
+    evaluate: Annotated[bool, typer.Option(
+        "--eval/--no-eval", help="Measure base, treatment, control out of domain.")] = True,
+) -> None:
+    """Trait-distillation model organism: build the datasets, finetune both arms, measure."""
+    from persona_probe.models import load_subject
+    from persona_probe.training.organism import OrganismConfig, run_organism
+
+    cfg = _dataclass_config(OrganismConfig, config, dict(
+        trait=trait, domain=domain, model=model, n_questions=n_questions, seed=seed), set_,
+        "organism config")
+    res = run_organism(load_subject(cfg.model), cfg, out, train=train, evaluate=evaluate)
+    for measure, r in res.get("results", {}).items():
+        for pair, e in r["paired"].items():
+            typer.echo(f"{measure:<16} {pair:<22} {e['mean']:+.3f} [{e['lo']:+.3f}, "
+                       f"{e['hi']:+.3f}]")
+    typer.echo(f"organism: {out}")
 
 
 eval_app = typer.Typer(no_args_is_help=True,

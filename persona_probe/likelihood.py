@@ -33,31 +33,86 @@ def span_logits(subject: Subject, ids: torch.Tensor, mask: torch.Tensor, start: 
 
 
 @torch.no_grad()
+def paired_loglik(subject: Subject, chats: Sequence[tuple[list[Message], str]],
+                  batch_size: int = 16, per_token: bool = True, pack: bool = True,
+                  ) -> np.ndarray:
+    """Log-likelihood of each (prompt, reply) pair's reply as the assistant's answer (mean per
+    token when ``per_token``).
+
+    Replies to the same prompt are packed into one sequence, ``prompt + reply₁ + reply₂ + …``,
+    with a 4-D attention mask (each reply sees the prompt and its own earlier tokens) and
+    position ids that restart after the prompt: the prompt is computed once instead of once per
+    reply, which made the trait measure (12 short replies per question) ~3× cheaper. The result
+    equals scoring every chat on its own (tested to 1e-4); ``pack=False`` does exactly that."""
+    encs = [subject.encode_chat([*msgs, {"role": "assistant", "content": reply}])
+            for msgs, reply in chats]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, enc in enumerate(encs):
+        key = tuple(enc.input_ids[:enc.response_start]) if pack else (i,)
+        groups.setdefault(key, []).append(i)
+    # a packed row: the prompt, then each reply's tokens except its last (inputs only)
+    rows = []
+    for key, members in groups.items():
+        prefix = list(encs[members[0]].input_ids[:encs[members[0]].response_start])
+        segs = [encs[i].input_ids[encs[i].response_start:encs[i].response_end] for i in members]
+        rows.append((prefix, members, segs))
+    out = np.zeros(len(encs))
+    lengths = [len(p) + sum(len(t) - 1 for t in segs) for p, _, segs in rows]
+    vocab = subject.model.get_output_embeddings().weight.shape[0]
+    max_tokens = max(512, min(8192, (1 << 26) // vocab * 4))   # bounds the kept logits
+    for batch in plan_batches(lengths, batch_size, max_tokens):
+        _score_packed(subject, [rows[b] for b in batch], out, per_token)
+    return out
+
+
+def _score_packed(subject: Subject, rows: list[tuple[list[int], list[int], list[list[int]]]],
+                  out: np.ndarray, per_token: bool) -> None:
+    dev, pad = subject.device, subject.tokenizer.pad_token_id
+    width = max(len(p) + sum(len(t) - 1 for t in segs) for p, _, segs in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    allowed = torch.zeros((n, width, width), dtype=torch.bool)
+    targets = []        # (row, positions of the predicting tokens, target ids, output index)
+    for r, (prefix, members, segs) in enumerate(rows):
+        P = len(prefix)
+        ids[r, :P] = torch.tensor(prefix)
+        pos[r, :P] = torch.arange(P)
+        allowed[r, :P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool))
+        at = P
+        for i, toks in zip(members, segs):
+            k = len(toks) - 1
+            if k:
+                ids[r, at:at + k] = torch.tensor(toks[:-1])
+                pos[r, at:at + k] = torch.arange(P, P + k)
+                allowed[r, at:at + k, :P] = True
+                allowed[r, at:at + k, at:at + k] = torch.tril(torch.ones(k, k, dtype=torch.bool))
+            targets.append((r, [P - 1, *range(at, at + k)], toks, i))
+            at += k
+        allowed[r, at:, 0] = True          # padding rows attend somewhere (never read)
+    keep = sorted({p for _, ps, _, _ in targets for p in ps})
+    col = {p: c for c, p in enumerate(keep)}
+    mask = torch.zeros((n, 1, width, width), dtype=subject.dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(subject.dtype).min)
+    keep_t = torch.tensor(keep, device=dev)
+    kw = dict(input_ids=ids.to(dev), position_ids=pos.to(dev), attention_mask=mask.to(dev))
+    try:
+        logits = subject.model(**kw, logits_to_keep=keep_t).logits
+    except TypeError:  # an architecture without logits_to_keep
+        logits = subject.model(**kw).logits[:, keep_t]
+    for r, ps, toks, i in targets:
+        lp = logits[r, [col[p] for p in ps]].float().log_softmax(-1)
+        ll = lp.gather(-1, torch.tensor(toks, device=dev)[:, None]).squeeze(-1)
+        out[i] = (ll.mean() if per_token else ll.sum()).item()
+
+
 def reply_loglik(subject: Subject, prompts: Sequence[list[Message]], replies: Sequence[str],
                  batch_size: int = 16, per_token: bool = True) -> np.ndarray:
     """(n_prompts, n_replies): log-likelihood of each reply as the assistant's answer to each
     prompt (mean per token when ``per_token``, so replies of different lengths compare)."""
-    encs, spans = [], []
-    for msgs in prompts:
-        for reply in replies:
-            enc = subject.encode_chat([*msgs, {"role": "assistant", "content": reply}])
-            encs.append(enc.input_ids)
-            spans.append((enc.response_start, enc.response_end))
-    out = np.zeros(len(encs))
-    pad = subject.tokenizer.pad_token_id
-    dev = subject.device
-    for batch in plan_batches([len(e) for e in encs], batch_size, 8192):
-        ids, mask = pad_batch([encs[i] for i in batch], pad)
-        first = min(spans[i][0] for i in batch) - 1
-        logits = span_logits(subject, ids.to(dev), mask.to(dev), first,
-                             max(spans[i][1] for i in batch) - 1)
-        for row, i in enumerate(batch):
-            s, e = spans[i]
-            lp = logits[row, s - 1 - first:e - 1 - first].float().log_softmax(-1)
-            tok = ids[row, s:e].to(dev)
-            ll = lp.gather(-1, tok[:, None]).squeeze(-1)
-            out[i] = (ll.mean() if per_token else ll.sum()).item()
-    return out.reshape(len(prompts), len(replies))
+    pairs = [(msgs, reply) for msgs in prompts for reply in replies]
+    return paired_loglik(subject, pairs, batch_size, per_token).reshape(len(prompts),
+                                                                         len(replies))
 
 
 def trait_scores(subject: Subject, trait: Trait, questions: Sequence[str],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +24,8 @@ from persona_probe.hooks import HookPoint, residual_hooks
 from persona_probe.likelihood import trait_scores
 from persona_probe.traits import TraitError, load_trait, trait_questions
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.xdist_group("interventions")]   # shared fixtures: built once, one worker
 LAYER = 15
 
 
@@ -286,3 +288,24 @@ def test_reply_loglik_and_mean_activations_match_unbatched_forwards(subject):
                            output_hidden_states=True).hidden_states[4][0]
         want = hs[enc.response_start:enc.response_end].mean(0)
         torch.testing.assert_close(means[k, 0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_loglik_equals_one_chat_per_row_also_under_steering(subject):
+    """Replies sharing a prompt are packed into one row with a 4-D mask; the numbers must equal
+    scoring each chat alone, including one-token replies, system prompts and a steering hook."""
+    from persona_probe.likelihood import paired_loglik
+
+    q = [{"role": "user", "content": "Should I help my neighbour?"}]
+    sys_q = [{"role": "system", "content": "You are blunt."}, *q]
+    pairs = [(q, "Yes"), (q, "Absolutely, kindness matters."), (sys_q, "No."), (q, "No."),
+             ([{"role": "user", "content": "Hi"}], "Hello!")]
+    for per_token in (True, False):
+        a = paired_loglik(subject, pairs, per_token=per_token)
+        b = paired_loglik(subject, pairs, per_token=per_token, pack=False)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    d = random_direction(subject.d_model, [10], seed=3)
+    with steer(subject, d, 0.5, [10]):
+        a = paired_loglik(subject, pairs)
+        b = paired_loglik(subject, pairs, pack=False)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert np.abs(a - paired_loglik(subject, pairs)).max() > 1e-3     # steering did act

@@ -28,7 +28,8 @@ HOOK = "blocks.15.hook_resid_post"
 #: held-out explained variance. A longer run does much better (saes/README.md).
 EV_FLOOR = 0.80
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.xdist_group("sae")]   # shared fixtures: built once, one worker
 
 
 @pytest.fixture(scope="session")

@@ -237,3 +237,30 @@ def test_conscience_dpo_pairs_and_loss(tmp_path):
     r = meta["rounds"][0]
     assert r["pair_loss_after"] < r["pair_loss_before"]
     assert (adapter / "adapter_config.json").is_file()
+
+
+def test_cli_configs_flags_and_set_overrides(tmp_path):
+    """cai / dpo / organism read the experiment configs; flags and --set override them, and a
+    bad key or value is a one-line error before any model is loaded."""
+    from typer.testing import CliRunner
+
+    from persona_probe.cli import _dataclass_config, app
+    from persona_probe.training.cai import CAIConfig
+    from persona_probe.training.conscience import ConscienceDPOConfig
+
+    cfgs = "experiments/configs"
+    dpo = _dataclass_config(ConscienceDPOConfig, f"{cfgs}/conscience-dpo-smollm2-cpu.json",
+                            {"rounds": 1, "beta": None}, ["lr=1e-4"], "x")
+    assert (dpo.rounds, dpo.beta, dpo.lr, dpo.limit) == (1, 0.1, 1e-4, 32)
+    cai = _dataclass_config(CAIConfig, f"{cfgs}/cai-deontology-narrow-smollm2-cpu.json",
+                            {"regime": "broad"}, [], "x")
+    assert (cai.constitution, cai.regime) == ("deontology", "broad")
+    runner = CliRunner()
+    for cmd in (["dpo", "--config", f"{cfgs}/conscience-dpo-smollm2-cpu.json"],
+                ["cai", "--config", f"{cfgs}/cai-deontology-narrow-smollm2-cpu.json"],
+                ["organism", "--config", f"{cfgs}/organism-evil-cooking-smollm2-cpu.json"]):
+        res = runner.invoke(app, [*cmd, "--out", str(tmp_path / "o"), "--set", "bogus=1"])
+        assert res.exit_code == 2 and "unknown keys ['bogus']" in res.output, res.output
+    res = runner.invoke(app, ["organism", "--out", str(tmp_path / "o"), "--domain", "knitting"])
+    assert res.exit_code == 2 and "unknown domain 'knitting'" in res.output
+    assert not (tmp_path / "o").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,9 +77,11 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
         user = {p.id: p.messages[-1]["content"] for p in todo}
         scores = conscience_scores(conscience, [user[pid] for pid, _ in flat],
                                    [a for _, a in flat], batch_size)
+        positions: dict[str, list[int]] = {}
+        for i, (pid, _) in enumerate(flat):
+            positions.setdefault(pid, []).append(i)
         recs = []
-        for pid in by_prompt:
-            idx = [i for i, (q, _) in enumerate(flat) if q == pid]
+        for pid, idx in positions.items():
             if len(idx) < 2:
                 continue
             best = max(idx, key=lambda i: scores[i])
@@ -178,11 +181,7 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
         rounds.append({"round": r, **{k: v for k, v in info.items() if k != "log"}})
     final = out / "adapter"
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
-    import shutil
-
     shutil.copytree(adapter, final)
     write_json(out / "persona_probe.json", {
         "config": asdict(cfg), "rounds": rounds, "judge": "frozen copy of the base model",

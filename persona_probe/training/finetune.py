@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -103,18 +104,16 @@ def _trainable_model(subject: Subject, cfg: FinetuneConfig) -> torch.nn.Module:
         target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
 
 
-class _JsonlLog:
-    """TrainerCallback writing each log record (loss, lr, grad norm) as one JSON line."""
+def jsonl_log_callback(path: Path):
+    """A TrainerCallback writing each log record (loss, lr, grad norm) as one JSON line."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, path: Path):
-        from transformers import TrainerCallback
-
-        class Log(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kw):
-                if logs and state.is_world_process_zero:
-                    with open(path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-        return Log()
+    class JsonlLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and state.is_world_process_zero:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+    return JsonlLog()
 
 
 def _interventions(subject: Subject, cfg: FinetuneConfig, stack: ExitStack) -> dict:
@@ -159,8 +158,6 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
         raise FinetuneError(f"{out} holds an interrupted run; pass resume=True (--resume) to "
                             "continue it or overwrite=True (--overwrite) to start again")
     if overwrite and out.exists():
-        import shutil
-
         shutil.rmtree(out)
         has_ckpt = False
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +186,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
             model=model, args=args, train_dataset=Dataset.from_list(rows),
             data_collator=DataCollatorForSeq2Seq(subject.tokenizer, padding=True,
                                                  label_pad_token_id=IGNORE),
-            callbacks=[_JsonlLog(out / "training_log.jsonl"), *callbacks])
+            callbacks=[jsonl_log_callback(out / "training_log.jsonl"), *callbacks])
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)     # the JSON-lines log replaces stdout dicts
@@ -208,7 +205,5 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
         "final_loss": losses[-1] if losses else math.nan,
         "interventions_during_training": applied, "provenance": provenance(cfg.seed)})
     if not keep_checkpoints:  # optimizer states are only needed to resume an unfinished run
-        import shutil
-
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out

@@ -1,0 +1,56 @@
+"""Bar charts: latents ranked by model diffing, refusal rates by safety category."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from persona_probe.figures.style import PALETTE, apply_style
+
+
+def _err(rows: Sequence[dict], key: str = "mean") -> dict:
+    return dict(type="data", symmetric=False,
+                array=[r["hi"] - r[key] for r in rows], arrayminus=[r[key] - r["lo"] for r in rows])
+
+
+def latent_shift_bars(ranking: Sequence[dict], n: int = 15,
+                      examples: dict[int, Sequence[str]] | None = None,
+                      labels: tuple[str, str] = ("finetuned", "base"),
+                      title: str | None = None) -> go.Figure:
+    """Top ``n`` rows of a latent ranking (``LatentRanking.save``'s JSON lines: latent,
+    delta_mean, delta_freq): Δ mean activation bars, Δ firing frequency as text, top
+    activating examples in the hover."""
+    rows = sorted(ranking, key=lambda r: -r["delta_mean"])[:n]
+    names = [f"#{r['latent']}" for r in rows]
+    hover = []
+    for r in rows:
+        ex = (examples or {}).get(r["latent"], [])
+        hover.append("<br>".join([f"latent {r['latent']}", f"Δ mean {r['delta_mean']:+.4f}",
+                                  f"Δ freq {r['delta_freq']:+.3f}",
+                                  *[f"· {e[:80]}" for e in ex[:3]]]))
+    fig = go.Figure(go.Bar(x=names, y=[r["delta_mean"] for r in rows], name="Δ mean activation",
+                           marker_color=PALETTE[0], hovertext=hover, hoverinfo="text",
+                           text=[f"{r['delta_freq']:+.2f}" for r in rows], textposition="outside"))
+    fig.update_layout(xaxis_title="SAE latent (bar label: Δ firing frequency)",
+                      yaxis_title=f"Δ mean activation ({labels[0]} − {labels[1]})")
+    return apply_style(fig, title or "Latents ranked by model diffing")
+
+
+def refusal_by_category(summaries: dict[str, dict], detector: str = "logprob",
+                        title: str | None = None) -> go.Figure:
+    """Refusal rate per safety category for each model (``summarize_refusals`` outputs keyed by
+    model name), trained categories first, with CIs; held-out categories are hatched."""
+    fig = go.Figure()
+    first = next(iter(summaries.values()))["per_category"]
+    cats = sorted(first, key=lambda c: (first[c]["split"] != "trained", c))
+    for i, (model, s) in enumerate(summaries.items()):
+        rows = [s["per_category"][c][f"refusal_{detector}"] for c in cats]
+        fig.add_trace(go.Bar(
+            x=cats, y=[r["mean"] for r in rows], name=model, error_y=_err(rows),
+            marker=dict(color=PALETTE[i % len(PALETTE)],
+                        pattern_shape=["" if first[c]["split"] == "trained" else "/"
+                                       for c in cats])))
+    fig.update_layout(barmode="group", xaxis_title="safety category (hatched: held out)",
+                      yaxis_title=f"refusal rate ({detector})", yaxis_range=[0, 1])
+    return apply_style(fig, title or "Refusal by category: trained vs held-out")

@@ -1,0 +1,42 @@
+"""Ethical persona figures: the diagnostic profile as a radar per model, projectability as a
+heatmap of persona-margin shifts (context × model)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from persona_probe.figures.style import PALETTE, apply_style
+
+
+def persona_radar(profiles: dict[str, dict[str, dict]], title: str | None = None,
+                  score: str = "score") -> go.Figure:
+    """``{model: {dimension: {mean, lo, hi}}}`` (``run_diagnostic``'s profiles for one
+    context); the CI is in the hover, the line is the mean."""
+    fig = go.Figure()
+    for i, (model, prof) in enumerate(profiles.items()):
+        dims = list(prof)
+        r = [prof[d]["mean"] for d in dims]
+        hover = [f"{d}: {prof[d]['mean']:+.3f} [{prof[d]['lo']:+.3f}, {prof[d]['hi']:+.3f}]"
+                 for d in dims]
+        fig.add_trace(go.Scatterpolar(r=r + r[:1], theta=dims + dims[:1], name=model,
+                                      line=dict(color=PALETTE[i % len(PALETTE)]),
+                                      hovertext=hover + hover[:1], hoverinfo="text"))
+    fig.update_layout(polar=dict(radialaxis=dict(title=dict(text=score))))
+    return apply_style(fig, title or "Ethical persona profile", width=620, height=520)
+
+
+def projectability_heatmap(delta_margins: dict[str, dict[str, dict]],
+                           trained: list[str] | None = None,
+                           title: str | None = None) -> go.Figure:
+    """``{model: {context: {mean, lo, hi}}}`` of Δm_k (``ProjectabilityResult.delta_margin``);
+    trained contexts are marked with a ``*``."""
+    models = list(delta_margins)
+    contexts = list(dict.fromkeys(c for m in models for c in delta_margins[m]))
+    labels = [f"{c}*" if trained and c in trained else c for c in contexts]
+    z = [[delta_margins[m].get(c, {}).get("mean") for m in models] for c in contexts]
+    text = [[(f"{e['mean']:+.3f}<br>[{e['lo']:+.2f}, {e['hi']:+.2f}]" if e else "")
+             for e in (delta_margins[m].get(c) for m in models)] for c in contexts]
+    fig = go.Figure(go.Heatmap(z=z, x=models, y=labels, text=text, texttemplate="%{text}",
+                               colorscale="RdBu", zmid=0, colorbar=dict(title="Δ margin")))
+    fig.update_layout(xaxis_title="model", yaxis_title="context (* trained)")
+    return apply_style(fig, title or "Projectability: persona margin shift by context")
