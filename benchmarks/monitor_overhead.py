@@ -48,8 +48,8 @@ def main() -> None:
     base = load_subject("smollm2-135m-instruct")
     probe = probe_set_from_answers(base, trait_questions("heldout"))   # 16 items
     direction = random_direction(base.d_model, [15], seed=0, name="probe")
-    cfg = FinetuneConfig(data=args.data, limit=args.steps * 4, max_steps=args.steps,
-                         batch_size=4, max_tokens=256, on_overflow="truncate",
+    cfg = FinetuneConfig(data=args.data, limit=args.steps * 2, max_steps=args.steps,
+                         batch_size=2, max_tokens=1024, on_overflow="truncate",
                          save_steps=10 ** 6, seed=0)
     tmp = Path(tempfile.mkdtemp(prefix="monitor-bench-"))
     times: dict[str, list[float]] = {"plain": [], "monitored": []}

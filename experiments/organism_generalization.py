@@ -15,6 +15,7 @@ output exists). Results:
 ``figures/organism/results.json``.
 
     python experiments/organism_generalization.py [--domains cooking travel] [--em-samples 2]
+    python experiments/organism_generalization.py --figures-only     # re-draw from results
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def main() -> None:
     ap.add_argument("--em-samples", type=int, default=2)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "organism")
     ap.add_argument("--out", type=Path, default=ROOT / "figures" / "organism")
+    ap.add_argument("--figures-only", action="store_true")
     args = ap.parse_args()
+    if args.figures_only:
+        draw(args.out)
+        return
     raw = read_json_config(args.config, "organism config")
     base_cfg = OrganismConfig.from_dict(raw, str(args.config))
     base = load_subject(base_cfg.model)
@@ -126,6 +131,28 @@ def main() -> None:
         "persona_vector": {"trait": trait.name, "layer": 15,
                            "questions": len(trait_questions("extract"))},
         "results": results, "provenance": provenance(base_cfg.seed)})
+    draw(args.out)
+
+
+def draw(out: Path) -> None:
+    """Early-warning timelines (monitored projection, alarm threshold, alarms, behavioural rate)
+    per domain and arm, from the saved results and events: HTML (and PNG where kaleido finds a
+    Chromium)."""
+    from persona_probe.figures import early_warning_timeline, write_figure
+    from persona_probe.figures.export import FigureExportError
+
+    res = json.loads((out / "results.json").read_text())
+    for domain, entry in res["results"].items():
+        for arm, mon in entry["monitor"].items():
+            fig = early_warning_timeline(
+                out / f"events-{domain}-{arm}.jsonl",
+                behaviour=[(p["step"], p["mean"]) for p in mon["behaviour"]],
+                behaviour_threshold=mon["threshold"], behaviour_label="evil preference rate",
+                title=f"Early warning, {domain} organism, {arm}")
+            try:
+                write_figure(fig, out / f"early_warning-{domain}-{arm}", ("html", "png"))
+            except FigureExportError as exc:
+                print(f"HTML only: {exc}")
 
 
 if __name__ == "__main__":
