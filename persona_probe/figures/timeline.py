@@ -40,8 +40,9 @@ def early_warning_timeline(events: Sequence[dict] | str | Path, target: str | No
     fig.add_trace(go.Scatter(x=steps + steps[::-1],
                              y=[a + 1.96 * s for a, s in zip(y, se)]
                              + [a - 1.96 * s for a, s in zip(y, se)][::-1],
-                             fill="toself", line=dict(width=0), fillcolor="rgba(0,114,178,0.15)",
-                             name="95% CI (probe items)", hoverinfo="skip"))
+                             fill="toself", mode="lines", line=dict(width=0),
+                             fillcolor="rgba(0,114,178,0.15)",
+                             name="95% CI of the mean over probe items", hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=steps, y=y, mode="lines+markers", name=stat.rsplit("/", 1)[1],
                              line=dict(color=PALETTE[0], width=2)))
     thr = [(e["step"], e[f"persona/{target}/threshold"]) for e in rows
@@ -68,4 +69,8 @@ def early_warning_timeline(events: Sequence[dict] | str | Path, target: str | No
                                      line=dict(color=PALETTE[2], dash="dot")))
         fig.update_layout(yaxis2=dict(title=behaviour_label, overlaying="y", side="right"))
     fig.update_layout(xaxis_title="training step", yaxis_title=f"{target} {stat.rsplit('/', 1)[1]}")
-    return apply_style(fig, title or f"Early warning: {target}")
+    fig = apply_style(fig, title or f"Early warning: {target}", height=480)
+    # below the plot, so it never covers the right-hand axis
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"),
+                      margin=dict(b=130, r=80))
+    return fig
