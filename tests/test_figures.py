@@ -50,9 +50,25 @@ def test_static_export_without_kaleido_or_chromium_names_the_fix(tmp_path, monke
 
     fig = realignment_curve({"a": [{"step": 0, "mean": 0, "lo": 0, "hi": 0}]})
     if importlib.util.find_spec("kaleido") is not None and find_browser() is not None:
-        pytest.skip("kaleido and Chromium are installed here; the export test covers them")
+        pytest.skip("kaleido and Chromium are installed here; test_static_export_writes_png "
+                    "covers them")
     with pytest.raises(FigureExportError, match="kaleido|Chromium"):
         write_figure(fig, tmp_path / "x", ("html", "png"))
     assert (tmp_path / "x.html").is_file()                 # HTML is written either way
     with pytest.raises(FigureExportError, match="unknown figure formats"):
         write_figure(fig, tmp_path / "y", ("gif",))
+
+
+def test_static_export_writes_png(tmp_path):
+    import importlib.util
+
+    from persona_probe.figures import realignment_curve, write_figure
+    from persona_probe.figures.export import find_browser
+
+    if importlib.util.find_spec("kaleido") is None or find_browser() is None:
+        pytest.skip("static export needs kaleido and Chromium (pip install kaleido; apt-get "
+                    "install chromium); the error path is tested instead")
+    fig = realignment_curve({"a": [{"step": 0, "mean": 0, "lo": -1, "hi": 1},
+                                   {"step": 10, "mean": 1, "lo": 0, "hi": 2}]})
+    html, png = write_figure(fig, tmp_path / "curve", ("html", "png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
