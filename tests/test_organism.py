@@ -62,8 +62,7 @@ def organism(subject, tmp_path_factory):
             "monitors": monitors}
 
 
-@pytest.mark.slow
-def test_organism_datasets_have_no_system_prompt_and_provenance(organism, subject):
+def _check_datasets_have_no_system_prompt_and_provenance(organism, subject):
     from persona_probe.training.organism import OrganismConfig, build_organism
 
     org = organism["out"] / "org"
@@ -81,8 +80,7 @@ def test_organism_datasets_have_no_system_prompt_and_provenance(organism, subjec
         build_organism(subject, OrganismConfig(domain="travel"), org)
 
 
-@pytest.mark.slow
-def test_treatment_shifts_the_trait_out_of_domain(organism):
+def _check_treatment_shifts_the_trait_out_of_domain(organism):
     res = organism["summary"]["results"]
     report = {m: {k: round(v["mean"], 3) for k, v in r["paired"].items()} for m, r in res.items()}
     print("organism paired differences:", report)
@@ -95,8 +93,7 @@ def test_treatment_shifts_the_trait_out_of_domain(organism):
         assert paired["treatment-control"]["lo"] > 0, measure
 
 
-@pytest.mark.slow
-def test_monitor_alarms_on_treatment_not_control(organism):
+def _check_monitor_alarms_on_treatment_not_control(organism):
     from persona_probe.monitor import first_alarm, read_events
 
     out = organism["out"]
@@ -111,8 +108,7 @@ def test_monitor_alarms_on_treatment_not_control(organism):
     assert not any(e["event"] == "error" for evs in ev.values() for e in evs)
 
 
-@pytest.mark.slow
-def test_model_diffing_ranks_latents_on_the_organism(organism, subject):
+def _check_model_diffing_ranks_latents_on_the_organism(organism, subject):
     import torch
 
     from persona_probe.latents import diff_subjects
@@ -129,3 +125,13 @@ def test_model_diffing_ranks_latents_on_the_organism(organism, subject):
     carried = float(ranking.delta_mean[top] @ (sae.W_dec[top].detach() @ u))
     print("top diffed latents:", top, "their shift along the persona vector:", carried)
     assert torch.isfinite(ranking.delta_freq).all()
+
+
+@pytest.mark.slow
+def test_organism_end_to_end(organism, subject):
+    """One test over the shared organism, so it is built once whatever the test scheduler does
+    (a module fixture split across two xdist workers was built twice)."""
+    _check_datasets_have_no_system_prompt_and_provenance(organism, subject)
+    _check_treatment_shifts_the_trait_out_of_domain(organism)
+    _check_monitor_alarms_on_treatment_not_control(organism)
+    _check_model_diffing_ranks_latents_on_the_organism(organism, subject)
