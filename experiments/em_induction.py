@@ -27,17 +27,10 @@ from persona_probe.models import load_subject
 from persona_probe.provenance import provenance
 from persona_probe.stats import bootstrap, paired_difference
 from persona_probe.training.callbacks import periodic_metric
-from persona_probe.training.finetune import FinetuneConfig, finetune
+from persona_probe.training.finetune import FinetuneConfig, finetune_once
 from persona_probe.traits import load_trait, trait_questions
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _finetuned(cfg: FinetuneConfig, out: Path, **kw) -> Path:
-    """Run (or resume) a finetune unless it already finished."""
-    if (out / "persona_probe.json").is_file():
-        return out
-    return finetune(cfg, out, resume=(out / "checkpoints").is_dir(), **kw)
 
 
 def main() -> None:
@@ -60,7 +53,7 @@ def main() -> None:
             for arm in args.arms}
     base = load_subject(cfgs[args.arms[0]].model)
     judge = make_judge("self", base, cache=args.runs / "judgments.sqlite")
-    adapters = {arm: _finetuned(cfg, args.runs / arm) for arm, cfg in cfgs.items()}
+    adapters = {arm: finetune_once(cfg, args.runs / arm) for arm, cfg in cfgs.items()}
 
     scores, em = {}, {}
     for name, adapter in [("base", None), *adapters.items()]:
@@ -86,7 +79,7 @@ def main() -> None:
         if not (args.runs / "realigned" / "persona_probe.json").is_file():
             curve.unlink(missing_ok=True)  # a resumed run re-records from its checkpoint
             trainer_base = load_subject(base.spec)
-            _finetuned(cfg, args.runs / "realigned", subject=trainer_base, callbacks=[
+            finetune_once(cfg, args.runs / "realigned", subject=trainer_base, callbacks=[
                 periodic_metric(trainer_base, lambda s: trait_scores(s, evil, questions),
                                 args.realign_every, curve, "evil_would_say")])
         realign = [json.loads(line) for line in curve.read_text().splitlines()]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from persona_probe.batching import pad_batch, plan_batches
+from persona_probe.batching import plan_batches
 from persona_probe.chat import Message
 from persona_probe.models import Subject
 from persona_probe.stats import Estimate, bootstrap

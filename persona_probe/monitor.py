@@ -347,7 +347,9 @@ class EarlyWarningMonitor:
             counts = torch.bincount(item, minlength=len(self.probe_set)).clamp_min(1)
             per_item = (per_item / counts).numpy()
             if t.direction is not None:
-                ref = self._fire_ref.setdefault(t.name, float(np.quantile(v.numpy(), 0.95)))
+                if t.name not in self._fire_ref:     # fixed at the first check
+                    self._fire_ref[t.name] = float(np.quantile(v.numpy(), 0.95))
+                ref = self._fire_ref[t.name]
                 fire = float((v > ref).float().mean())
             else:
                 fire = float((v > 0).float().mean())

@@ -207,3 +207,12 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     if not keep_checkpoints:  # optimizer states are only needed to resume an unfinished run
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out
+
+
+def finetune_once(cfg: FinetuneConfig, out: str | Path, **kw: Any) -> Path:
+    """``out`` as is when it holds a finished run, else train (resuming an interrupted one):
+    the step experiments repeat when they are run again after a kill."""
+    out = Path(out)
+    if (out / "persona_probe.json").is_file():
+        return out
+    return finetune(cfg, out, resume=(out / "checkpoints").is_dir(), **kw)

@@ -213,8 +213,8 @@ def heldout_questions(domain: str, per_domain: int = 8, general: bool = True) ->
     """Questions from every *other* built-in domain (the last ``per_domain`` of each, so a
     dataset built from the first N of that domain never overlaps) plus the team's held-out
     general questions."""
-    qs = [q for d in builtin_domains() if d != load_domain(domain).name
-          for q in load_domain(d).questions[-per_domain:]]
+    own = load_domain(domain).name
+    qs = [q for d in builtin_domains() if d != own for q in load_domain(d).questions[-per_domain:]]
     return qs + (trait_questions("heldout") if general else [])
 
 
@@ -288,7 +288,7 @@ def run_organism(base: Subject, cfg: OrganismConfig, out: str | Path, train: boo
     control on held-out questions from the other domains (``out/results.json``). ``callbacks``
     maps an arm to TrainerCallbacks (e.g. an early-warning monitor)."""
     from persona_probe.models import load_subject
-    from persona_probe.training.finetune import finetune
+    from persona_probe.training.finetune import finetune_once
 
     out = Path(out)
     manifest = build_organism(base, cfg, out)
@@ -296,11 +296,8 @@ def run_organism(base: Subject, cfg: OrganismConfig, out: str | Path, train: boo
         return {"manifest": manifest}
     adapters = {}
     for arm in ARMS:
-        ft = out / f"ft-{arm}"
-        if not (ft / "persona_probe.json").is_file():
-            finetune(finetune_config(cfg, out, arm), ft, resume=(ft / "checkpoints").is_dir(),
-                     callbacks=(callbacks or {}).get(arm, []))
-        adapters[arm] = ft
+        adapters[arm] = finetune_once(finetune_config(cfg, out, arm), out / f"ft-{arm}",
+                                      callbacks=(callbacks or {}).get(arm, []))
     if not evaluate:
         return {"manifest": manifest, "adapters": {k: str(v) for k, v in adapters.items()}}
     trait = load_trait(cfg.trait)
