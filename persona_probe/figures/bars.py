@@ -1,4 +1,5 @@
-"""Bar charts: latents ranked by model diffing, refusal rates by safety category."""
+"""Bar charts: latents ranked by model diffing, ablation effects, refusal rates by safety
+category."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def latent_shift_bars(ranking: Sequence[dict], n: int = 15,
                       title: str | None = None) -> go.Figure:
     """Top ``n`` rows of a latent ranking (``LatentRanking.save``'s JSON lines: latent,
     delta_mean, delta_freq): Δ mean activation bars, Δ firing frequency as text, top
-    activating examples in the hover."""
+    activating examples in the hover; with ``delta_mean_control`` in the rows, the same
+    latents' Δ in the control finetune beside them (grey)."""
     rows = sorted(ranking, key=lambda r: -r["delta_mean"])[:n]
     names = [f"#{r['latent']}" for r in rows]
     hover = []
@@ -32,6 +34,10 @@ def latent_shift_bars(ranking: Sequence[dict], n: int = 15,
     fig = go.Figure(go.Bar(x=names, y=[r["delta_mean"] for r in rows], name="Δ mean activation",
                            marker_color=PALETTE[0], hovertext=hover, hoverinfo="text",
                            text=[f"{r['delta_freq']:+.2f}" for r in rows], textposition="outside"))
+    if rows and "delta_mean_control" in rows[0]:      # the same latents in the control run
+        fig.add_trace(go.Bar(x=names, y=[r["delta_mean_control"] for r in rows],
+                             name="Δ in the control finetune", marker_color="#999999"))
+        fig.update_layout(barmode="group")
     fig.update_layout(xaxis_title="SAE latent (bar label: Δ firing frequency)",
                       yaxis_title=f"Δ mean activation ({labels[0]} − {labels[1]})")
     return apply_style(fig, title or "Latents ranked by model diffing")
@@ -54,3 +60,23 @@ def refusal_by_category(summaries: dict[str, dict], detector: str = "logprob",
     fig.update_layout(barmode="group", xaxis_title="safety category (hatched: held out)",
                       yaxis_title=f"refusal rate ({detector})", yaxis_range=[0, 1])
     return apply_style(fig, title or "Refusal by category: trained vs held-out")
+
+
+def ablation_bars(gaps: Sequence[dict], metric: str = "treatment − base gap",
+                  title: str | None = None) -> go.Figure:
+    """``ablation_gaps`` rows: per target the finetuned − base gap with the target ablated in
+    both models (bars with CIs; random controls grey), against the gap with nothing ablated
+    (dotted line). A target that carries the finetuning-induced shift brings its bar to 0; a
+    random control leaves it at the line."""
+    abl = [g["gap_ablated"] for g in gaps]
+    fig = go.Figure(go.Bar(
+        x=[g["target"] for g in gaps], y=[e["mean"] for e in abl], error_y=_err(abl),
+        name="ablated in both models",
+        marker_color=["#999999" if g["kind"] == "random" else PALETTE[0] for g in gaps],
+        text=[f"{g['fraction_removed']:.0%} removed" for g in gaps], textposition="inside",
+        insidetextanchor="start"))
+    none = gaps[0]["gap"]["mean"] if gaps else 0.0
+    fig.add_hline(y=none, line=dict(color=PALETTE[1], dash="dot", width=2),
+                  annotation_text="gap, nothing ablated", annotation_position="top left")
+    fig.update_layout(xaxis_title="ablated target (grey: random control)", yaxis_title=metric)
+    return apply_style(fig, title or "Ablation: how much of the shift does each target carry?")

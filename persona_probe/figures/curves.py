@@ -11,7 +11,8 @@ from persona_probe.figures.style import PALETTE, apply_style
 
 def _band(fig: go.Figure, x: list, lo: list, hi: list, color: str, name: str) -> None:
     r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
-    fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", line=dict(width=0),
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", mode="lines",
+                             line=dict(width=0),
                              fillcolor=f"rgba({r},{g},{b},0.15)", hoverinfo="skip",
                              showlegend=False, name=f"{name} CI"))
 
@@ -39,9 +40,15 @@ def dose_response_curves(rows: Sequence[dict], metric: str = "trait measure",
 
 
 def realignment_curve(curves: dict[str, Sequence[dict]], metric: str = "trait measure",
-                      title: str | None = None) -> go.Figure:
-    """Points ``{step, mean, lo, hi}`` per run (``periodic_metric``'s JSON lines)."""
+                      title: str | None = None, reference: dict[str, float] | None = None,
+                      ) -> go.Figure:
+    """Points ``{step, mean, lo, hi}`` per run (``periodic_metric``'s JSON lines);
+    ``reference`` levels (e.g. the base model's and the control's) as dotted lines."""
     fig = go.Figure()
+    for i, (name, level) in enumerate((reference or {}).items()):
+        fig.add_hline(y=level, line=dict(color="#555555", dash="dot", width=1),
+                      annotation_text=name, annotation_position="top left" if i % 2 == 0
+                      else "bottom left")
     for i, (name, pts) in enumerate(curves.items()):
         pts = sorted(pts, key=lambda p: p["step"])
         x = [p["step"] for p in pts]

@@ -1,0 +1,42 @@
+"""The research lines end to end, as importable pipelines (a config dataclass, ``run``,
+``draw``); ``experiments/*.py`` are their command-line entry points and ``experiments/configs/``
+their CPU- and GPU-sized configs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: Path,
+                name: str) -> None:
+    """The shared command line of an experiment script: ``--config`` (default: its CPU config),
+    ``--runs`` (intermediate outputs, resumable), ``--out`` (results and figures),
+    ``--figures-only`` (re-draw from ``out/results.json``). Errors from persona_probe end the
+    process with one line."""
+    from persona_probe.configs import read_json_config
+    from persona_probe.errors import PersonaProbeError
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--config", type=Path,
+                    default=root / "experiments" / "configs" / f"{name}-smollm2-cpu.json")
+    ap.add_argument("--runs", type=Path, default=root / "runs" / name)
+    ap.add_argument("--out", type=Path, default=root / "figures" / name)
+    ap.add_argument("--figures-only", action="store_true")
+    args = ap.parse_args()
+    try:
+        if args.figures_only:
+            for p in draw(args.out):
+                print(p)
+            return
+        cfg = config_cls.from_dict(read_json_config(args.config, f"{name} config"),
+                                   str(args.config))
+        try:
+            rel = str(args.config.resolve().relative_to(root))
+        except ValueError:
+            rel = str(args.config)
+        run(cfg, args.runs, args.out, rel)
+    except PersonaProbeError as exc:
+        raise SystemExit(f"error: {exc}") from None
