@@ -138,8 +138,7 @@ def draw(out: Path) -> None:
     """Early-warning timelines (monitored projection, alarm threshold, alarms, behavioural rate)
     per domain and arm, from the saved results and events: HTML (and PNG where kaleido finds a
     Chromium)."""
-    from persona_probe.figures import early_warning_timeline, write_figure
-    from persona_probe.figures.export import FigureExportError
+    from persona_probe.figures import early_warning_timeline, write_figure_or_html
 
     res = json.loads((out / "results.json").read_text())
     for domain, entry in res["results"].items():
@@ -149,10 +148,7 @@ def draw(out: Path) -> None:
                 behaviour=[(p["step"], p["mean"]) for p in mon["behaviour"]],
                 behaviour_threshold=mon["threshold"], behaviour_label="evil preference rate",
                 title=f"Early warning, {domain} organism, {arm}")
-            try:
-                write_figure(fig, out / f"early_warning-{domain}-{arm}", ("html", "png"))
-            except FigureExportError as exc:
-                print(f"HTML only: {exc}")
+            write_figure_or_html(fig, out / f"early_warning-{domain}-{arm}")
 
 
 if __name__ == "__main__":

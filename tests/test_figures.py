@@ -136,3 +136,15 @@ def test_refusal_and_projectability_figures_hold_their_traces(tmp_path):
     assert heat.data[0].z[1][0] == pytest.approx(0.1)
     for name, f in {"refusal": fig, "heat": heat}.items():
         write_figure(f, tmp_path / name)
+
+
+def test_write_figure_or_html_falls_back_to_html_with_the_fix(tmp_path, monkeypatch, capsys):
+    """Experiments never stop on a missing Chromium: HTML is written and the fix printed."""
+    from persona_probe.figures import realignment_curve, write_figure_or_html
+    from persona_probe.figures import export
+
+    monkeypatch.setattr(export, "find_browser", lambda: None)
+    fig = realignment_curve({"a": [{"step": 0, "mean": 0, "lo": 0, "hi": 0}]})
+    assert write_figure_or_html(fig, tmp_path / "c") == [tmp_path / "c.html"]
+    assert (tmp_path / "c.html").is_file() and not (tmp_path / "c.png").exists()
+    assert "HTML only" in capsys.readouterr().out

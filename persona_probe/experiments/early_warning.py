@@ -61,10 +61,6 @@ class EarlyWarningConfig:
         return cfg
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def behaviour_crossing(curve: list[dict], seed: int = 0) -> list[dict]:
     """Per check: the paired change of the behavioural measure since step 0, with its CI."""
     import numpy as np
@@ -83,6 +79,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -
     from persona_probe.monitor import (EarlyWarningMonitor, MonitorTarget, ZScoreRule,
                                        first_alarm, lead_time, probe_set_from_answers,
                                        read_events)
+    from persona_probe.prompts import iter_jsonl
     from persona_probe.provenance import provenance
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.training.induce import InductionConfig, heldout, induce
@@ -134,7 +131,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -
         for a in ARMS:
             ev = read_events(events[a])
             checks = [e for e in ev if e["event"] == "check"]
-            change = behaviour_crossing(_jsonl(curves[a]), seed)
+            change = behaviour_crossing([r for _, r in iter_jsonl(curves[a], what="curve")], seed)
             lt = lead_time(first_alarm(ev), [(c["step"], c["lo"]) for c in change], 0.0)
             arms[a] = {**lt, "steps": [e["step"] for e in checks],
                        "projection": [e[f"{key}/projection"] for e in checks],
@@ -181,8 +178,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -
 def draw(out: Path) -> list[Path]:
     """A timeline per seed and arm: monitored projection and alarms against the behavioural
     change (its CI's lower bound, which crosses at 0)."""
-    from persona_probe.figures import early_warning_timeline, write_figure
-    from persona_probe.figures.export import FigureExportError
+    from persona_probe.figures import early_warning_timeline, write_figure_or_html
 
     res = json.loads((out / "results.json").read_text())
     paths: list[Path] = []
@@ -194,9 +190,5 @@ def draw(out: Path) -> list[Path]:
                 behaviour_threshold=0.0,
                 behaviour_label="answer preference change (95% CI lower bound)",
                 title=f"Early warning, seed {seed}, {arm}")
-            try:
-                paths += write_figure(fig, out / f"timeline-seed{seed}-{arm}", ("html", "png"))
-            except FigureExportError as exc:
-                print(f"HTML only ({exc})")
-                paths.append(out / f"timeline-seed{seed}-{arm}.html")
+            paths += write_figure_or_html(fig, out / f"timeline-seed{seed}-{arm}")
     return paths

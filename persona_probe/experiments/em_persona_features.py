@@ -72,10 +72,6 @@ class EMPersonaFeaturesConfig:
         return cfg
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = "") -> dict:
     """Every stage (skipping finished ones) → ``out/results.json`` and the figures."""
     import torch
@@ -89,7 +85,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
-    from persona_probe.prompts import PromptItem
+    from persona_probe.prompts import iter_jsonl, load_jsonl
     from persona_probe.provenance import provenance
     from persona_probe.sae.io import load_sae
     from persona_probe.stats import bootstrap, paired_difference
@@ -131,7 +127,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     stage("3/7 model diffing on held-out answers")
     items_path = runs / "diff_items.jsonl"
     if items_path.is_file():
-        items = [PromptItem(**r) for r in _jsonl(items_path)]
+        items = load_jsonl(items_path)
     else:
         items = probe_set_from_answers(base, heldout(ind, cfg.diff_per_domain),
                                        cfg.diff_max_new_tokens, seed=cfg.seed)
@@ -205,7 +201,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
         finetune_once(rcfg, runs / "realigned", subject=trainer_base, callbacks=[
             periodic_metric(trainer_base, would_say, cfg.realign_every, curve_path,
                             f"{trait.name}_would_say")])
-    curve = _jsonl(curve_path)
+    curve = [rec for _, rec in iter_jsonl(curve_path, what="re-alignment curve")]
 
     stage("7/7 results and figures")
     measured = {name: would_say(s) for name, s in subjects.items()}
@@ -232,7 +228,8 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
         "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance(cfg.seed)}
     write_json(out / "results.json", results)
     for name, rows in (("ranking", diff["ranking"]), ("steer_base", steer_rows),
-                       ("ablate_treatment", ablate_rows), ("realign_curve", results["realign_curve"])):
+                       ("ablate_treatment", ablate_rows),
+                       ("realign_curve", results["realign_curve"])):
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths = draw(out)
     summarize(results)
@@ -264,8 +261,7 @@ def draw(out: Path) -> list[Path]:
     """Every figure of the experiment from ``out/results.json`` (HTML; PNG where kaleido finds
     a Chromium)."""
     from persona_probe.figures import (ablation_bars, dose_response_curves, latent_shift_bars,
-                                       realignment_curve, write_figure)
-    from persona_probe.figures.export import FigureExportError
+                                       realignment_curve, write_figure_or_html)
 
     res = json.loads((out / "results.json").read_text())
     ws = res["would_say"]
@@ -287,13 +283,7 @@ def draw(out: Path) -> list[Path]:
             reference={k: ws[k]["mean"] for k in ("base", "control")},
             title="Re-alignment by SFT on good data"),
     }
-    paths = []
-    for name, fig in figs.items():
-        try:
-            paths += write_figure(fig, out / name, ("html", "png"))
-        except FigureExportError as exc:
-            print(f"{name}: HTML only ({exc})")
-            paths.append(out / f"{name}.html")
+    paths = [p for name, fig in figs.items() for p in write_figure_or_html(fig, out / name)]
     return paths
 
 

@@ -63,3 +63,14 @@ def write_figure(fig: go.Figure, path: str | Path, formats: tuple[str, ...] = ("
         atomic_write(out, lambda tmp, fmt=fmt: fig.write_image(str(tmp), format=fmt))
         written.append(out)
     return written
+
+
+def write_figure_or_html(fig: go.Figure, path: str | Path,
+                         formats: tuple[str, ...] = ("html", "png")) -> list[Path]:
+    """``write_figure``, falling back to HTML alone (with the fix printed) where kaleido or a
+    Chromium is missing: what experiment scripts want, so a figure never stops a run."""
+    try:
+        return write_figure(fig, path, formats)
+    except FigureExportError as exc:
+        print(f"{Path(path).name}: HTML only ({exc})")
+        return [Path(path).with_suffix(".html")]
