@@ -74,6 +74,7 @@ class EMPersonaFeaturesConfig:
 
 def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = "") -> dict:
     """Every stage (skipping finished ones) → ``out/results.json`` and the figures."""
+    import numpy as np
     import torch
 
     from persona_probe.artifacts import write_json
@@ -204,7 +205,13 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     curve = [rec for _, rec in iter_jsonl(curve_path, what="re-alignment curve")]
 
     stage("7/7 results and figures")
-    measured = {name: would_say(s) for name, s in subjects.items()}
+    # base and treatment were measured unsteered by the two sweeps (α = 0); only the control is new
+    unsteered = {name: [r["value"] for _, r in iter_jsonl(runs / sweep / "items.jsonl")
+                        if r["condition"] == "steer" and r["alpha"] == 0.0
+                        and r["target"] == next(iter(targets))]
+                 for name, sweep in (("base", "steer_base"), ("treatment", "ablate_treatment"))}
+    measured = {name: (np.array(unsteered[name]) if name in unsteered else would_say(s))
+                for name, s in subjects.items()}
     names = list(measured)
     results = {
         "experiment": "em_persona_features", "config": asdict(cfg), "config_path": config_path,
