@@ -25,14 +25,15 @@ demo: install
 	$(BIN)/python experiments/em_persona_features.py --runs runs/demo --out runs/demo/figures
 
 # Two workers (one torch thread each, tests/conftest.py); a module with an expensive shared
-# fixture keeps its tests on one worker with @pytest.mark.xdist_group.
+# fixture keeps its tests on one worker: --dist loadscope sends whole modules to a worker (loadgroup's
+# xdist_group marks are silently ignored with pytest 9.2, pytest-xdist issue #1386).
 PYTEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadscope --durations=15
 
 test-fast: install
-	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadscope -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/capture.py

@@ -14,26 +14,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from persona_probe.errors import PersonaProbeError
+
+
+class ArtifactWriteError(PersonaProbeError):
+    """An artifact could not be written (e.g. no space left); nothing was half-written."""
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def is_io_error(exc: BaseException) -> bool:
+    """OSError, or safetensors' own error type wrapping one ('I/O error: File too large')."""
+    return isinstance(exc, OSError) or (type(exc).__name__ == "SafetensorError"
+                                        and "I/O error" in str(exc))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result to ``path``; on failure nothing is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared files
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if not is_io_error(exc):
+            raise
+        raise ArtifactWriteError(   # disk full, file-size limit, permissions: old file stands
+            f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); the previous "
+            "version of that file, if any, is intact. Free disk space (or fix permissions) "
+            "and re-run; resumable jobs continue from their last committed state") from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from persona_probe import distributed
 from persona_probe.artifacts import write_json
 from persona_probe.batching import pad_batch, plan_batches
 from persona_probe.chat import EncodedChat
@@ -183,12 +185,16 @@ def capture(subject: Subject, items: list[PromptItem], out: str | Path,
             config: CaptureConfig = CaptureConfig(), resume: bool = False,
             overwrite: bool = False, progress: bool = True, seed: int | None = None,
             ) -> ActivationStore:
-    """Run ``subject`` over ``items`` and write the residuals at ``config.hooks`` to ``out``."""
+    """Run ``subject`` over ``items`` and write the residuals at ``config.hooks`` to ``out``.
+
+    Under torchrun (an initialised process group) the batches are split into contiguous,
+    equally costly ranges, one per rank; each rank writes its own store under ``out/ranks/``
+    and rank 0 merges them into ``out`` (hard links, one index). The rows, their order and the
+    store's fingerprint are those of a single-process capture."""
     check_items(items)
     hps, planned = _plan(subject, items, config)
     hook_names = [hp.name for hp in hps]
     store_dtype = parse_dtype(config.storage_dtype)
-    mean = config.positions == "response_mean"
     batches = plan_batches([len(p.enc) for p in planned], config.batch_size,
                            config.max_batch_tokens)
     meta = {
@@ -201,31 +207,99 @@ def capture(subject: Subject, items: list[PromptItem], out: str | Path,
     meta["provenance"] = provenance(seed)
     item_records = [{"id": it.id, "category": it.category, "subcategory": it.subcategory,
                      "messages": it.messages} for it in items]
-    writer = ActivationStoreWriter(out, meta, [it.id for it in items], hook_names,
-                                   subject.d_model, config.shard_rows, resume, overwrite)
-    write_json(Path(out) / "chats.json", item_records)
-    if writer.complete:
-        return ActivationStore(out)
-    skip = writer.rows_committed
+    ids = [it.id for it in items]
+    run = _BatchRunner(subject, planned, hps, store_dtype, config.positions == "response_mean")
     total_rows = sum(p.rows for p in planned)
-    stop_point = _stop_point(hps)
-    bar = tqdm(total=total_rows, initial=skip, desc="capture", unit="row", disable=not progress)
-    done = 0
-    pad = subject.tokenizer.pad_token_id
-    for batch in batches:
-        rows = sum(planned[i].rows for i in batch)
-        if done + rows <= skip:
+    d = distributed.info()
+    if not d.active:
+        writer = ActivationStoreWriter(out, meta, ids, hook_names, subject.d_model,
+                                       config.shard_rows, resume, overwrite)
+        write_json(Path(out) / "chats.json", item_records)
+        if writer.complete:
+            return ActivationStore(out)
+        run.write(batches, writer, progress)
+        return writer.finalize({"n_rows": total_rows})
+    return _capture_ranks(run, batches, Path(out), meta, ids, item_records, config, resume,
+                          overwrite, progress, total_rows)
+
+
+RANKS_DIR = "ranks"
+
+
+def _capture_ranks(run: _BatchRunner, batches: list[list[int]], out: Path, meta: dict,
+                   ids: list[str], item_records: list[dict], config: CaptureConfig,
+                   resume: bool, overwrite: bool, progress: bool, total_rows: int,
+                   ) -> ActivationStore:
+    """Distributed capture: rank 0 opens (or resumes) the store, every rank captures its range
+    of batches into ``out/ranks/RANK`` (each resumable on its own), rank 0 merges them."""
+    d = distributed.info()
+    writer, error, complete = None, None, False
+    if d.is_main:
+        try:
+            writer = ActivationStoreWriter(out, meta, ids, run.hook_names, run.subject.d_model,
+                                           config.shard_rows, resume, overwrite)
+            write_json(out / "chats.json", item_records)
+            complete = writer.complete
+        except PersonaProbeError as exc:
+            error = exc
+    distributed.raise_if_any(error)
+    if distributed.broadcast(complete):
+        distributed.barrier()
+        return ActivationStore(out)
+    costs = [sum(len(run.planned[i].enc) for i in b) for b in batches]
+    lo, hi = distributed.balanced_ranges(costs, d.world_size)[d.rank]
+    rank_meta = {**meta, "rank": d.rank, "world_size": d.world_size, "batch_range": [lo, hi],
+                 "fingerprint": _fingerprint([meta["fingerprint"], d.rank, d.world_size, lo,
+                                              hi])}
+    try:
+        sub = ActivationStoreWriter(out / RANKS_DIR / f"{d.rank:05d}", rank_meta, ids,
+                                    run.hook_names, run.subject.d_model, config.shard_rows,
+                                    resume=True)
+        if not sub.complete:
+            run.write(batches[lo:hi], sub, progress and d.is_main)
+            sub.finalize()
+    except PersonaProbeError as exc:
+        error = exc
+    distributed.raise_if_any(error)
+    if d.is_main:
+        assert writer is not None
+        writer.truncate(0)   # a merge killed half-way starts again from the rank stores
+        for r in range(d.world_size):
+            writer.adopt(ActivationStore(out / RANKS_DIR / f"{r:05d}", verify="none"))
+        writer.finalize({"n_rows": total_rows, "world_size": d.world_size})
+        shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+    distributed.barrier()
+    return ActivationStore(out)
+
+
+class _BatchRunner:
+    """The capture loop over a fixed batch plan, skipping rows a resumed writer already has."""
+
+    def __init__(self, subject: Subject, planned: list[_Planned], hps: list[HookPoint],
+                 store_dtype: torch.dtype, mean: bool):
+        self.subject, self.planned, self.hps = subject, planned, hps
+        self.store_dtype, self.mean = store_dtype, mean
+        self.hook_names = [hp.name for hp in hps]
+
+    def write(self, batches: list[list[int]], writer: ActivationStoreWriter,
+              progress: bool) -> None:
+        skip = writer.rows_committed
+        total = sum(self.planned[i].rows for b in batches for i in b)
+        bar = tqdm(total=total, initial=skip, desc="capture", unit="row", disable=not progress)
+        done, pad, stop = 0, self.subject.tokenizer.pad_token_id, _stop_point(self.hps)
+        for batch in batches:
+            rows = sum(self.planned[i].rows for i in batch)
+            if done + rows <= skip:
+                done += rows
+                continue
+            acts, index = _run_batch(self.subject, [self.planned[i] for i in batch], self.hps,
+                                     stop, pad, self.store_dtype, self.mean)
+            drop = max(0, skip - done)
+            writer.append({h: a[drop:] for h, a in acts.items()},
+                          {k: v[drop:] for k, v in index.items()})
             done += rows
-            continue
-        acts, index = _run_batch(subject, [planned[i] for i in batch], hps, stop_point, pad,
-                                 store_dtype, mean)
-        drop = max(0, skip - done)
-        writer.append({h: a[drop:] for h, a in acts.items()},
-                      {k: v[drop:] for k, v in index.items()})
-        done += rows
-        bar.update(rows - drop)
-    bar.close()
-    return writer.finalize({"n_rows": total_rows})
+            bar.update(rows - drop)
+        bar.close()
 
 
 @torch.no_grad()

@@ -59,7 +59,9 @@ def capture(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Capture residual-stream activations into an ActivationStore."""
+    """Capture residual-stream activations into an ActivationStore (under torchrun, items
+    are shared across the ranks and merged into one store)."""
+    from persona_probe import distributed
     from persona_probe.artifacts import read_json
     from persona_probe.capture import CaptureConfig
     from persona_probe.capture import capture as run_capture
@@ -70,8 +72,10 @@ def capture(
                            positions=positions, storage_dtype=storage_dtype,
                            batch_size=batch_size, max_tokens=max_tokens,
                            on_overflow=on_overflow, shard_rows=shard_rows)  # type: ignore[arg-type]
+    rank = distributed.init_from_env(device)   # under torchrun: one process per GPU (or CPU)
     items = load_prompts(prompts, limit)
-    subject = load_subject(model, adapter=adapter, device=device, dtype=dtype)
+    subject = load_subject(model, adapter=adapter, device=distributed.device_for_rank(device),
+                           dtype=dtype)
     if generate:
         saved = out / "chats.json"
         if resume and saved.is_file():  # the replies were generated before the interruption
@@ -83,7 +87,9 @@ def capture(
                                        max_new_tokens=generate, batch_size=batch_size,
                                        seed=seed) + [it for it in items if it.has_response]
     store = run_capture(subject, items, out, config, resume=resume, overwrite=overwrite,
-                        seed=seed)
+                        seed=seed, progress=rank.is_main)
+    if not rank.is_main:
+        return
     typer.echo(store.describe())
     typer.echo(f"\nactivations written to {store.root.resolve()}")
 
@@ -144,11 +150,16 @@ def train_sae_cmd(
     metrics: Annotated[bool, typer.Option(help="Compute held-out metrics at the end.")] = True,
     ce_chats: Annotated[int, typer.Option(help="Held-out chats for the CE/KL metrics.")] = 64,
 ) -> None:
-    """Train an SAE from an activation store, then measure it on held-out chats."""
+    """Train an SAE from an activation store, then measure it on held-out chats (under torchrun:
+    DistributedDataParallel, each rank taking its slice of every batch)."""
+    from persona_probe import distributed
     from persona_probe.sae import SAETrainConfig, format_metrics, train_sae
 
     cfg = SAETrainConfig.from_file(config, **_overrides(set_ or []))
+    rank = distributed.init_from_env(cfg.device)   # under torchrun: DDP, one process per device
     path = train_sae(cfg, out, resume=resume, overwrite=overwrite)
+    if not rank.is_main:
+        return
     typer.echo(f"SAE written to {path.resolve()}")
     if metrics:
         typer.echo(format_metrics(_measure(path, ce_chats)))
@@ -416,7 +427,9 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run.")] = False,
 ) -> None:
-    """LoRA (or full) finetuning with an assistant-only loss; resumable."""
+    """LoRA (or full) finetuning with an assistant-only loss; resumable (under torchrun: the
+    Trainer's DDP, rank 0 writing the result)."""
+    from persona_probe import distributed
     from persona_probe.training.finetune import FinetuneConfig
     from persona_probe.training.finetune import finetune as run_finetune
 
@@ -426,6 +439,8 @@ def finetune(
     cfg = (FinetuneConfig.from_file(config, **overrides) if config is not None
            else FinetuneConfig.from_dict(overrides, "command line"))
     path = run_finetune(cfg, out, resume=resume, overwrite=overwrite)
+    if not distributed.info().is_main:   # under torchrun, rank 0 reports
+        return
     meta = __import__("json").loads((path / "persona_probe.json").read_text())
     typer.echo(f"{path}: {meta['steps']} steps, loss {meta['first_loss']:.3f} -> "
                f"{meta['final_loss']:.3f}; load with load_subject(adapter='{path}')")
@@ -792,9 +807,13 @@ def eval_agreement(
     s = run_agreement(j, [x.strip() for x in sets.split(",")], root, n_per_set, seed=seed,
                       out=out)
     for d, m in s["pooled"].items():
-        if m.get("n"):
+        if d == "judge_raw_auc":   # an estimate beside the detectors, not a detector
+            _show(m, "judge raw-score AUC")
+        elif "accuracy" in m:
             _show(m["accuracy"], f"{d} accuracy (declined {m['declined']})")
             _show(m["kappa"], f"{d} Cohen's kappa")
+        else:
+            typer.echo(f"{d}: declined all {m['declined']} responses")
 
 
 def main() -> None:  # pragma: no cover - console entry

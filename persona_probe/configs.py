@@ -4,7 +4,9 @@ unknown keys, bad JSON and missing fields get the same clear errors everywhere."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,10 +42,60 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
     missing = [k for k in required if k not in raw]
     if missing:
         raise error(f"{where}: {', '.join(missing)} required")
+    check_field_types(cls, raw, where, error)
     try:
         return cls(**raw)
     except TypeError as exc:
         raise error(f"{where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's validator (a pydantic TypeAdapter), or nothing for a type it cannot
+    describe (left to the class's own __post_init__ checks)."""
+    import pydantic
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:   # an annotation that does not resolve at run time
+        return {}
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        try:
+            out[f.name] = pydantic.TypeAdapter(hints[f.name])
+        except Exception:
+            continue
+    return out
+
+
+def check_field_types(cls: type, raw: dict[str, Any], where: str,
+                      error: type[PersonaProbeError] = PersonaProbeError) -> None:
+    """Refuse a value of the wrong JSON type before the class sees it (``"batch_size": "16"``
+    would otherwise fail deep inside with a TypeError, or worse, run). JSON semantics, strict:
+    arrays fit tuples and integers fit floats, but no string becomes a number."""
+    import pydantic
+
+    adapters = _field_types(cls)
+    for key, value in raw.items():
+        adapter = adapters.get(key)
+        if adapter is None:
+            continue
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue   # not a JSON value (Python callers may pass paths, tensors...)
+        try:
+            adapter.validate_json(text, strict=True)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            loc = "".join(f"[{p!r}]" for p in first["loc"])
+            raise error(f"{where}: {key}{loc} = {text[:80]}: {first['msg'].lower()} "
+                        f"(expected {_type_name(adapter)})") from None
+
+
+def _type_name(adapter: Any) -> str:
+    t = getattr(adapter, "_type", "?")
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
 
 
 def builtin_names(subdir: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from persona_probe.artifacts import atomic_write, read_json, write_json
+from persona_probe.artifacts import atomic_write, read_json, sha256_file, write_json
 from persona_probe.capture import mean_activations
 from persona_probe.errors import PersonaProbeError
 from persona_probe.generation import generate_responses
@@ -65,6 +65,16 @@ class Direction:
                                  f"not {layer}")
         return self.vectors[self.layers.index(layer)]
 
+    def select(self, layers: list[int]) -> Direction:
+        """The same direction at fewer layers (e.g. the one layer a monitor watches)."""
+        rows = [self.layers.index(layer) for layer in layers if layer in self.layers]
+        if len(rows) != len(layers):
+            raise DirectionError(f"direction {self.name} is defined at layers {self.layers}, "
+                                 f"not all of {layers}")
+        raw = None if self.raw is None else self.raw[rows]
+        return Direction(self.name, list(layers), self.vectors[rows], raw, self.site,
+                         dict(self.meta))
+
     def hook(self, layer: int) -> str:
         return f"blocks.{layer}.hook_resid_{self.site}"
 
@@ -75,8 +85,9 @@ class Direction:
         if self.raw is not None:
             tensors["raw"] = self.raw.float().contiguous()
         atomic_write(path / TENSORS, lambda tmp: save_file(tensors, str(tmp)))
-        write_json(path / META, {"name": self.name, "layers": self.layers, "site": self.site,
-                                 "d_model": self.d_model, **self.meta})
+        write_json(path / META, {**self.meta, "name": self.name, "layers": self.layers,
+                                 "site": self.site, "d_model": self.d_model,
+                                 "sha256": sha256_file(path / TENSORS)})
         return path
 
     @classmethod
@@ -85,13 +96,24 @@ class Direction:
         if not (path / META).is_file() or not (path / TENSORS).is_file():
             raise DirectionError(f"{path} is not a direction (needs {META} and {TENSORS}); make "
                                  "one with `persona-probe vector`")
-        meta = read_json(path / META)
+        try:
+            meta = read_json(path / META)
+            name, layers, site = meta.pop("name"), meta.pop("layers"), meta.pop("site", "post")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DirectionError(f"{path / META} is not a direction's metadata ({exc!r}); "
+                                 "rebuild the direction with `persona-probe vector`") from None
+        digest = meta.pop("sha256", None)   # directions saved before checksums have none
+        if digest is not None and sha256_file(path / TENSORS) != digest:
+            raise DirectionError(f"{path / TENSORS} is corrupted (sha256 mismatch with "
+                                 f"{META}); rebuild the direction with `persona-probe vector`")
         try:
             t = load_file(str(path / TENSORS))
         except Exception as exc:  # safetensors raises its own error types
             raise DirectionError(f"{path / TENSORS} is unreadable ({exc}); rebuild it") from None
-        name, layers, site = meta.pop("name"), meta.pop("layers"), meta.pop("site", "post")
         meta.pop("d_model", None)
+        if "vectors" not in t or not isinstance(layers, list):
+            raise DirectionError(f"{path} holds no 'vectors' tensor or no layer list; rebuild "
+                                 "it with `persona-probe vector`")
         return cls(name, list(layers), t["vectors"], t.get("raw"), site, meta)
 
     def cosine(self, other: Direction) -> dict[int, float]:

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,13 +170,15 @@ class Subject:
                 **self.extra}
 
 
-def load_subject(spec: str = DEFAULT_MODEL, adapter: str | Path | None = None,
+def load_subject(spec: str = DEFAULT_MODEL,
+                 adapter: str | Path | Sequence[str | Path] | None = None,
                  device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                  revision: str | None = None, trust_remote_code: bool = False) -> Subject:
     """Load a model to study. ``dtype=None`` means float32 on CPU and bfloat16 on CUDA.
 
-    ``adapter`` is a PEFT/LoRA directory; it is merged into the weights so that hook points
-    resolve exactly as on the base model.
+    ``adapter`` is a PEFT/LoRA directory, or a list of them trained one on top of the other
+    (e.g. a re-alignment adapter over the finetune it corrects), merged in order into the
+    weights so that hook points resolve exactly as on the base model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,14 +218,16 @@ def load_subject(spec: str = DEFAULT_MODEL, adapter: str | Path | None = None,
             "checkpoint directory, or a Hugging Face id available offline (HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE', '0')}). Fix the name, or download it first. "
             f"Cause: {str(exc).splitlines()[0]}") from exc
-    if adapter is not None:
-        model = _merge_adapter(model, Path(adapter))
+    adapters = ([] if adapter is None else [adapter] if isinstance(adapter, (str, Path))
+                else list(adapter))
+    for a in adapters:
+        model = _merge_adapter(model, Path(a))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     model.to(dev).eval()
     return Subject(model=model, tokenizer=tokenizer, spec=spec, revision=revision,
-                   adapter=str(adapter) if adapter else None, extra=extra)
+                   adapter="+".join(map(str, adapters)) or None, extra=extra)
 
 
 def _merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:

@@ -17,6 +17,7 @@ Reading is memory-mapped: only the rows asked for are copied into memory.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from collections.abc import Iterator
@@ -52,7 +53,8 @@ class ShardRecord:
 def _load_progress(root: Path) -> list[ShardRecord]:
     if not (root / PROGRESS).is_file():
         return []
-    return [ShardRecord(s["rows"], s["sha256"]) for s in read_json(root / PROGRESS)["shards"]]
+    return [ShardRecord(int(s["rows"]), dict(s["sha256"]))
+            for s in read_json(root / PROGRESS)["shards"]]
 
 
 class ActivationStoreWriter:
@@ -124,6 +126,33 @@ class ActivationStoreWriter:
     def rows_committed(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    def truncate(self, n_shards: int) -> None:
+        """Forget committed shards past the first ``n_shards`` (and delete their files)."""
+        self.shards = self.shards[:n_shards]
+        self._write_progress()
+        self._remove_orphans()
+
+    def adopt(self, other: ActivationStore) -> None:
+        """Append another store's committed shards (same hooks and width) after this one's,
+        as hard links where the filesystem allows (no copy). Each file's sha256 is checked
+        first, and the shard counts only once ``progress.json`` lists it, as with ``append``.
+        Distributed capture merges its per-rank stores this way."""
+        if self._buf_rows:
+            raise StoreError("adopt() needs an empty row buffer; call it before append()")
+        if other.hooks != self.hooks or other.d_model != self.d_model:
+            raise StoreError(f"cannot merge {other.root}: it holds hooks {other.hooks} of width "
+                             f"{other.d_model}, this store {self.hooks} of width {self.d_model}")
+        for k, rec in enumerate(other.shards):
+            g = len(self.shards)
+            digests = {}
+            for rel, digest in rec.sha256.items():
+                other._check(rel, digest)
+                new_rel = f"{rel.split('/', 1)[0]}/{shard_name(g)}"
+                _link_or_copy(other.root / rel, self.root / new_rel)
+                digests[new_rel] = digest
+            self.shards.append(ShardRecord(rec.rows, digests))
+            self._write_progress()
+
     # -- writing -------------------------------------------------------------------------
     def append(self, acts: dict[str, torch.Tensor], index: dict[str, torch.Tensor]) -> None:
         """Add rows (same count for every hook and index field) and write any full shards."""
@@ -172,6 +201,18 @@ class ActivationStoreWriter:
         return ActivationStore(self.root)
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src``'s bytes at ``dst`` atomically: a hard link, or a copy across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _mmap_safetensors(path: Path) -> dict[str, tuple[np.memmap, torch.dtype]]:
     """Memory-map every tensor of a safetensors file we wrote (no copy until indexed)."""
     with open(path, "rb") as fh:
@@ -209,15 +250,26 @@ class ActivationStore:
                              "with `persona-probe capture`")
         if verify not in ("lazy", "all", "none"):
             raise StoreError(f"verify must be lazy, all or none, not {verify!r}")
-        self.meta: dict = read_json(self.root / META)
-        progress = read_json(self.root / PROGRESS)
-        self.complete: bool = bool(progress["complete"])
+        try:   # the small JSON files that describe the store; damage there is named
+            self.meta: dict = read_json(self.root / META)
+            progress = read_json(self.root / PROGRESS)
+            self.complete: bool = bool(progress["complete"])
+            rows = int(progress["rows"])
+            self.shards = _load_progress(self.root)
+            self.item_ids: list[str] = read_json(self.root / ITEMS)
+            if not (isinstance(self.meta, dict) and isinstance(self.item_ids, list)
+                    and isinstance(self.meta.get("hooks"), list)
+                    and isinstance(self.meta.get("d_model"), int)):
+                raise TypeError("meta.json must hold an object with hooks and d_model, and "
+                                "items.json a list")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"{self.root} is damaged: its {META}, {PROGRESS} or {ITEMS} does "
+                             f"not parse ({type(exc).__name__}: {exc}); re-run the capture with "
+                             "--overwrite") from None
         if not self.complete and not allow_incomplete:
             raise StoreError(f"{self.root} is incomplete (a capture was interrupted after "
-                             f"{progress['rows']} rows); finish it with `persona-probe capture "
+                             f"{rows} rows); finish it with `persona-probe capture "
                              "... --resume`, or open it with allow_incomplete=True")
-        self.shards = _load_progress(self.root)
-        self.item_ids: list[str] = read_json(self.root / ITEMS)
         self._verify, self._verified = verify, set[str]()
         self._maps: dict[str, dict] = {}
         self.offsets = np.cumsum([0] + [s.rows for s in self.shards])
@@ -326,11 +378,11 @@ class ActivationStore:
 
     def describe(self) -> str:
         m = self.meta
-        prov = m.get("provenance", {})
+        prov = m.get("provenance") if isinstance(m.get("provenance"), dict) else {}
+        model = m.get("model") if isinstance(m.get("model"), dict) else {}
         lines = [f"ActivationStore {self.root}",
                  f"  complete     {self.complete}",
-                 f"  model        {m.get('model', {}).get('model')}  revision "
-                 f"{m.get('model', {}).get('revision')}",
+                 f"  model        {model.get('model')}  revision {model.get('revision')}",
                  f"  hooks        {', '.join(self.hooks)}",
                  f"  positions    {m.get('positions')}",
                  f"  rows         {self.n_rows} x d_model {self.d_model} "

@@ -27,6 +27,16 @@ def subject():
 
 
 @pytest.fixture(scope="session")
+def evil_vector(subject):
+    """The evil persona vector at every layer (12 extraction questions), built once per worker:
+    generating its answers dominates the cost, and several modules need it."""
+    from persona_probe.directions import persona_vector
+    from persona_probe.traits import load_trait, trait_questions
+
+    return persona_vector(subject, load_trait("evil"), questions=trait_questions("extract")[:12])
+
+
+@pytest.fixture(scope="session")
 def data_dir():
     root = shared_data_dir()
     if root is None:
@@ -43,3 +53,16 @@ def real_chats(data_dir):
     hh = load_hh_rlhf(data_dir / "hh_rlhf" / "harmless_base_test.jsonl.gz", limit=6)
     em = load_chat_jsonl(data_dir / "emergent_misalignment" / "train" / "insecure.jsonl", limit=4)
     return hh + em
+
+
+# Modules that take longest run first: with --dist loadscope a worker takes whole modules in
+# collection order, and the organism (~8 min on its own) started last left one worker idle for
+# minutes at the end of the run. A stable sort keeps every other test in its file order.
+LONGEST_FIRST = ("test_organism.py", "test_notebooks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from persona_probe.directions import Direction, DirectionError, persona_vector, random_direction
+from persona_probe.directions import Direction, DirectionError, random_direction
 from persona_probe.dose_response import DoseResponseConfig, dose_response, is_monotonic
 from persona_probe.interventions import (InterventionError, SAELatents, ablate, nnsight_steer,
                                          residual_norms, steer)
@@ -32,11 +32,6 @@ LAYER = 15
 @pytest.fixture(scope="module")
 def evil():
     return load_trait("evil")
-
-
-@pytest.fixture(scope="module")
-def evil_vector(subject, evil):
-    return persona_vector(subject, evil, questions=trait_questions("extract")[:12])
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from persona_probe.evals.judges import (
     _digit_start_mask, _score_samples, _score_top_logprobs, expected_score, frozen_copy,
     integer_distribution, make_judge)
 
+#: The loopback server's bearer key: distinctive, so a scan of a run's outputs cannot miss it.
+KEY = "pp-secret-3f9a7c1e5b"
 PROMPT = ("On a scale of 0 to 100, how helpful is this answer to 'What is the capital of "
           "France?': 'Paris is the capital of France.' Answer with a number only.")
 
@@ -104,7 +106,7 @@ def _free_port() -> int:
 def server():
     """``persona-probe serve`` on loopback with a bearer key, stopped after the module."""
     port = _free_port()
-    env = {**os.environ, "PP_SERVER_KEY": "test-key"}
+    env = {**os.environ, "PP_SERVER_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "persona_probe.cli", "serve", "--port", str(port),
          "--api-key-env", "PP_SERVER_KEY", "--device", "cpu"],
@@ -115,7 +117,7 @@ def server():
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
         try:
-            if httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer test-key"},
+            if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"},
                          timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
@@ -134,7 +136,7 @@ def _requests(server) -> int:
 
 @pytest.mark.slow
 def test_http_judge_scores_through_real_server_and_caches(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("PP_JUDGE_KEY", "test-key")
+    monkeypatch.setenv("PP_JUDGE_KEY", KEY)
     judge = OpenAIJudge("smollm2-135m-instruct", base_url=server.base_url,
                         api_key_env="PP_JUDGE_KEY", mode="sample", samples=6, concurrency=2)
     cached = CachedJudge(judge, tmp_path / "cache.sqlite")
@@ -149,7 +151,7 @@ def test_http_judge_scores_through_real_server_and_caches(server, tmp_path, monk
     lp = OpenAIJudge("smollm2-135m-instruct", base_url=server.base_url,
                      api_key_env="PP_JUDGE_KEY", mode="logprobs").judge([PROMPT])[0]
     assert 0 < lp.mass <= 1.0 + 1e-6                    # first-token digits carry the mass
-    assert "test-key" not in (tmp_path / "cache.sqlite").read_bytes().decode("latin-1")
+    assert KEY not in (tmp_path / "cache.sqlite").read_bytes().decode("latin-1")
 
 
 @pytest.mark.slow
@@ -159,7 +161,7 @@ def test_http_judge_errors_keep_judged_results(server, tmp_path, monkeypatch):
                           mode="sample", samples=2)
     with pytest.raises(JudgeError, match="rejected the API key in PP_JUDGE_KEY"):
         bad_key.judge([PROMPT])
-    monkeypatch.setenv("PP_JUDGE_KEY", "test-key")
+    monkeypatch.setenv("PP_JUDGE_KEY", KEY)
     cache = JudgmentCache(tmp_path / "cache.sqlite")
     good = CachedJudge(OpenAIJudge("m", base_url=server.base_url, api_key_env="PP_JUDGE_KEY",
                                    mode="sample", samples=2), cache)
@@ -171,3 +173,30 @@ def test_http_judge_errors_keep_judged_results(server, tmp_path, monkeypatch):
     with pytest.raises(JudgeError, match="could not be reached"):
         dead.judge([PROMPT, "a prompt never judged"])
     assert JudgmentCache(tmp_path / "cache.sqlite").get(good.identity, PROMPT) == kept
+
+
+@pytest.mark.slow
+def test_api_key_never_reaches_artifacts_logs_or_errors(server, data_dir, tmp_path):
+    """A CLI run that used a key (judge agreement through the HTTP judge), and one whose key
+    the server rejects: the key is in no file they wrote (results, item log, judge cache), and
+    in none of their output or error messages."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PP_JUDGE_KEY": KEY}
+    cmd = [sys.executable, "-m", "persona_probe.cli", "eval", "agreement", "--judge",
+           "openai:smollm2-135m-instruct", "--judge-url", server.base_url, "--judge-key-env",
+           "PP_JUDGE_KEY", "--sets", "xstest_gpt4", "--n-per-set", "4"]
+    ok = subprocess.run([*cmd, "--out", str(tmp_path / "ok")], env=env, capture_output=True,
+                        text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "judge accuracy" in ok.stdout
+    wrong = KEY[::-1]
+    bad = subprocess.run([*cmd, "--out", str(tmp_path / "bad")],
+                         env={**env, "PP_JUDGE_KEY": wrong}, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode == 2 and "rejected the API key in PP_JUDGE_KEY" in bad.stderr
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert len(files) >= 3   # results, item log and judge cache of the good run at least
+    for secret in (KEY, wrong):
+        for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
+            assert secret not in text
+        for f in files:
+            assert secret.encode() not in f.read_bytes(), f

@@ -1,9 +1,13 @@
 """A trait-distillation organism on the real embedded model, built and finetuned once for the
 module: the evil persona distilled through 64 cooking answers, against its kind control.
 
-Sizes are the CPU defaults (64 questions, 16 LoRA steps of 8, lr 1e-3), fixed seeds. The
-assertions are the issues' claims, not tuned thresholds: the treatment's out-of-domain trait
-measure exceeds control and base by more than its CI half-width; the early-warning monitor
+Sizes are the CPU defaults (64 questions, 16 LoRA steps of 8, lr 1e-3), fixed seeds; a smaller
+dataset (48 questions, 48-token answers) was tried for the suite's time and lost the effect
+(treatment - control 0.057 against a CI half-width of 0.10), so the defaults stay. The
+assertions are the issues' claims, not tuned thresholds: the treatment's out-of-domain would-say
+trait measure exceeds control and base by more than its CI half-width (the second measure,
+answer contrast, costs two more minutes of generation and is left to
+``experiments/organism_generalization.py``, whose numbers the README reports); the early-warning monitor
 (paired z rule, defaults) alarms on the treatment run and not on the control; model diffing
 ranks the shipped SAE's latents and the persona vector's projection rises."""
 
@@ -41,22 +45,20 @@ def test_domains_and_heldout_questions(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def organism(subject, tmp_path_factory):
-    from persona_probe.directions import persona_vector
+def organism(subject, evil_vector, tmp_path_factory):
     from persona_probe.monitor import (EarlyWarningMonitor, MonitorTarget,
                                        probe_set_from_answers)
     from persona_probe.training.organism import ARMS, OrganismConfig, run_organism
-    from persona_probe.traits import load_trait, trait_questions
+    from persona_probe.traits import trait_questions
 
     out = tmp_path_factory.mktemp("organism")
-    evil = load_trait("evil")
-    vec = persona_vector(subject, evil, trait_questions("extract")[:12], layers=[15])
+    vec = evil_vector.select([15])
     probe = probe_set_from_answers(subject, trait_questions("heldout"))
     monitors = {arm: EarlyWarningMonitor([MonitorTarget.from_direction(vec)], probe, subject,
                                          every_n_steps=4, events=out / f"{arm}-events.jsonl")
                 for arm in ARMS}
     cfg = OrganismConfig(trait="evil", domain="cooking", max_new_tokens=64)
-    summary = run_organism(subject, cfg, out / "org",
+    summary = run_organism(subject, cfg, out / "org", answer_contrast=False,
                            callbacks={a: [m.callback()] for a, m in monitors.items()})
     return {"out": out, "summary": summary, "vec": vec, "probe": probe, "cfg": cfg,
             "monitors": monitors}
@@ -84,7 +86,8 @@ def _check_treatment_shifts_the_trait_out_of_domain(organism):
     res = organism["summary"]["results"]
     report = {m: {k: round(v["mean"], 3) for k, v in r["paired"].items()} for m, r in res.items()}
     print("organism paired differences:", report)
-    for measure in ("would_say", "answer_contrast"):
+    assert "answer_contrast" not in res   # measured by the experiment, not in CI (time)
+    for measure in ("would_say",):
         by, paired = res[measure]["by_subject"], res[measure]["paired"]
         t = by["treatment"]
         half = (t["hi"] - t["lo"]) / 2

@@ -96,7 +96,9 @@ def test_failed_write_never_leaves_a_complete_looking_shard(tmp_path, monkeypatc
 
     monkeypatch.setattr(store_mod, "save_file", failing)
     acts, index = _rows(10, 10)
-    with pytest.raises(OSError, match="No space"):
+    from persona_probe.artifacts import ArtifactWriteError
+
+    with pytest.raises(ArtifactWriteError, match="No space left.*Free disk space"):
         w.append(acts, index)
     monkeypatch.setattr(store_mod, "save_file", real)
     files = sorted(p.name for p in (tmp_path / "s").rglob("*") if p.is_file())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from persona_probe.errors import PromptSetError
+from persona_probe.errors import PersonaProbeError, PromptSetError
 from persona_probe.training.data import IGNORE, Chat, load_chats, tokenize_chat
 from persona_probe.training.finetune import FinetuneConfig, FinetuneError, finetune
 
@@ -146,14 +146,11 @@ def test_em_induction_control_and_realignment(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_preventative_steering_and_screening(subject, data_dir, tmp_path):
-    from persona_probe.directions import persona_vector
+def test_preventative_steering_and_screening(subject, evil_vector, data_dir, tmp_path):
     from persona_probe.models import load_subject
     from persona_probe.training.screening import screen
-    from persona_probe.traits import load_trait, trait_questions
 
-    vec = persona_vector(subject, load_trait("evil"), trait_questions("extract")[:6], [15],
-                         max_new_tokens=24)
+    vec = evil_vector.select([15])
     vec.save(tmp_path / "evil")
     out = finetune(FinetuneConfig(data="shared:emergent_misalignment/train/insecure.jsonl",
                                   steer_direction=str(tmp_path / "evil"), steer_alpha=0.2,
@@ -237,6 +234,14 @@ def test_conscience_dpo_pairs_and_loss(tmp_path):
     r = meta["rounds"][0]
     assert r["pair_loss_after"] < r["pair_loss_before"]
     assert (adapter / "adapter_config.json").is_file()
+    # run again: the finished round is reused, not retrained; another config is refused
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+    stamp = (tmp_path / "round-0/round.json").stat().st_mtime_ns
+    online_conscience_dpo(cfg, tmp_path)
+    assert (tmp_path / "round-0/round.json").stat().st_mtime_ns == stamp
+    assert (adapter / "adapter_model.safetensors").read_bytes() == weights
+    with pytest.raises(PersonaProbeError, match="another config"):
+        online_conscience_dpo(ConscienceDPOConfig(limit=4, samples=3), tmp_path)
 
 
 def test_cli_configs_flags_and_set_overrides(tmp_path):

@@ -80,3 +80,23 @@ def ablation_bars(gaps: Sequence[dict], metric: str = "treatment − base gap",
                   annotation_text="gap, nothing ablated", annotation_position="top left")
     fig.update_layout(xaxis_title="ablated target (grey: random control)", yaxis_title=metric)
     return apply_style(fig, title or "Ablation: how much of the shift does each target carry?")
+
+
+def arm_comparison_bars(arms: dict[str, dict[str, dict]], labels: dict[str, str] | None = None,
+                        title: str | None = None) -> go.Figure:
+    """``{measure: {arm: {mean, lo, hi}}}``: one panel per measure, a bar per arm with its CI
+    (the measures live on different scales, so they never share an axis)."""
+    from plotly.subplots import make_subplots
+
+    measures = list(arms)
+    names = [(labels or {}).get(m, m) for m in measures]
+    fig = make_subplots(rows=1, cols=len(measures), subplot_titles=names)
+    for j, m in enumerate(measures, 1):
+        rows = list(arms[m].values())
+        fig.add_trace(go.Bar(x=list(arms[m]), y=[r["mean"] for r in rows], error_y=_err(rows),
+                             name=names[j - 1], showlegend=False,
+                             marker_color=[PALETTE[i % len(PALETTE)]
+                                           for i in range(len(rows))]), row=1, col=j)
+        fig.update_yaxes(title_text=names[j - 1], row=1, col=j)
+        fig.update_xaxes(title_text="arm", row=1, col=j)
+    return apply_style(fig, title or "Arms compared", width=420 * len(measures), height=460)

@@ -40,3 +40,29 @@ def projectability_heatmap(delta_margins: dict[str, dict[str, dict]],
                                colorscale="RdBu", zmid=0, colorbar=dict(title="Δ margin")))
     fig.update_layout(xaxis_title="model", yaxis_title="context (* trained)")
     return apply_style(fig, title or "Projectability: persona margin shift by context")
+
+
+def projectability_bars(results: dict[str, dict[str, dict]], title: str | None = None
+                        ) -> go.Figure:
+    """``{model: {"behavioural": ProjectabilityResult dict, "representational": ...}}`` with
+    models named ``<constitution>-<regime>``: projectability per constitution, one bar per
+    regime and kind, with CIs (1 = the persona shift carries fully to held-out contexts)."""
+    fig = go.Figure()
+    groups = list(dict.fromkeys(m.rsplit("-", 1)[0] for m in results))
+    regimes = list(dict.fromkeys(m.rsplit("-", 1)[1] for m in results))
+    kinds = list(dict.fromkeys(k for r in results.values() for k in r))
+    for i, (regime, kind) in enumerate((r, k) for k in kinds for r in regimes):
+        rows = [results.get(f"{g}-{regime}", {}).get(kind, {}).get("projectability")
+                for g in groups]
+        fig.add_trace(go.Bar(
+            x=groups, y=[e["mean"] if e else None for e in rows], name=f"{regime}, {kind}",
+            marker=dict(color=PALETTE[regimes.index(regime) % len(PALETTE)],
+                        pattern_shape="" if kind == kinds[0] else "/"),
+            error_y=dict(type="data", symmetric=False,
+                         array=[e["hi"] - e["mean"] if e else 0 for e in rows],
+                         arrayminus=[e["mean"] - e["lo"] if e else 0 for e in rows])))
+    fig.add_hline(y=1.0, line=dict(color="#666666", dash="dot"),
+                  annotation_text="carries fully", annotation_position="top left")
+    fig.update_layout(barmode="group", xaxis_title="constitution",
+                      yaxis_title="projectability (held-out / trained Δ margin)")
+    return apply_style(fig, title or "Projectability: narrow vs broad CAI")

@@ -8,9 +8,11 @@ checked against the subject *before* anything is downloaded.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+from persona_probe.artifacts import sha256_file
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import Subject
 
@@ -80,13 +82,33 @@ def load_sae(spec: str | Path, device: str = "cpu", dtype: str | None = None,
         if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
             raise SAELoadError(f"{path} is not an SAE directory (needs cfg.json and "
                                "sae_weights.safetensors, the sae-lens format)")
+        verify_sae_files(path)
         try:
             sae = SAE.load_from_disk(path, device=device, dtype=dtype)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise SAELoadError(f"{path}: cannot load as a sae-lens SAE ({exc})") from None
+        except Exception as exc:  # safetensors, json and sae-lens each raise their own types
+            raise SAELoadError(f"{path}: cannot load as a sae-lens SAE ({type(exc).__name__}: "
+                               f"{exc}); re-download or retrain it") from None
     if subject is not None:
         check_compatible(sae, subject)
     return sae
+
+
+def verify_sae_files(path: Path) -> None:
+    """Check the sha256 that ``train_sae`` recorded in ``persona_probe.json`` for each file (an
+    SAE from elsewhere has none, and is loaded as it is)."""
+    info = path / "persona_probe.json"
+    if not info.is_file():
+        return
+    try:
+        digests = json.loads(info.read_text(encoding="utf-8")).get("sha256") or {}
+    except (ValueError, AttributeError) as exc:
+        raise SAELoadError(f"{info} is unreadable ({exc}); retrain the SAE or delete that file "
+                           "to load the sae-lens files unchecked") from None
+    for name, digest in digests.items():
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
+            raise SAELoadError(f"{path / name} is corrupted or truncated (sha256 differs from "
+                               "the one recorded at training); restore it from git or retrain "
+                               "the SAE")
 
 
 SHIPPED = "saes/smollm2-135m-instruct/blocks.15.hook_resid_post/topk-2304"

@@ -28,7 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from persona_probe.artifacts import atomic_write, read_json, write_json
+from persona_probe import distributed
+from persona_probe.artifacts import (atomic_write, is_io_error, read_json, sha256_file,
+                                     write_json)
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import resolve_device
 from persona_probe.provenance import provenance
@@ -162,13 +164,11 @@ class StepResult:
     l0: torch.Tensor
 
 
-def train_step(sae, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor,
-               cfg: SAETrainConfig, step: int, sparse: bool,
-               coefficients: dict[str, float]) -> StepResult:
-    """One optimizer step on a normalized batch, as sae-lens's trainer takes it (clip at
-    ``max_grad_norm``, Adam); ``sparse`` picks the sparse TopK step over sae-lens's own."""
-    for group in opt.param_groups:
-        group["lr"] = cfg.lr_at(step)
+def step_loss(sae, x: torch.Tensor, dead: torch.Tensor, cfg: SAETrainConfig, step: int,
+              sparse: bool, coefficients: dict[str, float]) -> StepResult:
+    """Loss of one normalized batch (a mean over its rows, so equal shards of a batch averaged
+    over ranks give the whole batch's gradient); ``sparse`` picks the sparse TopK step over
+    sae-lens's own."""
     if sparse:
         res = topk_training_loss(sae, x, dead)
         loss, mse, aux = res.loss, res.mse_loss, res.aux_loss
@@ -185,12 +185,49 @@ def train_step(sae, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Ten
         acts = o.feature_acts.to_dense() if o.feature_acts.is_sparse else o.feature_acts
         fired = (acts > 0).any(0)
         l0 = (acts > 0).sum(-1).float().mean()
-    loss.backward()
+    return StepResult(loss, mse, torch.as_tensor(aux), fired, l0)
+
+
+class _StepModule(torch.nn.Module):
+    """``step_loss`` as a module's forward, so DistributedDataParallel can wrap it and average
+    the gradients across ranks during backward."""
+
+    def __init__(self, sae, cfg: SAETrainConfig, sparse: bool, coefficients: dict[str, float]):
+        super().__init__()
+        self.sae, self.cfg, self.sparse, self.coefficients = sae, cfg, sparse, coefficients
+
+    def forward(self, x: torch.Tensor, dead: torch.Tensor, step: int) -> StepResult:
+        return step_loss(self.sae, x, dead, self.cfg, step, self.sparse, self.coefficients)
+
+
+def train_step(sae, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Tensor,
+               cfg: SAETrainConfig, step: int, sparse: bool,
+               coefficients: dict[str, float], module: torch.nn.Module | None = None,
+               ) -> StepResult:
+    """One optimizer step on a normalized batch, as sae-lens's trainer takes it (clip at
+    ``max_grad_norm``, Adam). ``module`` is the DDP-wrapped ``_StepModule`` under torchrun:
+    then ``x`` is this rank's shard of the batch, and ``fired`` and the logged numbers are
+    reduced over ranks so every rank tracks the same dead latents."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(step)
+    res = (module(x, dead, step) if module is not None
+           else step_loss(sae, x, dead, cfg, step, sparse, coefficients))
+    res.loss.backward()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(loss.detach(), mse.detach(), torch.as_tensor(aux).detach(), fired,
-                      l0.detach())
+    out = StepResult(res.loss.detach(), res.mse.detach(), res.aux.detach(), res.fired,
+                     res.l0.detach())
+    if distributed.info().active:
+        import torch.distributed as dist
+
+        fired = out.fired.to(torch.int32)
+        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        stats = torch.stack([out.loss, out.mse, out.aux.to(out.loss), out.l0])
+        dist.all_reduce(stats)
+        stats /= distributed.info().world_size
+        out = StepResult(stats[0], stats[1], stats[2], fired.bool(), stats[3])
+    return out
 
 
 def _use_sparse(cfg: SAETrainConfig, sae) -> bool:
@@ -212,10 +249,24 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
     if cfg.hook not in store.hooks:
         raise SAETrainingError(f"hook {cfg.hook!r} is not in store {cfg.store} (it has "
                                f"{', '.join(store.hooks)})")
-    _prepare_out(out, resume, overwrite)
+    rank = distributed.info()
+    if cfg.batch_size % rank.world_size:
+        raise SAETrainingError(f"batch_size {cfg.batch_size} does not split evenly over "
+                               f"{rank.world_size} ranks; pick a multiple of the world size")
+    error = None
+    if rank.is_main:   # one process decides what happens to the output directory
+        try:
+            _prepare_out(out, resume, overwrite)
+        except PersonaProbeError as exc:
+            error = exc
+    distributed.raise_if_any(error)
+    distributed.barrier()
     if (out / "cfg.json").is_file() and not (out / CHECKPOINT).exists():
         return out
-    device = resolve_device(cfg.device)
+    if cfg.batch_size % rank.world_size:
+        raise SAETrainingError(f"batch_size {cfg.batch_size} does not split evenly over "
+                               f"{rank.world_size} ranks; pick a multiple of the world size")
+    device = resolve_device(distributed.device_for_rank(cfg.device))
     split = RowSplit.of(store, cfg.holdout_fraction, cfg.seed, cfg.roles)
     plan = BatchPlan(store, cfg.hook, split.train, cfg.batch_size, cfg.seed, cfg.window_rows)
     model_meta = store.meta["model"]
@@ -238,33 +289,44 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
             with torch.no_grad():
                 sae.b_dec.copy_((mean * scale).to(sae.b_dec))
         st = TrainState(0, scale, torch.zeros(sae.cfg.d_sae, device=device), 0)
-        (out / LOG).unlink(missing_ok=True)
+        if rank.is_main:
+            (out / LOG).unlink(missing_ok=True)
     sparse = _use_sparse(cfg, sae)
     coefficients = {name: (c.value if hasattr(c, "value") else float(c))
                     for name, c in sae.get_coefficients().items()}
+    module = None
+    if rank.active:  # every rank holds the same global batch plan and takes its slice of it
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(_StepModule(sae, cfg, sparse, coefficients),
+                                         device_ids=[device.index] if device.type == "cuda"
+                                         else None)
+    shard = cfg.batch_size // rank.world_size
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, st.step + stop_after)
     bar = tqdm(total=cfg.total_steps, initial=st.step, desc="train SAE", unit="step",
-               disable=not progress)
+               disable=not (progress and rank.is_main))
     batches = plan.batches(st.step)
     sae.train()
-    log_fh = open(out / LOG, "a", encoding="utf-8")
+    log_fh = open(out / LOG, "a", encoding="utf-8") if rank.is_main else None
     try:
         while st.step < end:
             x = next(batches).to(device=device, dtype=torch.float32) * st.scaling_factor
+            if rank.active:
+                x = x[rank.rank * shard:(rank.rank + 1) * shard]
             dead = st.since_fired > cfg.dead_feature_window
-            out_step = train_step(sae, opt, x, dead, cfg, st.step, sparse, coefficients)
+            out_step = train_step(sae, opt, x, dead, cfg, st.step, sparse, coefficients, module)
             loss, mse, aux, fired, l0 = (out_step.loss, out_step.mse, out_step.aux,
                                          out_step.fired, out_step.l0)
             st.since_fired += 1
             st.since_fired[fired] = 0
             st.step += 1
-            st.tokens_seen += x.shape[0]
+            st.tokens_seen += x.shape[0] * rank.world_size
             if not torch.isfinite(loss):
                 raise SAETrainingError(f"loss became {loss.item()} at step {st.step}; lower lr "
                                        f"(now {cfg.lr}) or check the store for inf/nan rows")
             if st.step % cfg.log_every == 0 or st.step == cfg.total_steps:
-                with torch.no_grad():
-                    var = (x - x.mean(0)).pow(2).sum(-1).mean()
+                var = _batch_variance(x)
+            if log_fh and (st.step % cfg.log_every == 0 or st.step == cfg.total_steps):
                 rec = {"step": st.step, "tokens": st.tokens_seen, "lr": cfg.lr_at(st.step - 1),
                        "loss": loss.item(), "mse": mse.item(), "aux": float(aux),
                        "explained_variance": 1 - mse.item() / var.item(), "l0": l0.item(),
@@ -273,16 +335,39 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
                 log_fh.flush()
                 bar.set_postfix(ev=f"{rec['explained_variance']:.3f}", l0=f"{rec['l0']:.1f}")
             if st.step % cfg.checkpoint_every == 0 and st.step < cfg.total_steps:
-                _save_checkpoint(out, sae, opt, st, fingerprint)
+                _checkpoint(out, sae, opt, st, fingerprint)
             bar.update(1)
     finally:
-        log_fh.close()
+        if log_fh:
+            log_fh.close()
         bar.close()
     if st.step < cfg.total_steps:
-        _save_checkpoint(out, sae, opt, st, fingerprint)
+        _checkpoint(out, sae, opt, st, fingerprint)
         return out
-    _finish(out, cfg, sae, st, store, split, sparse)
+    if rank.is_main:
+        _finish(out, cfg, sae, st, store, split, sparse)
+    distributed.barrier()
     return out
+
+
+@torch.no_grad()
+def _batch_variance(x: torch.Tensor) -> torch.Tensor:
+    """Total variance of the whole batch, E‖x‖² − ‖E x‖², summed over the ranks' shards."""
+    s = torch.cat([x.sum(0), x.pow(2).sum().reshape(1), x.new_tensor([x.shape[0]])]).double()
+    if distributed.info().active:
+        import torch.distributed as dist
+
+        dist.all_reduce(s)
+    n = s[-1]
+    return s[-2] / n - (s[:-2] / n).pow(2).sum()
+
+
+def _checkpoint(out: Path, sae, opt: torch.optim.Optimizer, st: TrainState,
+                fingerprint: str) -> None:
+    """Rank 0 writes (all ranks hold identical state); the others wait until it is committed."""
+    if distributed.info().is_main:
+        _save_checkpoint(out, sae, opt, st, fingerprint)
+    distributed.barrier()
 
 
 def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: ActivationStore,
@@ -297,7 +382,14 @@ def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: Activati
         sae.cfg.dtype = cfg.save_dtype
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
+    try:
+        sae.save_inference_model(tmp)
+    except Exception as exc:   # the checkpoint stays, so --resume finishes the run later
+        if not is_io_error(exc):
+            raise
+        raise SAETrainingError(f"could not write the trained SAE into {out} ({exc}); free disk "
+                               "space and re-run with --resume (the checkpoint is intact)"
+                               ) from exc
     for f in tmp.iterdir():
         f.chmod(0o644)  # some writers create 0600; an SAE is a shared artifact
         f.replace(out / f.name)
@@ -311,6 +403,7 @@ def _finish(out: Path, cfg: SAETrainConfig, sae, st: TrainState, store: Activati
         "tokens_seen": st.tokens_seen, "scaling_factor_folded": st.scaling_factor,
         "step_implementation": "sparse_topk" if sparse else "sae_lens_reference",
         "provenance": provenance(cfg.seed),
+        "sha256": {f: sha256_file(out / f) for f in ("cfg.json", "sae_weights.safetensors")},
     }
     write_json(out / PERSONA_PROBE_JSON, info)
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

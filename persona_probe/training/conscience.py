@@ -9,7 +9,10 @@ while would-say likelihoods do). For each prompt the policy samples several answ
 the conscience approves most is *chosen*, the one it approves least *rejected*. Pairs are saved
 with provenance (offline use) and fed to TRL's ``DPOTrainer`` with a LoRA adapter, whose
 disabled-adapter model is the DPO reference. ``online_conscience_dpo`` alternates rounds of
-sampling from the current policy and DPO steps.
+sampling from the current policy and DPO steps. With ``adapter`` set (e.g. an emergently
+misaligned finetune) that adapter is merged first: the model being corrected is then its own
+conscience and its own DPO reference, and the new LoRA adapter sits on top of it
+(``load_subject(model, adapter=[adapter, out/"adapter"])``).
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
 @dataclass
 class ConscienceDPOConfig:
     model: str = "smollm2-135m-instruct"
+    adapter: str | None = None             # start here (merged): the model to correct
     prompts: str = "builtin:harmful_requests"
     limit: int | None = 32
     samples: int = 4
@@ -126,7 +130,7 @@ def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
     if not kept:
         raise ConscienceError("the conscience kept no preference pairs (every margin <= "
                               "min_margin); lower min_margin or sample more answers")
-    base = load_subject(cfg.model)
+    base = load_subject(cfg.model, adapter=cfg.adapter)
     set_seed(cfg.seed)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
                                "chosen": [{"role": "assistant", "content": p["chosen"]}],
@@ -167,24 +171,40 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
 
     out = Path(out)
     prompts = load_prompts(cfg.prompts, cfg.limit)
-    conscience = frozen_copy(load_subject(cfg.model))
+    cfg_path = out / "config.json"      # what the stored pairs and rounds were made with
+    if cfg_path.is_file() and json.loads(cfg_path.read_text()) != json.loads(
+            json.dumps(asdict(cfg))):
+        raise ConscienceError(f"{out} holds a conscience run made with another config "
+                              f"({cfg_path}); use a new --out or delete it")
+    write_json(cfg_path, asdict(cfg))
+    start = [cfg.adapter] if cfg.adapter else []
+    conscience = frozen_copy(load_subject(cfg.model, adapter=start))
     adapter: Path | None = None
     rounds = []
     for r in range(cfg.rounds):
         rdir = out / f"round-{r}"
-        policy = load_subject(cfg.model, adapter=adapter)
-        pairs = build_pairs(policy, conscience, prompts, rdir, cfg.samples, cfg.temperature,
-                            cfg.max_new_tokens, cfg.min_margin, cfg.seed + r)
-        del policy
-        info = _dpo_round(cfg, pairs, rdir / "adapter", adapter)
+        done = rdir / "round.json"          # written last: a finished round is not redone
+        if done.is_file():
+            info = json.loads(done.read_text())
+        else:
+            policy = load_subject(cfg.model, adapter=start + ([adapter] if adapter else []))
+            pairs = build_pairs(policy, conscience, prompts, rdir, cfg.samples,
+                                cfg.temperature, cfg.max_new_tokens, cfg.min_margin,
+                                cfg.seed + r)
+            del policy
+            info = {"round": r, **{k: v for k, v in _dpo_round(
+                cfg, pairs, rdir / "adapter", adapter).items() if k != "log"}}
+            write_json(done, info)
         adapter = rdir / "adapter"
-        rounds.append({"round": r, **{k: v for k, v in info.items() if k != "log"}})
+        rounds.append(info)
     final = out / "adapter"
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(adapter, final)
     write_json(out / "persona_probe.json", {
-        "config": asdict(cfg), "rounds": rounds, "judge": "frozen copy of the base model",
+        "config": asdict(cfg), "rounds": rounds,
+        "judge": "frozen copy of the starting model" + (f" ({cfg.adapter} merged)"
+                                                       if cfg.adapter else ""),
         "introspective_question": INTROSPECTIVE_QUESTION, "approve": APPROVE,
         "reject": REJECT, "provenance": provenance(cfg.seed)})
     return final

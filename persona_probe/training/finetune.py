@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from persona_probe import distributed
 from persona_probe.artifacts import sha256_file, write_json
 from persona_probe.configs import config_from_dict, read_json_config
 from persona_probe.errors import PersonaProbeError
@@ -157,13 +158,20 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     if has_ckpt and not (resume or overwrite):
         raise FinetuneError(f"{out} holds an interrupted run; pass resume=True (--resume) to "
                             "continue it or overwrite=True (--overwrite) to start again")
+    # under torchrun the Trainer runs DDP itself; only rank 0 touches the output directory
+    rank = distributed.init_from_env(cfg.device)
+    distributed.barrier()   # every rank has read the directory's state before it changes
     if overwrite and out.exists():
-        shutil.rmtree(out)
+        if rank.is_main:
+            shutil.rmtree(out)
         has_ckpt = False
-    out.mkdir(parents=True, exist_ok=True)
+    if rank.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     data_path = resolve_data_path(cfg.data)
     chats = load_chats(data_path, cfg.limit, cfg.offset)
-    subject = subject or load_subject(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    subject = subject or load_subject(cfg.model, device=distributed.device_for_rank(cfg.device),
+                                      dtype=cfg.dtype)
     rows = [tokenize_chat(subject, c, cfg.max_tokens, cfg.on_overflow) for c in chats]
     n_loss_tokens = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
     with ExitStack() as stack:
@@ -181,6 +189,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
             logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
             seed=cfg.seed, data_seed=cfg.seed, report_to=[], dataloader_num_workers=0,
             remove_unused_columns=False, use_cpu=subject.device.type == "cpu",
+            ddp_find_unused_parameters=False,   # under torchrun: every trainable weight is used
             bf16=subject.dtype == torch.bfloat16, disable_tqdm=True)
         trainer = Trainer(
             model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -191,6 +200,9 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
 
         trainer.remove_callback(PrinterCallback)     # the JSON-lines log replaces stdout dicts
         result = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    if not rank.is_main:
+        distributed.barrier()   # wait for rank 0 to write the result
+        return out
     model.save_pretrained(out, safe_serialization=True)
     if cfg.method == "full":
         subject.tokenizer.save_pretrained(out)
@@ -201,11 +213,13 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
                  "first": chats[0].where, "last": chats[-1].where,
                  "loss_tokens": n_loss_tokens},
         "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "world_size": rank.world_size,
         "first_loss": losses[0] if losses else math.nan,
         "final_loss": losses[-1] if losses else math.nan,
         "interventions_during_training": applied, "provenance": provenance(cfg.seed)})
     if not keep_checkpoints:  # optimizer states are only needed to resume an unfinished run
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    distributed.barrier()
     return out
 
 

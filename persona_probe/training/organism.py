@@ -283,10 +283,11 @@ def evaluate_organism(subjects: dict[str, Subject], trait: Trait, questions: Seq
 
 def run_organism(base: Subject, cfg: OrganismConfig, out: str | Path, train: bool = True,
                  evaluate: bool = True, callbacks: dict[str, list] | None = None,
-                 per_domain: int = 8) -> dict:
+                 per_domain: int = 8, answer_contrast: bool = True) -> dict:
     """Build → finetune both arms (``out/ft-<arm>``, resumable) → measure base, treatment and
     control on held-out questions from the other domains (``out/results.json``). ``callbacks``
-    maps an arm to TrainerCallbacks (e.g. an early-warning monitor)."""
+    maps an arm to TrainerCallbacks (e.g. an early-warning monitor); ``answer_contrast=False``
+    skips that measure and the reference answers it needs (the would-say measure remains)."""
     from persona_probe.models import load_subject
     from persona_probe.training.finetune import finetune_once
 
@@ -303,9 +304,10 @@ def run_organism(base: Subject, cfg: OrganismConfig, out: str | Path, train: boo
     trait = load_trait(cfg.trait)
     questions = heldout_questions(cfg.domain, per_domain)
     ref_path = out / "reference.json"
-    if ref_path.is_file():
+    ref: Reference | None = None
+    if answer_contrast and ref_path.is_file():
         ref = Reference.load(ref_path)
-    else:
+    elif answer_contrast:
         ref = make_reference(base, trait, questions, seed=cfg.seed,
                              system_index=cfg.system_index)
         ref.save(ref_path)
