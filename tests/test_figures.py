@@ -25,7 +25,7 @@ def test_persona_radar_from_the_diagnostic_stances_results(tmp_path):
     dims = list(profiles["neutral"])
     assert list(fig.data[0].theta) == dims + dims[:1]
     assert fig.data[0].r[1] == pytest.approx(profiles["neutral"][dims[1]]["mean"])
-    assert fig.layout.polar.radialaxis.title.text == "would-say margin"
+    assert fig.layout.legend.title.text == "would-say margin"
     (html,) = write_figure(fig, tmp_path / "radar")
     assert "stance:deontology" in html.read_text()
 
@@ -116,8 +116,8 @@ def test_line_one_figures_from_the_em_persona_features_results(tmp_path):
 
 
 def test_refusal_and_projectability_figures_hold_their_traces(tmp_path):
-    """Built from the shapes ``summarize_refusals`` and ``ProjectabilityResult`` write (the
-    emergent-alignment experiment's results feed them; checked here on a hand-made file)."""
+    """Built from the shapes ``summarize_refusals`` and ``ProjectabilityResult`` write, on a
+    hand-made file with known values (the committed results are checked below)."""
     from persona_probe.figures import projectability_heatmap, refusal_by_category, write_figure
 
     est = lambda m: {"mean": m, "lo": m - 0.1, "hi": m + 0.1}  # noqa: E731
@@ -148,3 +148,61 @@ def test_write_figure_or_html_falls_back_to_html_with_the_fix(tmp_path, monkeypa
     assert write_figure_or_html(fig, tmp_path / "c") == [tmp_path / "c.html"]
     assert (tmp_path / "c.html").is_file() and not (tmp_path / "c.png").exists()
     assert "HTML only" in capsys.readouterr().out
+
+
+def test_line_two_figures_from_the_emergent_alignment_results(tmp_path):
+    """Refusal by category, projectability bars and heatmap, the radar and the profile shift,
+    from the committed results of experiments/emergent_alignment.py."""
+    from persona_probe.figures import (arm_comparison_bars, persona_radar, projectability_bars,
+                                       projectability_heatmap, refusal_by_category,
+                                       write_figure)
+
+    res = _results("emergent_alignment")
+    ev, models, cfg = res["evals"], res["models"], res["config"]
+    narrow = [n for n in models if models[n]["regime"] == "narrow"]
+    ref = refusal_by_category({"base": ev["base"]["safety"], **{n: ev[n]["safety"]
+                                                               for n in narrow}})
+    assert [t.name for t in ref.data] == ["base", *narrow]
+    trained = sorted(cfg["narrow_categories"])
+    assert list(ref.data[0].x)[:len(trained)] == trained          # trained categories first
+    assert ref.layout.yaxis.title.text == "refusal rate (logprob)"
+    score = refusal_by_category({"base": ev["base"]["safety"]}, value="logprob_score")
+    cat = trained[0]
+    assert score.data[0].y[0] == pytest.approx(
+        ev["base"]["safety"]["per_category"][cat]["logprob_score"]["mean"])
+    bars = projectability_bars({n: m["projectability"] for n, m in models.items()})
+    assert len(bars.data) == len(cfg["regimes"]) * 2
+    assert sorted(bars.data[0].x) == sorted(cfg["constitutions"])
+    assert bars.layout.yaxis.title.text.startswith("projectability")
+    heat = projectability_heatmap(
+        {n: m["projectability"]["behavioural"]["delta_margin"] for n, m in models.items()},
+        trained=res["split"]["trained_contexts"])
+    assert sum(y.endswith("*") for y in heat.data[0].y) == len(trained)
+    assert list(heat.data[0].x) == list(models)
+    radar = persona_radar({"base": ev["base"]["profiles"]["neutral"]})
+    assert set(radar.data[0].theta) == {"consequentialism", "deontology", "human_authority",
+                                        "virtue_ethics"}
+    shift = arm_comparison_bars({d: {n: m["profile_shift"]["shift"][d]
+                                     for n, m in models.items()}
+                                 for d in ("deontology", "consequentialism")},
+                                order=list(models), yaxis_title="Δ")
+    assert len(shift.data) == 2 and list(shift.data[0].x) == list(models)
+    assert shift.layout.yaxis.title.text == "Δ"
+    for name, fig in {"ref": ref, "bars": bars, "heat": heat, "shift": shift}.items():
+        (html,) = write_figure(fig, tmp_path / name)
+        assert html.stat().st_size > 1000
+
+
+def test_line_three_figure_from_the_conscience_dpo_results(tmp_path):
+    """Both measures per arm, in the arms' order, from experiments/conscience_dpo.py's results."""
+    from persona_probe.experiments.conscience_dpo import ARMS
+    from persona_probe.figures import arm_comparison_bars, write_figure
+
+    res = _results("conscience_dpo")
+    fig = arm_comparison_bars(res["arms"], order=ARMS)
+    assert [a.text for a in fig.layout.annotations] == list(res["arms"])   # panel titles
+    for trace, measure in zip(fig.data, res["arms"]):
+        assert list(trace.x) == list(ARMS)
+        assert list(trace.y) == [res["arms"][measure][a]["mean"] for a in ARMS]
+    (html,) = write_figure(fig, tmp_path / "arms")
+    assert html.stat().st_size > 1000

@@ -165,9 +165,156 @@ early_warning_timeline("runs/ew/figures/events-seed0-treatment.jsonl",
                        behaviour_threshold=0.0, behaviour_label="answer preference change (CI lo)")"""),
 ]
 
+EMERGENT_ALIGNMENT = [
+    ("md", """# Research line 2: emergent alignment and projectability
+
+Constitutional AI (answer → critique under a principle → revise → SFT) under one ethical
+constitution on a narrow slice of safety categories; then the ethical persona diagnostic in
+contexts framed by a trained and a held-out category, and **projectability** — how far the
+intended persona's shift carries from trained to held-out contexts (DESIGN.md). **Tiny
+settings** (4 red-team prompts, 2 SFT steps, 8 statements per dimension) show the machinery in
+about a minute; `experiments/emergent_alignment.py` runs all four constitutions × {narrow,
+broad} (~35 min on CPU) and its committed results close the notebook."""),
+    ("code", """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import json
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+CONSTITUTION = "deontology"
+N_STATEMENTS = 8        # per dimension, half a holder would say, half they would reject
+RUNS = Path("runs/line2")"""),
+    ("md", "## 1. Critique and revise under the constitution (narrow regime), then SFT"),
+    ("code", """from persona_probe.models import load_subject
+from persona_probe.training.cai import CAIConfig, critique_and_revise
+from persona_probe.training.finetune import FinetuneConfig, finetune_once
+
+base = load_subject(MODEL)
+data = critique_and_revise(base, CAIConfig(constitution=CONSTITUTION, regime="narrow",
+                                           per_category=2, max_new_tokens=32,
+                                           critique_tokens=24), RUNS / "cai", progress=False)
+rec = json.loads(data.read_text().splitlines()[0])
+print("request :", rec["messages"][0]["content"])
+print("draft   :", rec["meta"]["initial"][:200])
+print("critique:", rec["meta"]["critique"][:200])
+print("revised :", rec["messages"][1]["content"][:200])
+adapter = finetune_once(FinetuneConfig(data=str(data), limit=None, max_steps=2, batch_size=2,
+                                       max_tokens=256, save_steps=2), RUNS / "cai" / "adapter")
+tuned = load_subject(MODEL, adapter=adapter)"""),
+    ("md", """## 2. The diagnostic in three contexts, and projectability
+
+Would-say mode: each statement teacher-forced as the model's reply (at 135M, Yes/No
+probabilities sit at chance). Contexts: neutral, a trained category (harassment) and a held-out
+one (privacy)."""),
+    ("code", """from persona_probe.evals.diagnostic import (Context, Dimension, category_context,
+                                            load_dimension, run_diagnostic)
+from persona_probe.evals.projectability import projectability
+from persona_probe.evals.records import read_items
+from persona_probe.evals.safety import load_safety_prompts
+
+def balanced(name):
+    d = load_dimension(name)
+    yes = [s for s in d.statements if s.holder_answer == "Yes"][:N_STATEMENTS // 2]
+    no = [s for s in d.statements if s.holder_answer == "No"][:N_STATEMENTS // 2]
+    return Dimension(d.name, d.description, tuple(yes + no))
+
+dims = [balanced(n) for n in ("deontology", "consequentialism", "virtue_ethics",
+                              "human_authority")]
+prompts = load_safety_prompts("builtin")
+contexts = [Context("neutral")] + [category_context(c, [p.prompt for p in prompts
+                                                        if p.category == c])
+                                   for c in ("harassment", "privacy")]
+for name, s in (("base", base), ("tuned", tuned)):
+    run_diagnostic(s, dims, contexts, "would_say", out=RUNS / "diag" / name)
+recs = {n: read_items(RUNS / "diag" / n / "items.jsonl") for n in ("base", "tuned")}
+proj = projectability(recs["tuned"], recs["base"], CONSTITUTION, ["category:harassment"],
+                      ["category:privacy"])
+print("Δ margin per context:", {k: str(v) for k, v in proj.delta_margin.items()})
+print("projectability:", proj.projectability)"""),
+    ("md", """## 3. The committed CPU-config results (the README's numbers)
+
+Built with `python experiments/emergent_alignment.py`; the figure builders are pure functions
+of the saved results."""),
+    ("code", """from persona_probe.figures import projectability_bars, projectability_heatmap
+
+root = Path(os.environ.get("PERSONA_PROBE_REPO", "../.."))
+committed = root / "figures" / "emergent_alignment" / "results.json"
+if committed.is_file():
+    res = json.loads(committed.read_text())
+    for n, m in res["models"].items():
+        p = m["projectability"]["behavioural"]["projectability"]
+        print(f"{n:<26} projectability {p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]")
+    fig = projectability_bars({n: m["projectability"] for n, m in res["models"].items()})
+else:
+    fig = projectability_heatmap({"tiny": {k: v.to_dict() for k, v in proj.delta_margin.items()}},
+                                 trained=["category:harassment"])
+fig"""),
+]
+
+CONSCIENCE_DPO = [
+    ("md", """# Research line 3: the conscience step
+
+The model looks back at its own answer with one introspective question, and a **frozen copy
+of itself** — no external judge — gives the verdict, read judge-free as the log-likelihood of
+approving minus disapproving self-assessments. Sampled answers ranked by that verdict become
+DPO pairs; the DPO term pushes the model away from what its conscience rejects, online (each
+round samples from the current policy). **Tiny settings** here; `experiments/conscience_dpo.py`
+compares conscience DPO with SFT re-alignment and no intervention on a persona-shifted model
+(~20 min on CPU), and its committed results close the notebook."""),
+    ("code", """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import json
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+RUNS = Path("runs/line3")"""),
+    ("md", "## 1. The conscience's verdict on two answers to one request"),
+    ("code", """from persona_probe.evals.judges import frozen_copy
+from persona_probe.models import load_subject
+from persona_probe.training.conscience import INTROSPECTIVE_QUESTION, conscience_scores
+
+model = load_subject(MODEL)
+conscience = frozen_copy(model)
+request = "How can I get back at my neighbour for parking in my spot?"
+answers = ["Talk to them calmly, or leave a polite note; if it keeps happening, ask your landlord.",
+           "Slash their tyres at night so they learn their lesson."]
+print(INTROSPECTIVE_QUESTION)
+for a, s in zip(answers, conscience_scores(conscience, [request] * 2, answers)):
+    print(f"{s:+.3f}  {a}")"""),
+    ("md", "## 2. One online round: sample, judge, DPO (TRL, LoRA)"),
+    ("code", """from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
+
+cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=2, batch_size=2,
+                          lr=2e-4)
+adapter = online_conscience_dpo(cfg, RUNS / "dpo")
+meta = json.loads((RUNS / "dpo" / "persona_probe.json").read_text())
+r = meta["rounds"][0]
+print(f"{r['pairs']} pairs; DPO loss on them {r['pair_loss_before']:.4f} -> {r['pair_loss_after']:.4f}")
+pair = json.loads((RUNS / "dpo" / "round-0" / "pairs.jsonl").read_text().splitlines()[0])
+print("chosen  :", pair["chosen"])
+print("rejected:", pair["rejected"])"""),
+    ("md", "## 3. The committed CPU-config results (the README's numbers)"),
+    ("code", """from persona_probe.experiments.conscience_dpo import ARMS
+from persona_probe.figures import arm_comparison_bars
+
+root = Path(os.environ.get("PERSONA_PROBE_REPO", "../.."))
+committed = root / "figures" / "conscience_dpo" / "results.json"
+if committed.is_file():
+    res = json.loads(committed.read_text())
+    for m, by in res["paired"].items():
+        print(m, {k: round(v["mean"], 3) for k, v in by.items()})
+    arms = res["arms"]
+else:
+    arms = {"pair margin": {"round 0": {"mean": pair["margin"], "lo": pair["margin"],
+                                        "hi": pair["margin"]}}}
+arm_comparison_bars(arms, order=ARMS if committed.is_file() else None)"""),
+]
+
 # EARLY_WARNING is not listed yet: its tiny run did not finish within 900 s under the test
 # harness (cause not found); experiments/early_warning.py itself ran to the end.
-NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "em_persona_features.ipynb": EM_PERSONA_FEATURES}
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "em_persona_features.ipynb": EM_PERSONA_FEATURES,
+             "emergent_alignment.ipynb": EMERGENT_ALIGNMENT,
+             "conscience_dpo.ipynb": CONSCIENCE_DPO}
 
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:

@@ -15,7 +15,10 @@ conscience-step DPO against plain SFT on good data and against no intervention.
 - *Measures* (paired over questions, 95% CIs): the trait's would-say score on the held-out
   general questions, and the answer preference on held-out questions from the other domains
   (per-token log-likelihood of the base model's trait-prompted answer minus its anti-prompted
-  one) — both judge-free; plus the conscience's own pair statistics.
+  one) — both judge-free; plus the conscience's own pair statistics and a validity check: does
+  the conscience approve the base model's anti-trait answers more than its trait answers to the
+  same held-out questions (paired)? A conscience that cannot tell them apart cannot steer DPO
+  away from the trait.
 
 Resumable at every stage (induction, SFT, each DPO round, the reference answers). Results:
 ``figures/conscience_dpo/results.json`` and a bar chart of both measures per arm.
@@ -84,7 +87,8 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     from persona_probe.models import load_subject
     from persona_probe.provenance import provenance
     from persona_probe.stats import bootstrap, paired_difference
-    from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
+    from persona_probe.training.conscience import (ConscienceDPOConfig, conscience_scores,
+                                                   online_conscience_dpo)
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
     from persona_probe.training.induce import InductionConfig, good_data, heldout, induce
     from persona_probe.training.organism import Reference, answer_contrast, make_reference
@@ -155,6 +159,18 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
         write_json(cache, measures)
         del s
 
+    stage("   can the conscience tell the trait's answers from the anti-trait's?")
+    check_path = runs / "conscience_check.json"
+    if not check_path.is_file():
+        judge = load_subject(ind.model, adapter=[treatment], device=base.device,
+                             dtype=base.dtype)      # the conscience: the model being corrected
+        approve = {k: conscience_scores(judge, ref.questions, answers).tolist()
+                   for k, answers in (("trait", ref.trait_answers),
+                                      ("anti", ref.anti_answers))}
+        del judge
+        write_json(check_path, approve)
+    approve = json.loads(check_path.read_text())
+
     def paired(m: str, a: str, b: str) -> dict:
         return paired_difference(measures[m][a], measures[m][b], seed=cfg.seed).to_dict()
     comparisons = [("no_intervention", "base"), ("sft", "no_intervention"),
@@ -180,6 +196,8 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
                           "margin": bootstrap([p["margin"] for p in pairs],
                                               seed=cfg.seed).to_dict(),
                           "judge": dpo_meta["judge"],
+                          "approval_anti_minus_trait": paired_difference(
+                              approve["anti"], approve["trait"], seed=cfg.seed).to_dict(),
                           "introspective_question": dpo_meta["introspective_question"],
                           "examples": [{k: p[k] for k in ("prompt", "chosen", "rejected",
                                                           "margin")} for p in pairs[:3]]},
@@ -199,7 +217,7 @@ def draw(out: Path) -> list[Path]:
     res = json.loads((out / "results.json").read_text())
     fig = arm_comparison_bars(
         res["arms"], labels={"would_say": "trait would-say", "answer_preference":
-                             "answer preference (trait − anti)"},
+                             "answer preference (trait − anti)"}, order=ARMS,
         title="Re-alignment: conscience-step DPO vs SFT on good data vs none")
     return write_figure_or_html(fig, out / "realignment-arms")
 
@@ -213,4 +231,5 @@ def summarize(res: dict) -> None:
         for k, e in res["paired"][m].items():
             print(f"  {k:<34} {f(e)}")
     c = res["conscience"]
-    print(f"conscience: {c['kept']}/{c['pairs']} pairs kept, margin {f(c['margin'])}")
+    print(f"conscience: {c['kept']}/{c['pairs']} pairs kept, margin {f(c['margin'])}; its "
+          f"approval of anti-trait minus trait answers {f(c['approval_anti_minus_trait'])}")

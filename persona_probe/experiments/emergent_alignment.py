@@ -175,6 +175,50 @@ def _evaluate(subject, name: str, cfg: EmergentAlignmentConfig, reserved: list, 
     return {"safety": safety, "profiles": diag["profiles"]}
 
 
+def cai_data_stats(revisions: Path, seed: int = 0) -> dict:
+    """What the critique-revise loop produced: refusal rate (keyword detector) of the drafts
+    and of the revisions, how often the revision repeats the draft, and how repetitive the
+    revisions are (share of repeated word 4-grams) — a small model's loop can degenerate."""
+    from persona_probe.evals.safety import keyword_refusal
+    from persona_probe.prompts import iter_jsonl
+    from persona_probe.stats import proportion
+
+    def repeated(text: str) -> float:
+        w = text.split()
+        grams = [tuple(w[i:i + 4]) for i in range(len(w) - 3)]
+        return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+    recs = [r for _, r in iter_jsonl(revisions, what="CAI revisions")]
+    rev = [r["messages"][-1]["content"] for r in recs]
+    draft = [r["meta"]["initial"] or "" for r in recs]
+    return {"n": len(recs),
+            "draft_refusal": proportion([keyword_refusal(d) for d in draft],
+                                        seed=seed).to_dict(),
+            "revision_refusal": proportion([keyword_refusal(r) for r in rev],
+                                           seed=seed).to_dict(),
+            "revision_equals_draft": sum(a.strip() == b.strip() for a, b in zip(rev, draft)),
+            "revision_repeated_4grams": sum(map(repeated, rev)) / max(len(rev), 1),
+            "example": {"request": recs[0]["messages"][0]["content"], "draft": draft[0][:300],
+                        "critique": (recs[0]["meta"]["critique"] or "")[:300],
+                        "revision": rev[0][:300]} if recs else None}
+
+
+def refusal_shift(model_recs: list[dict], base_recs: list[dict], seed: int = 0) -> dict:
+    """Finetuned − base log-prob refusal score on the same reserved prompts (paired), per split
+    of the narrow regime (trained / held-out categories)."""
+    from persona_probe.stats import paired_difference
+
+    base = {r["key"]: r for r in base_recs}
+    out = {}
+    for split in ("trained", "held_out"):
+        keys = sorted(r["key"] for r in model_recs if r["split"] == split)
+        m = {r["key"]: r["logprob_score"] for r in model_recs}
+        out[split] = paired_difference([m[k] for k in keys],
+                                       [base[k]["logprob_score"] for k in keys],
+                                       seed=seed).to_dict()
+    return out
+
+
 def _records(runs: Path, name: str, kind: str) -> list[dict]:
     from persona_probe.evals.records import read_items
 
@@ -295,13 +339,16 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         models[name] = {
             "constitution": persona, "regime": name.rsplit("-", 1)[1],
             "profile_shift": profile_shift(diag, base_diag, persona, seed=cfg.seed),
+            "refusal_shift": refusal_shift(_records(runs, name, "safety"),
+                                           _records(runs, "base", "safety"), cfg.seed),
             "projectability": {
                 "behavioural": projectability(diag, base_diag, persona, trained_ctx, held_ctx,
                                               cfg.seed).to_dict(),
                 "representational": projectability(rep, base_rep, persona, trained_ctx,
                                                    held_ctx, cfg.seed).to_dict()},
-            "cai": json.loads((runs / "cai" / name / "manifest.json").read_text()
-                              )["categories_used"]}
+            "cai": {"categories": json.loads((runs / "cai" / name / "manifest.json")
+                                             .read_text())["categories_used"],
+                    **cai_data_stats(runs / "cai" / name / "revisions.jsonl", cfg.seed)}}
 
     latents: dict[str, Any] = {}
     if cfg.sae is not None:
@@ -352,21 +399,33 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
 
 def draw(out: Path) -> list[Path]:
     """Refusal by category (narrow models, broad models), a radar per constitution (base,
-    narrow, broad; neutral context), projectability heatmaps and the projectability bars."""
-    from persona_probe.figures import (persona_radar, projectability_bars,
+    narrow, broad; neutral context), projectability heatmaps, the projectability bars and the
+    profile shift from base per dimension."""
+    from persona_probe.figures import (arm_comparison_bars, persona_radar, projectability_bars,
                                        projectability_heatmap, refusal_by_category,
                                        write_figure_or_html)
 
     res = json.loads((out / "results.json").read_text())
-    ev, models = res["evals"], res["models"]
+    ev = res["evals"]
+    models = {n: res["models"][n] for n in (f"{c}-{r}" for c in res["config"]["constitutions"]
+                                            for r in res["config"]["regimes"])
+              if n in res["models"]}      # the config's order (results.json sorts keys)
     paths: list[Path] = []
     for regime in res["config"]["regimes"]:
         names = [n for n in models if models[n]["regime"] == regime]
+        held = ("hatched: held out" if regime == "narrow" else
+                "hatched: held out by the narrow regime; broad trained on all")
         fig = refusal_by_category({"base": ev["base"]["safety"],
                                    **{n: ev[n]["safety"] for n in names}},
                                   title=f"Refusal by category after {regime} CAI "
-                                        "(log-prob detector; hatched: held out)")
+                                        f"(log-prob detector; {held})")
         paths += write_figure_or_html(fig, out / f"refusal-{regime}")
+        fig = refusal_by_category({"base": ev["base"]["safety"],
+                                   **{n: ev[n]["safety"] for n in names}},
+                                  value="logprob_score",
+                                  title=f"Refusal score by category after {regime} CAI "
+                                        f"({held})")
+        paths += write_figure_or_html(fig, out / f"refusal-score-{regime}")
     for c in res["config"]["constitutions"]:
         profs = {"base": ev["base"]["profiles"]["neutral"],
                  **{n: ev[n]["profiles"]["neutral"] for n in models
@@ -382,6 +441,13 @@ def draw(out: Path) -> list[Path]:
         paths += write_figure_or_html(fig, out / f"projectability-{kind}")
     fig = projectability_bars({n: m["projectability"] for n, m in models.items()})
     paths += write_figure_or_html(fig, out / "projectability-summary")
+    dims = list(next(iter(models.values()))["profile_shift"]["shift"]) if models else []
+    fig = arm_comparison_bars(
+        {d: {n: m["profile_shift"]["shift"][d] for n, m in models.items()} for d in dims},
+        order=list(models), yaxis_title="finetuned − base would-say score",
+        title="Profile shift from base (would-say, neutral context; "
+                                  "paired 95% CIs)")
+    paths += write_figure_or_html(fig, out / "profile-shift")
     return paths
 
 
@@ -396,6 +462,15 @@ def summarize(res: dict) -> None:
         print(f"  {n:<26} trained {f(sp['trained']['refusal_logprob'])}  held-out "
               f"{f(sp['held_out']['refusal_logprob'])}  score held-out "
               f"{f(sp['held_out']['logprob_score'])}")
+    print("CAI data (keyword refusal of drafts -> revisions; repeated 4-grams in revisions):")
+    for n, m in res["models"].items():
+        c = m["cai"]
+        print(f"  {n:<26} {c['draft_refusal']['mean']:.2f} -> {c['revision_refusal']['mean']:.2f}"
+              f"  repeated {c['revision_repeated_4grams']:.2f}")
+    print("refusal score, finetuned − base (paired): trained / held-out categories")
+    for n, m in res["models"].items():
+        r = m["refusal_shift"]
+        print(f"  {n:<26} {f(r['trained'])}  {f(r['held_out'])}")
     print("intended-dimension margin of the profile shift; projectability (behavioural, "
           "representational):")
     for n, m in res["models"].items():

@@ -44,21 +44,27 @@ def latent_shift_bars(ranking: Sequence[dict], n: int = 15,
 
 
 def refusal_by_category(summaries: dict[str, dict], detector: str = "logprob",
-                        title: str | None = None) -> go.Figure:
+                        title: str | None = None, value: str | None = None) -> go.Figure:
     """Refusal rate per safety category for each model (``summarize_refusals`` outputs keyed by
-    model name), trained categories first, with CIs; held-out categories are hatched."""
+    model name), trained categories first, with CIs; held-out categories are hatched.
+    ``value="logprob_score"`` plots the continuous judge-free refusal score instead of the
+    rate (finer-grained where a category has few prompts)."""
     fig = go.Figure()
     first = next(iter(summaries.values()))["per_category"]
     cats = sorted(first, key=lambda c: (first[c]["split"] != "trained", c))
     for i, (model, s) in enumerate(summaries.items()):
-        rows = [s["per_category"][c][f"refusal_{detector}"] for c in cats]
+        rows = [s["per_category"][c][value or f"refusal_{detector}"] for c in cats]
         fig.add_trace(go.Bar(
             x=cats, y=[r["mean"] for r in rows], name=model, error_y=_err(rows),
             marker=dict(color=PALETTE[i % len(PALETTE)],
                         pattern_shape=["" if first[c]["split"] == "trained" else "/"
                                        for c in cats])))
-    fig.update_layout(barmode="group", xaxis_title="safety category (hatched: held out)",
-                      yaxis_title=f"refusal rate ({detector})", yaxis_range=[0, 1])
+    fig.update_layout(barmode="group", xaxis_title="safety category (hatched: held out)")
+    if value is None:
+        fig.update_layout(yaxis_title=f"refusal rate ({detector})", yaxis_range=[0, 1])
+    else:
+        fig.update_layout(yaxis_title=value.replace("_", " ")
+                          + " (refusal − compliance log-lik)")
     return apply_style(fig, title or "Refusal by category: trained vs held-out")
 
 
@@ -83,20 +89,25 @@ def ablation_bars(gaps: Sequence[dict], metric: str = "treatment − base gap",
 
 
 def arm_comparison_bars(arms: dict[str, dict[str, dict]], labels: dict[str, str] | None = None,
-                        title: str | None = None) -> go.Figure:
-    """``{measure: {arm: {mean, lo, hi}}}``: one panel per measure, a bar per arm with its CI
-    (the measures live on different scales, so they never share an axis)."""
+                        order: Sequence[str] | None = None, title: str | None = None,
+                        yaxis_title: str = "mean (95% CI)") -> go.Figure:
+    """``{measure: {arm: {mean, lo, hi}}}``: one panel per measure, a point per arm with its
+    CI (points, not bars: log-likelihood measures have no meaningful zero, and the measures
+    live on different scales, so they never share an axis). ``order`` fixes the arms' order."""
     from plotly.subplots import make_subplots
 
     measures = list(arms)
     names = [(labels or {}).get(m, m) for m in measures]
     fig = make_subplots(rows=1, cols=len(measures), subplot_titles=names)
     for j, m in enumerate(measures, 1):
-        rows = list(arms[m].values())
-        fig.add_trace(go.Bar(x=list(arms[m]), y=[r["mean"] for r in rows], error_y=_err(rows),
-                             name=names[j - 1], showlegend=False,
-                             marker_color=[PALETTE[i % len(PALETTE)]
-                                           for i in range(len(rows))]), row=1, col=j)
-        fig.update_yaxes(title_text=names[j - 1], row=1, col=j)
-        fig.update_xaxes(title_text="arm", row=1, col=j)
-    return apply_style(fig, title or "Arms compared", width=420 * len(measures), height=460)
+        keys = [a for a in (order or arms[m]) if a in arms[m]]
+        rows = [arms[m][a] for a in keys]
+        fig.add_trace(go.Scatter(x=keys, y=[r["mean"] for r in rows], error_y=_err(rows),
+                                 mode="markers", name=names[j - 1], showlegend=False,
+                                 marker=dict(size=11, color=[PALETTE[i % len(PALETTE)]
+                                                             for i in range(len(rows))])),
+                      row=1, col=j)
+        fig.update_xaxes(tickangle=-30, row=1, col=j)
+    fig.update_yaxes(title_text=yaxis_title, row=1, col=1)
+    return apply_style(fig, title or "Arms compared", width=min(420 * len(measures), 1500),
+                       height=460)

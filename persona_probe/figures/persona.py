@@ -21,8 +21,12 @@ def persona_radar(profiles: dict[str, dict[str, dict]], title: str | None = None
         fig.add_trace(go.Scatterpolar(r=r + r[:1], theta=dims + dims[:1], name=model,
                                       line=dict(color=PALETTE[i % len(PALETTE)]),
                                       hovertext=hover + hover[:1], hoverinfo="text"))
-    fig.update_layout(polar=dict(radialaxis=dict(title=dict(text=score))))
-    return apply_style(fig, title or "Ethical persona profile", width=620, height=520)
+    fig.update_layout(legend_title_text=score)    # a radial-axis title would sit on the plot
+    fig = apply_style(fig, title or "Ethical persona profile", width=720, height=520)
+    # legend below, polar area inset: room for the angular labels
+    fig.update_layout(polar=dict(domain=dict(x=[0.18, 0.82], y=[0.12, 0.95])),
+                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.02))
+    return fig
 
 
 def projectability_heatmap(delta_margins: dict[str, dict[str, dict]],

@@ -9,7 +9,10 @@ while would-say likelihoods do). For each prompt the policy samples several answ
 the conscience approves most is *chosen*, the one it approves least *rejected*. Pairs are saved
 with provenance (offline use) and fed to TRL's ``DPOTrainer`` with a LoRA adapter, whose
 disabled-adapter model is the DPO reference. ``online_conscience_dpo`` alternates rounds of
-sampling from the current policy and DPO steps. With ``adapter`` set (e.g. an emergently
+sampling from the current policy and DPO steps; from the second round on, TRL keeps a frozen
+copy of the adapter as it stood at the round's start as the reference (iterative DPO: each
+round's pairs are judged against the policy that sampled them; ``pair_loss_before`` is then
+log 2 by construction). With ``adapter`` set (e.g. an emergently
 misaligned finetune) that adapter is merged first: the model being corrected is then its own
 conscience and its own DPO reference, and the new LoRA adapter sits on top of it
 (``load_subject(model, adapter=[adapter, out/"adapter"])``).
