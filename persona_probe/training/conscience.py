@@ -179,9 +179,9 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
             json.dumps(asdict(cfg))):
         raise ConscienceError(f"{out} holds a conscience run made with another config "
                               f"({cfg_path}); use a new --out or delete it")
-    write_json(cfg_path, asdict(cfg))
     start = [cfg.adapter] if cfg.adapter else []
     conscience = frozen_copy(load_subject(cfg.model, adapter=start))
+    write_json(cfg_path, asdict(cfg))      # only once the model loads: a refused run writes nothing
     adapter: Path | None = None
     rounds = []
     for r in range(cfg.rounds):
