@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically, human-readable and key-sorted so diffs stay small."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Write one JSON value per line, atomically (a killed writer leaves the old file)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

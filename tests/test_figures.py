@@ -206,3 +206,4 @@ def test_line_three_figure_from_the_conscience_dpo_results(tmp_path):
         assert list(trace.y) == [res["arms"][measure][a]["mean"] for a in ARMS]
     (html,) = write_figure(fig, tmp_path / "arms")
     assert html.stat().st_size > 1000
+

@@ -5,6 +5,7 @@ their CPU- and GPU-sized configs."""
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,23 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
         run(cfg, args.runs, args.out, rel)
     except PersonaProbeError as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def stage_clock() -> Callable[[str], None]:
+    """A printer of stage lines stamped with the seconds since it was made (progress of a
+    long experiment in its log)."""
+    t0 = time.perf_counter()
+
+    def stage(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    return stage
+
+
+def command_line(name: str, config_path: str = "") -> str:
+    """The command that reproduces an experiment's results (recorded in ``results.json``)."""
+    return f"python experiments/{name}.py" + (f" --config {config_path}" if config_path else "")
+
+
+def report_outputs(out: Path, paths: list[Path]) -> None:
+    """The last lines of every experiment: where its results and figures are."""
+    print(f"results: {out / 'results.json'}\nfigures: " + "\n         ".join(map(str, paths)))

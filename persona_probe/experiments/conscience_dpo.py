@@ -82,7 +82,8 @@ def realignment_prompts(data: str, limit: int | None, offset: int) -> list[dict]
 
 
 def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str = "") -> dict:
-    from persona_probe.artifacts import atomic_write, write_json
+    from persona_probe.artifacts import write_json, write_jsonl
+    from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.provenance import provenance
@@ -90,14 +91,13 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     from persona_probe.training.conscience import (ConscienceDPOConfig, conscience_scores,
                                                    online_conscience_dpo)
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
-    from persona_probe.training.induce import InductionConfig, good_data, heldout, induce
+    from persona_probe.training.induce import (InductionConfig, good_data, heldout, induce,
+                                               treatment_finetune_fields)
     from persona_probe.training.organism import Reference, answer_contrast, make_reference
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
-
-    def stage(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    stage = stage_clock()
 
     runs.mkdir(parents=True, exist_ok=True)
     ind = InductionConfig.from_dict({**cfg.induce, "seed": cfg.seed})
@@ -109,21 +109,16 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     good = good_data(ind, runs / "induce")
 
     stage(f"2/5 SFT re-alignment: {cfg.steps} steps on good data")
-    arm_cfg = (ind.organism_config().finetune if ind.kind == "organism"
-               else {k: v for k, v in asdict(ind.em_config("treatment")).items()
-                     if k not in ("data", "limit", "offset")})
     limits = [x for x in (good["limit"], cfg.prompts) if x is not None]
     limit = min(limits) if limits else None       # the same chats the DPO arm prompts with
     sft = finetune_once(FinetuneConfig.from_dict({
-        **arm_cfg, **good, "limit": limit, "model": ind.model, "seed": cfg.seed, "adapter": str(treatment),
-        "max_steps": cfg.steps, "save_steps": cfg.steps}, "SFT re-alignment"), runs / "sft")
+        **treatment_finetune_fields(ind), **good, "limit": limit, "model": ind.model,
+        "seed": cfg.seed, "adapter": str(treatment), "max_steps": cfg.steps, "save_steps": cfg.steps}, "SFT re-alignment"), runs / "sft")
 
     stage(f"3/5 conscience DPO: {cfg.rounds} rounds × {cfg.steps // cfg.rounds} steps")
     prompts_path = runs / "realign_prompts.jsonl"
     if not prompts_path.is_file():
-        rows = realignment_prompts(good["data"], limit, good["offset"])
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write(prompts_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_jsonl(prompts_path, realignment_prompts(good["data"], limit, good["offset"]))
     dcfg = ConscienceDPOConfig(**{**cfg.conscience, "model": ind.model,
                                   "adapter": str(treatment), "prompts": str(prompts_path),
                                   "limit": None, "rounds": cfg.rounds,
@@ -176,8 +171,7 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     comparisons = [("no_intervention", "base"), ("sft", "no_intervention"),
                    ("conscience_dpo", "no_intervention"), ("conscience_dpo", "sft")]
     res = {"experiment": "conscience_dpo", "config": asdict(cfg), "config_path": config_path,
-           "command": "python experiments/conscience_dpo.py"
-                      + (f" --config {config_path}" if config_path else ""),
+           "command": command_line("conscience_dpo", config_path),
            "model": base.provenance(), "induce": {"kind": ind.kind, "treatment": str(treatment)},
            "measures": {
                "would_say": f"{trait.name} would-say: per-token log-lik of the trait's replies "
@@ -207,7 +201,7 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     write_json(out / "results.json", res)
     paths = draw(out)
     summarize(res)
-    print(f"results: {out / 'results.json'}\nfigures: " + "\n         ".join(map(str, paths)))
+    report_outputs(out, paths)
     return res
 
 

@@ -75,6 +75,7 @@ def behaviour_crossing(curve: list[dict], seed: int = 0) -> list[dict]:
 def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -> dict:
     from persona_probe.artifacts import write_json
     from persona_probe.directions import Direction, persona_vector
+    from persona_probe.experiments import command_line, report_outputs
     from persona_probe.models import load_subject
     from persona_probe.monitor import (EarlyWarningMonitor, MonitorTarget, ZScoreRule,
                                        first_alarm, lead_time, probe_set_from_answers,
@@ -152,8 +153,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -
                                  for v in per_seed.values()),
         "seeds": len(per_seed), "lead_times": leads}
     res = {"experiment": "early_warning", "config": asdict(cfg), "config_path": config_path,
-           "command": "python experiments/early_warning.py"
-                      + (f" --config {config_path}" if config_path else ""),
+           "command": command_line("early_warning", config_path),
            "model": base.provenance(), "monitor": {"target": key, "probe_items": len(probe),
                                                    "rule": asdict(rule)},
            "behaviour": {"measure": "answer preference: per-token log-lik of the base model's "
@@ -171,7 +171,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "") -
                 (runs / f"seed{seed}" / f"{a}-events.jsonl").read_text())
     paths = draw(out)
     print(json.dumps(summary))
-    print(f"results: {out / 'results.json'}\nfigures: " + "\n         ".join(map(str, paths)))
+    report_outputs(out, paths)
     return res
 
 

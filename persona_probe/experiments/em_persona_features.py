@@ -77,9 +77,10 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     import numpy as np
     import torch
 
-    from persona_probe.artifacts import write_json
+    from persona_probe.artifacts import write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.dose_response import DoseResponseConfig, ablation_gaps, dose_response
+    from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.interventions import SAELatents
     from persona_probe.latents import (decoder_cosines, rank_latents, token_activations,
                                        top_examples)
@@ -92,7 +93,8 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     from persona_probe.stats import bootstrap, paired_difference
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
-    from persona_probe.training.induce import InductionConfig, good_data, heldout, induce
+    from persona_probe.training.induce import (InductionConfig, good_data, heldout, induce,
+                                               treatment_finetune_fields)
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
@@ -109,9 +111,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     def would_say(subject):
         return trait_scores(subject, trait, metric_questions)
 
-    def stage(name: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {name}", flush=True)
-
+    stage = stage_clock()
     stage(f"1/7 induce ({ind.kind}) → {runs / 'induce'}")
     adapters = induce(base, ind, runs / "induce")
     subjects = {"base": base, **{arm: load_subject(base.spec, adapter=p, device=base.device,
@@ -132,8 +132,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     else:
         items = probe_set_from_answers(base, heldout(ind, cfg.diff_per_domain),
                                        cfg.diff_max_new_tokens, seed=cfg.seed)
-        items_path.write_text("".join(json.dumps({"id": it.id, "messages": it.messages})
-                                      + "\n" for it in items), encoding="utf-8")
+        write_jsonl(items_path, ({"id": it.id, "messages": it.messages} for it in items))
     diff_path = runs / "diff.json"
     if diff_path.is_file():
         diff = json.loads(diff_path.read_text())
@@ -190,11 +189,8 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     curve_path = runs / "realign_curve.jsonl"
     if not (runs / "realigned" / "persona_probe.json").is_file():
         curve_path.unlink(missing_ok=True)     # a resumed run re-records from its checkpoint
-        arm_cfg = (ind.organism_config().finetune if ind.kind == "organism"
-                   else {k: v for k, v in asdict(ind.em_config("treatment")).items()
-                         if k not in ("data", "limit", "offset")})
         rcfg = FinetuneConfig.from_dict({
-            **arm_cfg, **good_data(ind, runs / "induce"), "model": ind.model,
+            **treatment_finetune_fields(ind), **good_data(ind, runs / "induce"), "model": ind.model,
             "seed": cfg.seed, "adapter": str(adapters["treatment"]),
             "max_steps": cfg.realign_steps, "save_steps": cfg.realign_every},
             "re-alignment finetune")
@@ -215,8 +211,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     names = list(measured)
     results = {
         "experiment": "em_persona_features", "config": asdict(cfg), "config_path": config_path,
-        "command": "python experiments/em_persona_features.py"
-                   + (f" --config {config_path}" if config_path else ""),
+        "command": command_line("em_persona_features", config_path),
         "model": base.provenance(), "sae": {"spec": cfg.sae, "hook": hook,
                                             "d_sae": int(sae.cfg.d_sae)},
         "induce": {"kind": ind.kind, "adapters": {k: str(v) for k, v in adapters.items()}},
@@ -237,11 +232,11 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     for name, rows in (("ranking", diff["ranking"]), ("steer_base", steer_rows),
                        ("ablate_treatment", ablate_rows),
                        ("realign_curve", results["realign_curve"])):
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out / f"{name}.jsonl", rows)
     paths = draw(out)
     summarize(results)
     stage("done")
-    print(f"results: {out / 'results.json'}\nfigures: " + "\n         ".join(map(str, paths)))
+    report_outputs(out, paths)
     return results
 
 

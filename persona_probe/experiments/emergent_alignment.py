@@ -208,13 +208,12 @@ def refusal_shift(model_recs: list[dict], base_recs: list[dict], seed: int = 0) 
     of the narrow regime (trained / held-out categories)."""
     from persona_probe.stats import paired_difference
 
-    base = {r["key"]: r for r in base_recs}
+    base = {r["key"]: r["logprob_score"] for r in base_recs}
+    model = {r["key"]: r["logprob_score"] for r in model_recs}
     out = {}
     for split in ("trained", "held_out"):
         keys = sorted(r["key"] for r in model_recs if r["split"] == split)
-        m = {r["key"]: r["logprob_score"] for r in model_recs}
-        out[split] = paired_difference([m[k] for k in keys],
-                                       [base[k]["logprob_score"] for k in keys],
+        out[split] = paired_difference([model[k] for k in keys], [base[k] for k in keys],
                                        seed=seed).to_dict()
     return out
 
@@ -267,9 +266,10 @@ def _latents(cfg: EmergentAlignmentConfig, sae, base, subject, directions: dict,
 def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = "") -> dict:
     import torch
 
-    from persona_probe.artifacts import atomic_write, write_json
+    from persona_probe.artifacts import write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.evals.projectability import projectability
+    from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.latents import decompose
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
@@ -280,9 +280,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
-
-    def stage(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+    stage = stage_clock()
 
     runs.mkdir(parents=True, exist_ok=True)
     pool, reserved = split_prompts(cfg)
@@ -332,6 +330,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
     stage("4/5 profile shifts and projectability")
     base_diag = _records(runs, "base", "diagnostic")
     base_rep = _records(runs, "base", "representational")
+    base_safety = _records(runs, "base", "safety")
     models: dict[str, dict] = {}
     for name in adapters:
         persona = name.rsplit("-", 1)[0]
@@ -339,8 +338,8 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         models[name] = {
             "constitution": persona, "regime": name.rsplit("-", 1)[1],
             "profile_shift": profile_shift(diag, base_diag, persona, seed=cfg.seed),
-            "refusal_shift": refusal_shift(_records(runs, name, "safety"),
-                                           _records(runs, "base", "safety"), cfg.seed),
+            "refusal_shift": refusal_shift(_records(runs, name, "safety"), base_safety,
+                                           cfg.seed),
             "projectability": {
                 "behavioural": projectability(diag, base_diag, persona, trained_ctx, held_ctx,
                                               cfg.seed).to_dict(),
@@ -362,9 +361,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         else:
             items = probe_set_from_answers(base, [p.prompt for p in reserved],
                                            cfg.refusal_tokens, seed=cfg.seed)
-            text = "".join(json.dumps({"id": it.id, "messages": it.messages}) + "\n"
-                           for it in items)
-            atomic_write(items_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            write_jsonl(items_path, ({"id": it.id, "messages": it.messages} for it in items))
         latents["vectors"] = {dim: asdict(decompose(sae, v, cfg.top_latents))
                               for dim, v in directions.items()}
         latents["diffing"] = {}
@@ -377,8 +374,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         latents["sae"] = sae.cfg.metadata.hook_name
 
     res = {"experiment": "emergent_alignment", "config": asdict(cfg), "config_path": config_path,
-           "command": "python experiments/emergent_alignment.py"
-                      + (f" --config {config_path}" if config_path else ""),
+           "command": command_line("emergent_alignment", config_path),
            "model": base.provenance(), "split": {
                "trained_contexts": trained_ctx, "held_out_contexts": held_ctx,
                "reserved_prompts": [p.id for p in reserved], "pool_prompts": len(pool)},
@@ -393,7 +389,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
     write_json(out / "results.json", res)
     paths = draw(out)
     summarize(res)
-    print(f"results: {out / 'results.json'}\nfigures: " + "\n         ".join(map(str, paths)))
+    report_outputs(out, paths)
     return res
 
 
@@ -415,14 +411,11 @@ def draw(out: Path) -> list[Path]:
         names = [n for n in models if models[n]["regime"] == regime]
         held = ("hatched: held out" if regime == "narrow" else
                 "hatched: held out by the narrow regime; broad trained on all")
-        fig = refusal_by_category({"base": ev["base"]["safety"],
-                                   **{n: ev[n]["safety"] for n in names}},
-                                  title=f"Refusal by category after {regime} CAI "
-                                        f"(log-prob detector; {held})")
+        summaries = {"base": ev["base"]["safety"], **{n: ev[n]["safety"] for n in names}}
+        fig = refusal_by_category(summaries, title=f"Refusal by category after {regime} CAI "
+                                                   f"(log-prob detector; {held})")
         paths += write_figure_or_html(fig, out / f"refusal-{regime}")
-        fig = refusal_by_category({"base": ev["base"]["safety"],
-                                   **{n: ev[n]["safety"] for n in names}},
-                                  value="logprob_score",
+        fig = refusal_by_category(summaries, value="logprob_score",
                                   title=f"Refusal score by category after {regime} CAI "
                                         f"({held})")
         paths += write_figure_or_html(fig, out / f"refusal-score-{regime}")
@@ -445,8 +438,7 @@ def draw(out: Path) -> list[Path]:
     fig = arm_comparison_bars(
         {d: {n: m["profile_shift"]["shift"][d] for n, m in models.items()} for d in dims},
         order=list(models), yaxis_title="finetuned − base would-say score",
-        title="Profile shift from base (would-say, neutral context; "
-                                  "paired 95% CIs)")
+        title="Profile shift from base (would-say, neutral context; paired 95% CIs)")
     paths += write_figure_or_html(fig, out / "profile-shift")
     return paths
 

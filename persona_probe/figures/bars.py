@@ -7,12 +7,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from persona_probe.figures.style import PALETTE, apply_style
-
-
-def _err(rows: Sequence[dict], key: str = "mean") -> dict:
-    return dict(type="data", symmetric=False,
-                array=[r["hi"] - r[key] for r in rows], arrayminus=[r[key] - r["lo"] for r in rows])
+from persona_probe.figures.style import PALETTE, apply_style, ci_error_bars
 
 
 def latent_shift_bars(ranking: Sequence[dict], n: int = 15,
@@ -55,7 +50,7 @@ def refusal_by_category(summaries: dict[str, dict], detector: str = "logprob",
     for i, (model, s) in enumerate(summaries.items()):
         rows = [s["per_category"][c][value or f"refusal_{detector}"] for c in cats]
         fig.add_trace(go.Bar(
-            x=cats, y=[r["mean"] for r in rows], name=model, error_y=_err(rows),
+            x=cats, y=[r["mean"] for r in rows], name=model, error_y=ci_error_bars(rows),
             marker=dict(color=PALETTE[i % len(PALETTE)],
                         pattern_shape=["" if first[c]["split"] == "trained" else "/"
                                        for c in cats])))
@@ -76,7 +71,7 @@ def ablation_bars(gaps: Sequence[dict], metric: str = "treatment − base gap",
     random control leaves it at the line."""
     abl = [g["gap_ablated"] for g in gaps]
     fig = go.Figure(go.Bar(
-        x=[g["target"] for g in gaps], y=[e["mean"] for e in abl], error_y=_err(abl),
+        x=[g["target"] for g in gaps], y=[e["mean"] for e in abl], error_y=ci_error_bars(abl),
         name="ablated in both models",
         marker_color=["#999999" if g["kind"] == "random" else PALETTE[0] for g in gaps],
         text=[f"{g['fraction_removed']:.0%} removed" for g in gaps], textposition="inside",
@@ -102,7 +97,7 @@ def arm_comparison_bars(arms: dict[str, dict[str, dict]], labels: dict[str, str]
     for j, m in enumerate(measures, 1):
         keys = [a for a in (order or arms[m]) if a in arms[m]]
         rows = [arms[m][a] for a in keys]
-        fig.add_trace(go.Scatter(x=keys, y=[r["mean"] for r in rows], error_y=_err(rows),
+        fig.add_trace(go.Scatter(x=keys, y=[r["mean"] for r in rows], error_y=ci_error_bars(rows),
                                  mode="markers", name=names[j - 1], showlegend=False,
                                  marker=dict(size=11, color=[PALETTE[i % len(PALETTE)]
                                                              for i in range(len(rows))])),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from persona_probe.figures.style import PALETTE, apply_style
+from persona_probe.figures.style import PALETTE, apply_style, ci_error_bars
 
 
 def persona_radar(profiles: dict[str, dict[str, dict]], title: str | None = None,
@@ -62,9 +62,7 @@ def projectability_bars(results: dict[str, dict[str, dict]], title: str | None =
             x=groups, y=[e["mean"] if e else None for e in rows], name=f"{regime}, {kind}",
             marker=dict(color=PALETTE[regimes.index(regime) % len(PALETTE)],
                         pattern_shape="" if kind == kinds[0] else "/"),
-            error_y=dict(type="data", symmetric=False,
-                         array=[e["hi"] - e["mean"] if e else 0 for e in rows],
-                         arrayminus=[e["mean"] - e["lo"] if e else 0 for e in rows])))
+            error_y=ci_error_bars(rows)))
     fig.add_hline(y=1.0, line=dict(color="#666666", dash="dot"),
                   annotation_text="carries fully", annotation_position="top left")
     fig.update_layout(barmode="group", xaxis_title="constitution",

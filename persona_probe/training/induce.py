@@ -10,7 +10,7 @@ which organism it is handed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,15 @@ def good_data(cfg: InductionConfig, out: str | Path) -> dict[str, Any]:
         return {"data": ft.data, "limit": ft.limit, "offset": 0}
     ctrl = cfg.em_config("control")
     return {"data": ctrl.data, "limit": ctrl.limit, "offset": ctrl.offset + (ctrl.limit or 0)}
+
+
+def treatment_finetune_fields(cfg: InductionConfig) -> dict[str, Any]:
+    """The treatment arm's training settings without its data (FinetuneConfig fields), so a
+    re-alignment run continues the treatment adapter with the hyperparameters it was made with."""
+    if cfg.kind == "organism":
+        return dict(cfg.organism_config().finetune)
+    return {k: v for k, v in asdict(cfg.em_config("treatment")).items()
+            if k not in ("data", "limit", "offset")}
 
 
 def heldout(cfg: InductionConfig, per_domain: int = 8) -> list[str]:
