@@ -207,3 +207,18 @@ def test_line_three_figure_from_the_conscience_dpo_results(tmp_path):
     (html,) = write_figure(fig, tmp_path / "arms")
     assert html.stat().st_size > 1000
 
+
+@pytest.mark.parametrize("script", ["em_persona_features", "early_warning",
+                                    "emergent_alignment", "conscience_dpo"])
+def test_figures_only_without_results_is_one_clear_error(script, tmp_path):
+    """``--figures-only`` on a directory with no results names the missing file and the fix."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"),
+                           "--figures-only", "--out", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "results.json does not exist; run the experiment first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "none").exists()

@@ -29,6 +29,10 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
     args = ap.parse_args()
     try:
         if args.figures_only:
+            if not (args.out / "results.json").is_file():
+                raise SystemExit(f"error: {args.out / 'results.json'} does not exist; run "
+                                 "the experiment first (without --figures-only), or point "
+                                 "--out at the directory that holds its results")
             for p in draw(args.out):
                 print(p)
             return
