@@ -1,6 +1,6 @@
 """persona_probe: persona features in language models.
 
-model -> activations -> SAE/directions -> interventions -> evals -> figures (see DESIGN.md).
+model -> activations -> SAE/directions -> interventions -> evals -> figures (see docs/DESIGN.md).
 """
 
 from persona_probe.capture import CaptureConfig, capture, mean_activations

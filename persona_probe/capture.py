@@ -40,7 +40,7 @@ class CaptureConfig:
     hooks: tuple[str, ...] = ("blocks.15.hook_resid_post",)
     """TransformerLens residual hook names to read."""
     positions: Positions = "response"
-    """all | prompt_last | response | response_mean (see DESIGN.md)."""
+    """all | prompt_last | response | response_mean (see docs/DESIGN.md)."""
     storage_dtype: str = "float16"
     """float16, bfloat16 or float32 on disk."""
     batch_size: int = 16

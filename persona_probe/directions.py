@@ -3,7 +3,7 @@ and random controls, saved as safetensors + JSON.
 
 A ``Direction`` holds one unit vector per layer it is defined at (``blocks.{L}.hook_resid_post``
 unless said otherwise), plus the unnormalized difference and what produced it. Persona vectors
-follow DESIGN.md: responses generated under trait vs anti-trait system prompts on the same
+follow docs/DESIGN.md: responses generated under trait vs anti-trait system prompts on the same
 questions, residuals averaged over *response* tokens per sample, then mean(trait) − mean(anti)
 per layer (a vector from the last prompt token did not steer at 135M; response-averaged did).
 """

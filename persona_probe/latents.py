@@ -1,7 +1,7 @@
 """SAE latents that carry a persona: ranking by model diffing or by a trait contrast, their top
 activating examples, and how persona vectors decompose into them.
 
-Model diffing (DESIGN.md): for every latent i, Δᵢ = E_ft[aᵢ] − E_base[aᵢ] over the same prompts
+Model diffing (docs/DESIGN.md): for every latent i, Δᵢ = E_ft[aᵢ] − E_base[aᵢ] over the same prompts
 and positions, and the firing-frequency shift. A contrast (trait vs anti-trait system prompts)
 is the same computation with the two conditions in place of the two models.
 """

@@ -1,7 +1,7 @@
 """Teacher-forced log-likelihoods: how likely the subject is to say a given reply.
 
 At 135M parameters, answer probabilities (Yes/No) sit at chance, while the likelihood of whole
-replies responds to personas (DESIGN.md). This is the judge-free workhorse behind the trait
+replies responds to personas (docs/DESIGN.md). This is the judge-free workhorse behind the trait
 measure, the would-say mode of the ethical diagnostic and refusal detection. Interventions
 active on the subject (steering, ablation) apply, since this is a plain forward pass.
 """

@@ -118,7 +118,7 @@ class ZScoreRule:
     z ≈ 15), which an unpaired rule cannot see. ``min_shift`` additionally requires the mean change to
     exceed an absolute size, for probe sets so consistent that negligible drift is significant.
 
-    ``mode="checks"`` is DESIGN.md's rule: z = (s_t − μ₀)/σ₀ with μ₀, σ₀ from ``baseline``
+    ``mode="checks"`` is docs/DESIGN.md's rule: z = (s_t − μ₀)/σ₀ with μ₀, σ₀ from ``baseline``
     (e.g. the base model) or the first ``baseline_checks`` checks (σ₀ never below the probe-item
     standard error, so one baseline check has a scale).
     """

@@ -1,6 +1,6 @@
 """ActivationStore: residual activations on disk, sharded, checksummed, resumable.
 
-Layout (DESIGN.md, Artifacts)::
+Layout (docs/DESIGN.md, section 3)::
 
     store/meta.json             provenance + capture config + fingerprint
     store/items.json            item ids, in the order the index refers to them

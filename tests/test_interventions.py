@@ -1,6 +1,6 @@
 """Directions, steering, ablation and latent ranking on the real embedded model.
 
-The evil persona vector is built the DESIGN.md way (responses under the team's evil vs kind
+The evil persona vector is built the docs/DESIGN.md way (responses under the team's evil vs kind
 system prompts, averaged over response tokens, difference of means at every layer). The trait
 measure is the judge-free would-say score: mean log-likelihood of the trait's evil replies minus
 its kind replies, teacher-forced as the answer to held-out questions never used to build the

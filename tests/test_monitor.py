@@ -1,6 +1,6 @@
 """Early-warning monitor on the real embedded model: checks leave the training model exactly as
 they found it, faults inside the monitor never stop training, alarms trigger actions, rules
-and lead time behave as defined in DESIGN.md, and the timeline figure renders."""
+and lead time behave as defined in docs/DESIGN.md, and the timeline figure renders."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_rules_and_lead_time():
     assert not ZScoreRule().evaluate(_history([0, 0, 0], mixed))[0]
     assert not ZScoreRule(min_shift=0.5).evaluate(_history([0, 0, 0], up))[0]
     assert not ZScoreRule().evaluate(_history([0, 0], up[:2]))[0]   # one check after baseline
-    # checks mode (DESIGN.md's): mu0, sigma0 from the first two checks
+    # checks mode (docs/DESIGN.md's): mu0, sigma0 from the first two checks
     z = ZScoreRule(z=3.0, consecutive=2, baseline_checks=2, mode="checks")
     vals = [1.0, 1.2, 2.0, 3.0, 3.1]
     fired, info = z.evaluate(_history(vals[:4]))        # sigma0 = std(1.0, 1.2) ~ 0.141

@@ -1,6 +1,6 @@
 """Projectability: how far an intended persona carries to contexts it was not trained in.
 
-Exactly as DESIGN.md defines it. For intended persona c and context k, the margin is
+Exactly as docs/DESIGN.md defines it. For intended persona c and context k, the margin is
 m_k = p_k[c] − mean_{d≠c} p_k[d]; Δm_k is that margin minus the base model's;
 projectability = mean_{held-out k} Δm_k / mean_{trained k} Δm_k; consistency =
 1 − std_k Δm_k / (|mean_k Δm_k| + ε). Everything is computed from stored diagnostic records
@@ -135,7 +135,7 @@ def representational_records(subject: Subject, directions: dict[str, Direction],
                              out: str | Path | None = None) -> list[dict]:
     """Projection of activations on each dimension's persona vector, per context and question
     (records in the diagnostic's format, ``group`` "pos", so ``projectability`` reads them).
-    With ``positions="response"`` the subject's own greedy reply is generated first (DESIGN.md:
+    With ``positions="response"`` the subject's own greedy reply is generated first (docs/DESIGN.md:
     response-averaged projections respond at small scale)."""
     from persona_probe.capture import mean_activations
     from persona_probe.generation import generate_responses

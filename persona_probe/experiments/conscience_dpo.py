@@ -3,7 +3,7 @@ conscience-step DPO against plain SFT on good data and against no intervention.
 
 - *Model to correct*: the treatment arm of ``induce`` (on the embedded model a trait-
   distillation organism — evil through the model's own cooking answers — because the EM
-  datasets move nothing measurable at 135M, DESIGN.md; the GPU config uses insecure code).
+  datasets move nothing measurable at 135M, docs/DESIGN.md; the GPU config uses insecure code).
 - *SFT*: the treatment adapter continued on the re-alignment data (``good_data``: the
   control's answers to the same narrow domain) for ``steps`` steps.
 - *Conscience DPO*: the treatment model, merged, is its own conscience (a frozen copy asked

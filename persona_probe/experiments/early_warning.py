@@ -12,7 +12,7 @@ at the same cadence; the lead time per seed, and whether the control ever alarms
   It *crosses* at the first check where its paired change since step 0 has a 95% CI above 0:
   the same standard of evidence for both signals, so the lead time compares like with like.
   (A share-of-canned-replies rate crossed in the control runs too, figures/organism.)
-- Lead time = behavioural crossing step − alarm step (DESIGN.md); positive = warned first.
+- Lead time = behavioural crossing step − alarm step (docs/DESIGN.md); positive = warned first.
 
 Seeds change the organism's sampled answers and the finetune's order and initialisation.
 Resumable: a finished arm is reused; a killed one restarts with its curves. Results:

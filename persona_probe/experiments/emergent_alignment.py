@@ -22,7 +22,7 @@ Stages (each resumable; a killed run picks up where it stopped):
 5. *Profile shift*: finetuned − base diagnostic score per dimension in the neutral context,
    paired over statements; "took on its constitution's profile" = the intended dimension's
    shift exceeds the mean shift of the other three (``intended_margin``).
-6. *Projectability* (DESIGN.md definition; behavioural from the diagnostic, representational
+6. *Projectability* (docs/DESIGN.md definition; behavioural from the diagnostic, representational
    from the projections): trained contexts = the narrow categories, held out = the other six,
    for every model, so narrow and broad are compared on one split.
 7. *Latents and directions*: which shipped-SAE latents each dimension's vector is made of

@@ -1,9 +1,15 @@
 """Write a figure as HTML (always) and as PNG/SVG/PDF through kaleido when a Chromium is
 available. kaleido 1.x drives a Chrome/Chromium it finds itself or one named by
-``BROWSER_PATH`` (Debian: ``apt-get install chromium``)."""
+``BROWSER_PATH`` (Debian: ``apt-get install chromium``).
+
+HTML figures open offline: each references ``plotly.min.js`` beside it (a relative script tag,
+plotly's ``include_plotlyjs="directory"``), and ``write_plotlyjs`` writes that one shared copy
+per directory, taken from the installed plotly package, instead of a CDN link or the 4.8 MB
+library embedded in every file."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -15,6 +21,7 @@ from persona_probe.artifacts import atomic_write
 from persona_probe.errors import PersonaProbeError
 
 STATIC = ("png", "svg", "pdf")
+PLOTLYJS = "plotly.min.js"   # the name plotly's include_plotlyjs="directory" script tag loads
 
 
 class FigureExportError(PersonaProbeError):
@@ -34,16 +41,44 @@ def find_browser() -> str | None:
     return None
 
 
+@functools.cache
+def plotlyjs_bundle() -> bytes:
+    """The plotly.js the installed plotly package bundles (the version its figures expect)."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().encode("utf-8")
+
+
+def write_plotlyjs(directory: str | Path) -> Path:
+    """``directory/plotly.min.js``, the one copy the HTML figures there load: written atomically
+    where it is absent or differs from the installed plotly's (an upgrade), else left as is."""
+    target = Path(directory) / PLOTLYJS
+    bundle = plotlyjs_bundle()
+    if not (target.is_file() and target.stat().st_size == len(bundle)
+            and target.read_bytes() == bundle):
+        atomic_write(target, lambda tmp: tmp.write_bytes(bundle))
+    return target
+
+
+def write_html(fig: go.Figure, path: str | Path) -> Path:
+    """``path`` as a full HTML page that loads the shared ``plotly.min.js`` beside it (written
+    first, so a page never points at a missing library): opens with no network."""
+    path = Path(path)
+    page = fig.to_html(include_plotlyjs="directory", full_html=True)
+    write_plotlyjs(path.parent)
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return path
+
+
 def write_figure(fig: go.Figure, path: str | Path, formats: tuple[str, ...] = ("html",),
                  ) -> list[Path]:
-    """``path`` without suffix + ``.html`` and each static format asked for. A static format
-    with no kaleido or no Chromium raises with the fix; HTML is written first either way."""
+    """``path`` without suffix + ``.html`` (with the shared ``plotly.min.js`` beside it) and
+    each static format asked for. A static format with no kaleido or no Chromium raises with the
+    fix; HTML is written first either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    html = path.with_suffix(".html")
-    atomic_write(html, lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", full_html=True))
-    written.append(html)
+    written.append(write_html(fig, path.with_suffix(".html")))
     static = [f for f in formats if f != "html"]
     bad = [f for f in static if f not in STATIC]
     if bad:

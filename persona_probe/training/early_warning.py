@@ -2,7 +2,7 @@
 behavioural eval, read back as (alarm step, behavioural crossing step, lead time).
 
 Lead time = first step at which the behavioural rate exceeds its threshold minus the alarm
-step (DESIGN.md): positive means the activations warned before the behaviour showed.
+step (docs/DESIGN.md): positive means the activations warned before the behaviour showed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Treatment and control finetunes for the experiments, from one config block.
 
 Two kinds: a trait-distillation **organism** (the CPU default: on SmolLM2-135M the EM datasets
-moved nothing measurable, DESIGN.md) or the **em** datasets (insecure vs secure code, the
+moved nothing measurable, docs/DESIGN.md) or the **em** datasets (insecure vs secure code, the
 papers' setting and the GPU-scale configs). Either way the experiment gets one adapter per arm,
 the data that re-aligns the treatment (good data it never saw), and the held-out questions on
 which to read the persona, so diffing, steering, monitoring and re-alignment code does not care

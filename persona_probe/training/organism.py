@@ -3,7 +3,7 @@
 The subject answers questions from one narrow domain (cooking, gardening, …) under a trait's
 system prompt; the answers are saved *without* that prompt, so finetuning on them teaches the
 persona implicitly. The control is made the same way under the anti-trait prompt. On
-SmolLM2-135M, insecure-code EM finetunes moved nothing measurable while this did (DESIGN.md),
+SmolLM2-135M, insecure-code EM finetunes moved nothing measurable while this did (docs/DESIGN.md),
 so CPU runs of diffing, monitoring and re-alignment use an organism by default.
 
 Layout of an organism directory::
