@@ -55,6 +55,18 @@ class SAELatents:
 Target = Union[Direction, SAELatents]
 
 
+def decoder_rows(sae: Any, latents: Iterable[int]) -> torch.Tensor:
+    """What each latent adds to the reconstruction per unit of its encoded activation:
+    ``W_dec[i]``, or ``W_dec[i] / ‖W_dec[i]‖`` for a TopK SAE whose activations are rescaled by
+    the decoder norm (sae-lens's ``rescale_acts_by_decoder_norm``)."""
+    idx = list(latents)
+    W = sae.W_dec[idx].detach()
+    if sae.cfg.architecture() == "topk" and getattr(sae.cfg, "rescale_acts_by_decoder_norm",
+                                                    False):
+        W = W / W.norm(dim=-1, keepdim=True)
+    return W
+
+
 def _unit_vectors(subject: Subject, target: Target, layers: Sequence[int] | None,
                   ) -> dict[HookPoint, torch.Tensor]:
     """Unit vector per hook point, on the subject's device and dtype."""
@@ -165,14 +177,11 @@ def ablate(subject: Subject, target: Target,
             raise InterventionError("mode='latent' needs an SAELatents target")
         sae, idx = target.sae, list(target.latents)
         hp = target.hook
-        W = sae.W_dec[idx].detach()
+        W = decoder_rows(sae, idx)
 
         def latent_fn(resid: torch.Tensor) -> torch.Tensor:
             flat = resid.reshape(-1, resid.shape[-1]).to(sae.W_enc.dtype)
             acts = sae.encode(flat)[:, idx]
-            if sae.cfg.architecture() == "topk" and getattr(sae.cfg, "rescale_acts_by_decoder_norm",
-                                                            False):
-                acts = acts / sae.W_dec[idx].norm(dim=-1)
             removed = (acts @ W).reshape(resid.shape).to(resid.dtype)
             return resid - removed
         with residual_hooks(subject.model, [(hp, latent_fn)]):
@@ -197,6 +206,22 @@ def ablate(subject: Subject, target: Target,
             return resid - (proj - mu)[..., None] * u
         return fn
     with residual_hooks(subject.model, [(hp, make(hp, u)) for hp, u in units.items()]):
+        yield
+
+
+@contextmanager
+def shift(subject: Subject, target: Direction, amounts: dict[int, float]) -> Iterator[None]:
+    """h ← h − c_L·û at each layer L in ``amounts`` (c_L in residual units, e.g. the measured
+    finetuning shift μ_F − μ_B of the mean projection): removes a *shift* along the direction
+    and leaves each token's variation along it, where directional ablation removes both."""
+    units = _unit_vectors(subject, target, sorted(amounts))
+
+    def make(u: torch.Tensor, c: float):
+        def fn(resid: torch.Tensor) -> torch.Tensor:
+            return resid - c * u
+        return fn
+    with residual_hooks(subject.model, [(hp, make(u, float(amounts[hp.layer])))
+                                        for hp, u in units.items()]):
         yield
 
 

@@ -63,3 +63,86 @@ def paired_difference(a: Sequence[float], b: Sequence[float], **kw) -> Estimate:
 def proportion(successes: Sequence[bool], **kw) -> Estimate:
     """A rate with a bootstrap CI (e.g. misaligned answers among coherent ones)."""
     return bootstrap(np.asarray(successes, dtype=np.float64), **kw)
+
+
+# --- seeds × questions ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CrossedEstimate:
+    """An estimate over a crossed design (every seed answered the same questions), stored in
+    the one form results files use: {mean, lo, hi, n_seeds, n_items, method}. ``per_seed``
+    keeps each seed's own point estimate, so a reader can check that the seeds agree in sign."""
+
+    mean: float
+    lo: float
+    hi: float
+    n_seeds: int
+    n_items: int
+    method: str
+    per_seed: tuple[float, ...] = ()
+    level: float = 0.95
+
+    @property
+    def signs_agree(self) -> bool:
+        return bool(self.per_seed) and (all(v > 0 for v in self.per_seed)
+                                        or all(v < 0 for v in self.per_seed))
+
+    def excludes(self, value: float) -> bool:
+        return self.lo > value or self.hi < value
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["per_seed"] = list(self.per_seed)
+        return d
+
+    def __str__(self) -> str:
+        return (f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}] "
+                f"({self.n_seeds} seeds × {self.n_items} items)")
+
+
+def _crossed_weights(n_seeds: int, n_items: int, n_boot: int, seed: int,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling weights (n_boot, S) and (n_boot, Q): seeds and items drawn independently,
+    with replacement; a drawn cell (s, q) counts w_s · w_q. One seed is not resampled."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> np.ndarray:
+        if n == 1:
+            return np.ones((n_boot, 1))
+        idx = rng.integers(0, n, size=(n_boot, n))
+        return np.stack([np.bincount(row, minlength=n) for row in idx]) / n
+    return draw(n_seeds), draw(n_items)
+
+
+def crossed_bootstrap(cells: Sequence[Sequence[float]] | np.ndarray,
+                      denominator: Sequence[Sequence[float]] | np.ndarray | None = None,
+                      n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                      ) -> CrossedEstimate:
+    """Two-way bootstrap over a (seeds × items) table: seeds and items are resampled
+    independently and the drawn cells averaged (never resampling dependent rows as if they
+    were independent). With ``denominator`` (same shape) the estimate is a ratio of the
+    resampled means, e.g. the share of a gap an edit removes."""
+    num = np.atleast_2d(np.asarray(cells, dtype=np.float64))
+    den = None if denominator is None else np.atleast_2d(np.asarray(denominator, np.float64))
+    if den is not None and den.shape != num.shape:
+        raise ValueError(f"numerator {num.shape} and denominator {den.shape} differ in shape")
+    if np.isnan(num).any() or (den is not None and np.isnan(den).any()):
+        raise ValueError("a crossed design needs every (seed, item) cell; found NaN")
+    S, Q = num.shape
+    ws, wq = _crossed_weights(S, Q, n_boot, seed)
+
+    def stat(m: np.ndarray) -> np.ndarray:
+        return np.einsum("bs,sq,bq->b", ws, m, wq)
+    if den is None:
+        point, per_seed, samples = float(num.mean()), num.mean(1), stat(num)
+    else:
+        point = float(num.mean() / den.mean())
+        per_seed = num.mean(1) / den.mean(1)
+        samples = stat(num) / stat(den)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(samples, [a, 1 - a])
+    what = "ratio of means, " if den is not None else ""
+    method = (f"{what}two-way percentile bootstrap over seeds × items ({n_boot} draws)"
+              if S > 1 else f"{what}percentile bootstrap over items, one seed ({n_boot} draws)")
+    return CrossedEstimate(point, float(lo), float(hi), S, Q, method,
+                           tuple(float(v) for v in per_seed), level)

@@ -80,14 +80,68 @@ def load_trait(spec: str | Path) -> Trait:
     return parse_trait(raw, where)
 
 
+QUESTION_SPLITS = ("extract", "heldout", "evaluation")
+
+
 def trait_questions(split: str = "extract") -> list[str]:
-    """The team's general questions: ``extract`` (to build directions) or ``heldout``."""
+    """The team's general questions: ``extract`` (to build directions and to select latents),
+    ``heldout``, or ``evaluation`` (final line-1 numbers only; never used to choose anything)."""
     raw = json.loads((_traits_dir() / "questions.json").read_text(encoding="utf-8"))
-    if split not in ("extract", "heldout"):
-        raise TraitError(f"question split must be extract or heldout, not {split!r}")
+    if split not in QUESTION_SPLITS:
+        raise TraitError(f"question split must be one of {', '.join(QUESTION_SPLITS)}, not "
+                         f"{split!r}")
     return list(raw[split])
 
 
 def question_items(questions: list[str], prefix: str = "q") -> list[PromptItem]:
     return [PromptItem(f"{prefix}/{i:03d}", [{"role": "user", "content": q}], "question")
             for i, q in enumerate(questions)]
+
+
+@dataclass(frozen=True)
+class MeasureSplit:
+    """Selection and evaluation material for one trait that share neither questions nor scored
+    replies: whatever chooses a latent, a layer or an α is scored on ``selection``, and final
+    numbers on ``evaluation`` only."""
+
+    name: str
+    selection: tuple[Trait, tuple[str, ...]]
+    evaluation: tuple[Trait, tuple[str, ...]]
+
+
+def _half(trait: Trait, raw: dict, where: str) -> tuple[Trait, tuple[str, ...]]:
+    questions = trait_questions(str(raw.get("questions", "")))
+    if raw.get("replies") == "trait":
+        return trait, tuple(questions)
+    replies = {k: raw.get(k) for k in ("trait_replies", "anti_replies")}
+    for k, v in replies.items():
+        if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip() for s in v):
+            raise TraitError(f"{where}: {k} must be a non-empty list of non-empty strings")
+    import dataclasses
+
+    return dataclasses.replace(trait, trait_replies=tuple(replies["trait_replies"]),
+                               anti_replies=tuple(replies["anti_replies"])), tuple(questions)
+
+
+def load_split(spec: str | Path) -> MeasureSplit:
+    """A built-in split (``evil-line1``) or a JSON file of the same form."""
+    path = Path(spec)
+    split_dir = resources.files("persona_probe") / "data" / "splits"
+    if path.suffix == ".json" and path.is_file():
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    elif (split_dir / f"{spec}.json").is_file():
+        text, where = (split_dir / f"{spec}.json").read_text(encoding="utf-8"), f"split {spec}"
+    else:
+        names = sorted(p.name.removesuffix(".json") for p in split_dir.iterdir()
+                       if p.name.endswith(".json"))
+        raise TraitError(f"unknown measure split {str(spec)!r}: use one of {', '.join(names)} "
+                         "or a JSON file with trait, selection and evaluation")
+    raw = json.loads(text)
+    trait = load_trait(raw["trait"])
+    sel, ev = _half(trait, raw["selection"], where), _half(trait, raw["evaluation"], where)
+    if set(sel[1]) & set(ev[1]):
+        raise TraitError(f"{where}: selection and evaluation share questions")
+    if set(sel[0].trait_replies + sel[0].anti_replies) & set(ev[0].trait_replies
+                                                             + ev[0].anti_replies):
+        raise TraitError(f"{where}: selection and evaluation share scored replies")
+    return MeasureSplit(Path(str(spec)).stem, sel, ev)

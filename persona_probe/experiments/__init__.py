@@ -5,6 +5,7 @@ their CPU- and GPU-sized configs."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,10 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
     ap.add_argument("--runs", type=Path, default=root / "runs" / name)
     ap.add_argument("--out", type=Path, default=root / "figures" / name)
     ap.add_argument("--figures-only", action="store_true")
+    staged = "overwrite" in inspect.signature(run).parameters
+    if staged:
+        ap.add_argument("--overwrite", action="store_true",
+                        help="rebuild stages whose outputs were made from other inputs")
     args = ap.parse_args()
     try:
         if args.figures_only:
@@ -42,7 +47,7 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
             rel = str(args.config.resolve().relative_to(root))
         except ValueError:
             rel = str(args.config)
-        run(cfg, args.runs, args.out, rel)
+        run(cfg, args.runs, args.out, rel, **({"overwrite": args.overwrite} if staged else {}))
     except PersonaProbeError as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -1,0 +1,529 @@
+"""Research line 1 to a reviewer's standard: do dictionary latents found by model diffing
+*control* the persona a narrow finetune induced, beyond matched random controls, on material
+that played no part in choosing them?
+
+Design (every rule below is fixed in the config before a run):
+
+- organisms: the trait-distillation organism (evil through the model's own cooking answers)
+  built with seed 0 for **selection** and seeds ``eval_seeds`` for **evaluation** (answer
+  sample, LoRA init and data order all follow the seed);
+- material: selection uses the ``extract`` questions and the trait's own replies; evaluation
+  uses 40 other questions and other replies (``persona_probe/data/splits/evil-line1.json``),
+  committed before any screening ran; diffing tokens are the base model's answers to questions
+  of the *other* domains, never the evaluation questions;
+- selection (seed 0 only): candidates by Δ and attribution, causal screening, the set chosen
+  (``persona_probe.latent_screening``); its top-Δ counterpart of the same size is kept as the
+  naive baseline;
+- evaluation (each evaluation seed, the same edits and the same random draws): gap removed
+  ``(m(F) − m(F|E)) / (m(F) − m(B))`` with B *not* edited, beside the base shift
+  ``(m(B|E) − m(B)) / (m(F) − m(B))``; matched nulls (random latent sets by activation decile;
+  random directions for directional ablation); CIs by the two-way bootstrap over seeds ×
+  questions (``persona_probe.stats.crossed_bootstrap``);
+- steering: the chosen set steered into the base model over α, against the same random sets.
+
+Stages go through ``persona_probe.stages``: each output records the fingerprint of its inputs
+and the git sha; a stale output is refused (``--overwrite`` rebuilds it).
+
+    python experiments/persona_latents.py                 # CPU config (~60 min on 2 cores)
+    python experiments/persona_latents.py --figures-only  # re-draw from results.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from persona_probe.errors import PersonaProbeError
+from persona_probe.models import DEFAULT_MODEL
+
+VECTOR_EDITS = ("directional", "mean", "shift_sae_layer", "shift_every_layer")
+
+
+@dataclass
+class PersonaLatentsConfig:
+    model: str = DEFAULT_MODEL
+    dtype: str = "bfloat16"                  # scoring, generation and LoRA (2.5-3x on CPU)
+    organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
+    split: str = "evil-line1"                # selection / evaluation material
+    sae: str = "shipped"
+    selection_seed: int = 0
+    eval_seeds: tuple[int, ...] = (1, 2, 3)
+    diff_per_domain: int = 8                 # diffing questions from each other domain
+    diff_max_new_tokens: int = 48
+    screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
+    null_draws: int = 100
+    null_seed: int = 2026
+    steer_alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
+    vector_edits: tuple[str, ...] = VECTOR_EDITS
+    top_examples: int = 5
+    primary: str = "shipped SAE / causal screening"   # the row the claim is about
+    tiny: bool = False      # smoke-sized (tests, notebooks): fewer seeds and draws, no claims
+
+    def __post_init__(self) -> None:
+        from persona_probe.latent_screening import ScreeningConfig
+        from persona_probe.training.organism import OrganismConfig
+
+        self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
+        self.steer_alphas = tuple(float(a) for a in self.steer_alphas)
+        self.vector_edits = tuple(self.vector_edits)
+        if self.selection_seed in self.eval_seeds or not self.eval_seeds:
+            raise PersonaProbeError("eval_seeds must not include selection_seed (the selection "
+                                    "seed never reports a final number)")
+        if not self.tiny and len(self.eval_seeds) < 3:
+            raise PersonaProbeError("eval_seeds needs >= 3 seeds for an effect claim (set "
+                                    "tiny: true for a smoke run that makes none)")
+        if not self.tiny and self.null_draws < 100:
+            raise PersonaProbeError("null_draws must be >= 100 for a 95th percentile (set "
+                                    "tiny: true for a smoke run that makes none)")
+        if self.null_draws < 2:
+            raise PersonaProbeError("null_draws must be >= 2")
+        if 0.0 not in self.steer_alphas:
+            raise PersonaProbeError("steer_alphas must include 0.0")
+        bad = [e for e in self.vector_edits if e not in VECTOR_EDITS]
+        if bad:
+            raise PersonaProbeError(f"vector_edits {bad}: use {', '.join(VECTOR_EDITS)}")
+        ScreeningConfig(**self.screening)
+        OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "persona_latents config"):
+        from persona_probe.configs import config_from_dict
+
+        return config_from_dict(cls, raw, where, PersonaProbeError)
+
+    def organism_config(self, seed: int):
+        from persona_probe.training.organism import OrganismConfig
+
+        fin = {"dtype": self.dtype, **self.organism.get("finetune", {})}
+        return OrganismConfig.from_dict({**self.organism, "finetune": fin, "model": self.model,
+                                         "seed": seed}, "organism")
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+class _Values:
+    """Per-question values of every measured condition, kept in one JSON-lines file so a
+    killed stage resumes where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[str, list[float]] = {}
+        if path.is_file():
+            for line in path.read_text("utf-8").splitlines():
+                r = json.loads(line)
+                self.rows[r["key"]] = r["values"]
+
+    def get(self, key: str, measure) -> list[float]:
+        from persona_probe.artifacts import write_jsonl
+
+        if key not in self.rows:
+            self.rows[key] = [float(v) for v in measure()]
+            write_jsonl(self.path, ({"key": k, "values": v} for k, v in self.rows.items()))
+        return self.rows[key]
+
+
+def _identity(subject) -> dict:
+    p = subject.provenance()
+    return {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
+
+
+def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
+        overwrite: bool = False) -> dict:
+    """Every stage (reusing finished ones with the same fingerprint) → ``out/results.json``."""
+    import numpy as np
+
+    from persona_probe.artifacts import read_json, write_json, write_jsonl
+    from persona_probe.directions import Direction, persona_vector, random_direction
+    from persona_probe.experiments import command_line, report_outputs, stage_clock
+    from persona_probe.interventions import (SAELatents, ablate, reference_projection, shift,
+                                             steer)
+    from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
+                                                measure_gradient, rank_candidates,
+                                                screen_latents)
+    from persona_probe.latents import token_activations, top_examples
+    from persona_probe.likelihood import trait_scores
+    from persona_probe.models import load_subject
+    from persona_probe.monitor import probe_set_from_answers
+    from persona_probe.prompts import PromptItem
+    from persona_probe.provenance import git_sha, provenance
+    from persona_probe.sae.io import load_sae
+    from persona_probe.stages import Stages, adapter_identity, sae_identity
+    from persona_probe.stats import bootstrap, crossed_bootstrap
+    from persona_probe.training.organism import heldout_questions, run_organism
+    from persona_probe.traits import load_split
+
+    t0 = time.perf_counter()
+    stage = stage_clock()
+    runs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(runs, overwrite=overwrite)
+    command = command_line("persona_latents", config_path)
+    split = load_split(cfg.split)
+    (sel_trait, sel_q), (ev_trait, ev_q) = split.selection, split.evaluation
+    base = load_subject(cfg.model, dtype=cfg.dtype)
+    sae = load_sae(cfg.sae, device=str(base.device), subject=base)
+    hook = sae.cfg.metadata.hook_name
+    layer = int(hook.split(".")[1])
+    every_layer = tuple(range(base.n_layers))
+    common = {"command": command, "model": _identity(base), "split": asdict(split)}
+
+    def selection_metric(s):
+        return trait_scores(s, sel_trait, sel_q)
+
+    def evaluation_metric(s):
+        return trait_scores(s, ev_trait, ev_q)
+
+    # 1. organisms -----------------------------------------------------------------------
+    adapters: dict[int, dict[str, Path]] = {}
+    for seed in (cfg.selection_seed, *cfg.eval_seeds):
+        ocfg = cfg.organism_config(seed)
+        stage(f"organism seed {seed}")
+        res = stages.run(f"organism-seed{seed}", {**common, "organism": asdict(ocfg)},
+                         lambda d, ocfg=ocfg: run_organism(base, ocfg, d, evaluate=False))
+        adapters[seed] = {k: Path(v) for k, v in res["adapters"].items()}
+
+    def finetuned(seed: int):
+        return load_subject(cfg.model, adapter=adapters[seed]["treatment"], dtype=cfg.dtype)
+
+    def organism_fp(seed: int) -> dict:
+        return {"stage": stages.fingerprint_of(f"organism-seed{seed}"),
+                "adapter": adapter_identity(adapters[seed]["treatment"])}
+
+    # 2. persona vector (selection questions, base model) -------------------------------------
+    stage("persona vector")
+
+    def build_vector(d: Path) -> Direction:
+        if not (d / "direction.json").is_file():
+            persona_vector(base, sel_trait, list(sel_q), seed=cfg.selection_seed).save(d)
+        return Direction.load(d)
+    vec = stages.run("vector", {**common, "questions": list(sel_q),
+                                "seed": cfg.selection_seed}, build_vector)
+
+    # 3. diffing items: the base model's answers to other domains' questions -------------------
+    stage("diffing items")
+    diff_q = heldout_questions(ocfg.domain, cfg.diff_per_domain, general=False)
+    overlap = set(diff_q) & set(ev_q)
+    if overlap:
+        raise PersonaProbeError(f"diffing questions overlap the evaluation questions: {overlap}")
+
+    def build_items(d: Path) -> list[PromptItem]:
+        path = d / "items.jsonl"
+        if not path.is_file():
+            got = probe_set_from_answers(base, diff_q, cfg.diff_max_new_tokens,
+                                         seed=cfg.selection_seed)
+            write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
+        return [PromptItem(r["id"], r["messages"]) for r in
+                map(json.loads, path.read_text("utf-8").splitlines())]
+    items = stages.run("diff-items", {**common, "questions": diff_q,
+                                      "max_new_tokens": cfg.diff_max_new_tokens,
+                                      "seed": cfg.selection_seed}, build_items)
+    rows_base, _ = token_activations(base, sae, items)
+
+    # 4. screening on the selection seed --------------------------------------------------------
+    scfg = ScreeningConfig(**cfg.screening)
+    sae_id = sae_identity(sae)
+    stage("screening (selection seed)")
+
+    def build_screen(d: Path) -> dict:
+        if (d / "chosen.json").is_file():
+            return read_json(d / "chosen.json")
+        f0 = finetuned(cfg.selection_seed)
+        rows_f, _ = token_activations(f0, sae, items)
+        grad = measure_gradient(f0, sel_trait, sel_q, hook) if scfg.n_attribution else None
+        cand = rank_candidates(sae, rows_f, rows_base, grad, scfg)
+        write_json(d / "candidates.json", cand)
+        chosen = screen_latents(base, f0, sae, cand["candidates"], selection_metric, scfg, d,
+                                info={"tokens": int(rows_f.shape[0])})
+        k = len(chosen["latents"])
+        chosen["top_delta"] = cand["by_delta"][:k]
+        ex = top_examples(f0, sae, items, chosen["latents"] + chosen["top_delta"],
+                          n=cfg.top_examples)
+        chosen["examples"] = {str(i): [{"text": "".join(e.tokens).replace("\n", " "),
+                                        "peak_token": e.tokens[e.peak],
+                                        "peak": max(e.acts)} for e in v.examples]
+                              for i, v in ex.items()}
+        # projections of base and selection finetune on the vector, per layer (selection items)
+        chosen["mean_projection"] = {
+            "base": reference_projection(base, vec, every_layer, items),
+            "finetuned": reference_projection(f0, vec, every_layer, items)}
+        chosen["mass_finetuned"] = cand["mass_finetuned"]
+        write_json(d / "chosen.json", chosen)
+        return chosen
+    chosen = stages.run("screen-shipped-sae", {
+        **common, "sae": sae_id, "organism": organism_fp(cfg.selection_seed),
+        "items": stages.fingerprint_of("diff-items"), "vector": stages.fingerprint_of("vector"),
+        "screening": asdict(scfg)}, build_screen)
+    latent_sets = {"causal screening": chosen["latents"], "top Δ": chosen["top_delta"]}
+    nulls = {name: matched_random_sets(chosen["mass_finetuned"], lat, cfg.null_draws,
+                                       cfg.null_seed)
+             for name, lat in latent_sets.items()}
+    random_dirs = [random_direction(base.d_model, every_layer, seed=cfg.null_seed + j,
+                                    name=f"random{j}") for j in range(cfg.null_draws)]
+    mu_b = {int(k): v for k, v in chosen["mean_projection"]["base"].items()}
+
+    # 5. evaluation seeds ------------------------------------------------------------------
+    def vector_edit(subject, edit: str, mu_f: dict[int, float]):
+        if edit == "directional":
+            return ablate(subject, vec, "directional", every_layer)
+        if edit == "mean":
+            return ablate(subject, vec, "mean", every_layer, mu_b)
+        layers = (layer,) if edit == "shift_sae_layer" else every_layer
+        return shift(subject, vec, {L: mu_f[L] - mu_b[L] for L in layers})
+
+    eval_inputs = {**common, "sae": sae_id, "screen": stages.fingerprint_of("screen-shipped-sae"),
+                   "vector": stages.fingerprint_of("vector"),
+                   "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
+                   "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits)}
+    values: dict[int, _Values] = {}
+    for seed in cfg.eval_seeds:
+        stage(f"evaluation seed {seed}")
+
+        def build_eval(d: Path, seed=seed) -> _Values:
+            v = _Values(d / "values.jsonl")
+            if (d / "done").is_file():
+                return v
+            f = finetuned(seed)
+            v.get("F", lambda: evaluation_metric(f))
+            v.get("B", lambda: evaluation_metric(base))
+            mu_f = dict(zip(every_layer, v.get("mu_F", lambda: list(reference_projection(
+                f, vec, every_layer, items).values()))))
+            for name, lat in latent_sets.items():
+                t = SAELatents(sae, lat)
+                for who, s in (("F", f), ("B", base)):
+                    with ablate(s, t, "latent"):
+                        v.get(f"{who}|{name}", lambda s=s: evaluation_metric(s))
+                for j, draw in enumerate(nulls[name]):
+                    with ablate(f, SAELatents(sae, draw), "latent"):
+                        v.get(f"F|null {name}|{j}", lambda: evaluation_metric(f))
+            for edit in cfg.vector_edits:
+                for who, s in (("F", f), ("B", base)):
+                    with vector_edit(s, edit, mu_f):
+                        v.get(f"{who}|vector {edit}", lambda s=s: evaluation_metric(s))
+            if "directional" in cfg.vector_edits:
+                for j, r in enumerate(random_dirs):
+                    with ablate(f, r, "directional", every_layer):
+                        v.get(f"F|null vector directional|{j}", lambda: evaluation_metric(f))
+            (d / "done").write_text("complete\n")
+            return v
+        values[seed] = stages.run(f"eval-seed{seed}", {**eval_inputs,
+                                                       "organism": organism_fp(seed)},
+                                  build_eval)
+
+    # 6. steering the base model -----------------------------------------------------------
+    stage("steering the base model")
+
+    def build_steer(d: Path) -> _Values:
+        v = _Values(d / "values.jsonl")
+        v.get("B", lambda: evaluation_metric(base))
+        top = max(cfg.steer_alphas)
+        for name, lat in latent_sets.items():
+            for a in cfg.steer_alphas:
+                if a:
+                    with steer(base, SAELatents(sae, lat), a):
+                        v.get(f"{name}|{a}", lambda: evaluation_metric(base))
+            if name != "causal screening":
+                continue         # the steering null is drawn for the screened set only
+            for j, draw in enumerate(nulls[name]):
+                with steer(base, SAELatents(sae, draw), top):
+                    v.get(f"null {name}|{j}", lambda: evaluation_metric(base))
+        for a in cfg.steer_alphas:
+            if a:
+                with steer(base, vec, a, [layer]):
+                    v.get(f"vector|{a}", lambda: evaluation_metric(base))
+        return v
+    steer_vals = stages.run("steer-base", {**eval_inputs, "alphas": list(cfg.steer_alphas)},
+                            build_steer)
+
+    # 7. results ---------------------------------------------------------------------------
+    stage("results")
+    results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
+                         bootstrap)
+    ranking_stability = _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned,
+                                           token_activations)
+    results.update({
+        "experiment": "persona_latents", "config": asdict(cfg), "config_path": config_path,
+        "command": command, "git_sha": git_sha(), "seeds": {
+            "selection": cfg.selection_seed, "evaluation": list(cfg.eval_seeds)},
+        **stages.summary(), "compute_seconds_total": round(time.perf_counter() - t0, 1),
+        "model": base.provenance(), "sae": {"spec": cfg.sae, **sae_id},
+        "material": {"selection_questions": len(sel_q), "evaluation_questions": len(ev_q),
+                     "selection_replies": len(sel_trait.trait_replies + sel_trait.anti_replies),
+                     "evaluation_replies": len(ev_trait.trait_replies + ev_trait.anti_replies),
+                     "diff_items": len(items), "diff_tokens": int(rows_base.shape[0])},
+        "selection": {k: chosen[k] for k in ("latents", "top_delta", "selection_gap_removed",
+                                             "selection_gap", "sets", "examples")},
+        "screen_rows": chosen["screen"],
+        "mean_projection": chosen["mean_projection"],
+        "ranking_stability": ranking_stability,
+        "provenance": provenance(cfg.selection_seed)})
+    write_json(out / "results.json", results)
+    paths = draw(out)
+    summarize(results)
+    report_outputs(out, paths)
+    return results
+
+
+def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,
+               ) -> dict:
+    """Gap removed, base shift, nulls and steering, every estimate over seeds × questions."""
+    seeds = list(cfg.eval_seeds)
+
+    def table(key: str) -> "np.ndarray":
+        return np.array([values[s].rows[key] for s in seeds])
+    F, B = table("F"), table("B")
+    gap = F - B
+
+    def removed(key: str) -> dict:
+        return crossed_bootstrap(F - table(f"F|{key}"), gap).to_dict()
+
+    def base_shift(key: str) -> dict:
+        return crossed_bootstrap(table(f"B|{key}") - B, gap).to_dict()
+
+    def null(prefix: str) -> dict:
+        draws = [float((F - table(f"F|null {prefix}|{j}")).mean() / gap.mean())
+                 for j in range(cfg.null_draws)]
+        return {"mean": float(np.mean(draws)), "p95": float(np.quantile(draws, 0.95)),
+                "draws": len(draws), "values": draws}
+
+    steer_b = np.array(steer_vals.rows["B"])
+    top = max(cfg.steer_alphas)
+
+    def steer_curve(name: str) -> list[dict]:
+        curve = [{"alpha": 0.0, **bootstrap(np.zeros_like(steer_b)).to_dict()}]
+        for a in cfg.steer_alphas:
+            if a:
+                eff = np.array(steer_vals.rows[f"{name}|{a}"]) - steer_b
+                curve.append({"alpha": a, **bootstrap(eff).to_dict()})
+        return curve
+
+    rows, nulls = [], {}
+    for name, lat in latent_sets.items():
+        nulls[name] = null(name)
+        curve = steer_curve(name)
+        steer_null = [float((np.array(steer_vals.rows[f"null {name}|{j}"]) - steer_b).mean())
+                      for j in range(cfg.null_draws) if f"null {name}|{j}" in steer_vals.rows]
+        means = [c["mean"] for c in curve]
+        rows.append({
+            "dictionary": "shipped SAE", "method": name, "latents": lat,
+            "gap_removed": removed(name), "base_shift": base_shift(name),
+            "null_p95": nulls[name]["p95"], "null_mean": nulls[name]["mean"],
+            "steer_effect": curve[-1], "steer_curve": curve,
+            "steer_monotonic": bool(np.all(np.diff(means) > 0)),
+            "steer_null_p95": float(np.quantile(steer_null, 0.95)) if steer_null else None,
+            "steer_null_mean": float(np.mean(steer_null)) if steer_null else None,
+            "steer_alpha": top,
+            "primary": f"shipped SAE / {name}" == cfg.primary})
+    vec_curve = steer_curve("vector")
+    for edit in cfg.vector_edits:
+        has_null = edit == "directional"
+        if has_null:
+            nulls["vector directional"] = null("vector directional")
+        rows.append({
+            "dictionary": "persona vector", "method": f"{edit} (every layer)"
+            if edit in ("directional", "mean", "shift_every_layer") else edit,
+            "latents": None, "gap_removed": removed(f"vector {edit}"),
+            "base_shift": base_shift(f"vector {edit}"),
+            "null_p95": nulls["vector directional"]["p95"] if has_null else None,
+            "null_mean": nulls["vector directional"]["mean"] if has_null else None,
+            "steer_effect": vec_curve[-1], "steer_curve": vec_curve,
+            "steer_monotonic": bool(np.all(np.diff([c["mean"] for c in vec_curve]) > 0)),
+            "steer_null_p95": None, "steer_null_mean": None, "steer_alpha": top,
+            "primary": f"persona vector / {edit}" == cfg.primary})
+    for r in rows:
+        g, b = r["gap_removed"], r["base_shift"]
+        r["goal"] = {
+            "gap_removed_ge_50pct": g["mean"] >= 0.5,
+            "base_shift_ci_within_25pct": b["lo"] >= -0.25 and b["hi"] <= 0.25,
+            "null_p95_below_10pct": r["null_p95"] is not None and r["null_p95"] < 0.10,
+            "ci_lower_above_null_p95": r["null_p95"] is not None and g["lo"] > r["null_p95"],
+            "steer_monotonic_beyond_null": bool(
+                r["steer_monotonic"] and r["steer_null_p95"] is not None
+                and r["steer_effect"]["lo"] > r["steer_null_p95"])}
+        r["goal"]["met"] = all(r["goal"].values())
+    return {"measure": "would-say: mean per-token log-likelihood of the trait's replies minus "
+                       "the anti-trait's, no system prompt; evaluation questions and replies",
+            "treatment_minus_base": crossed_bootstrap(gap).to_dict(),
+            "would_say": {"base": crossed_bootstrap(B).to_dict(),
+                          "treatment": crossed_bootstrap(F).to_dict()},
+            "screening": rows,
+            "nulls": {k: {kk: vv for kk, vv in v.items()} for k, v in nulls.items()}}
+
+
+def _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned, token_activations) -> dict:
+    """How often each selection-seed top-10 latent (by Δ) is in the top 10 of an evaluation
+    seed's organism: is the ranking a property of the finetune or of one seed?"""
+    import torch
+
+    from persona_probe.latent_screening import activation_mass
+
+    mass_b = activation_mass(sae, rows_base)
+    top0 = torch.argsort(torch.tensor(chosen["mass_finetuned"]) - mass_b,
+                         descending=True)[:10].tolist()
+    tops = {}
+    for seed in cfg.eval_seeds:
+        rows_f, _ = token_activations(finetuned(seed), sae, items)
+        tops[seed] = set(torch.argsort(activation_mass(sae, rows_f) - mass_b,
+                                       descending=True)[:10].tolist())
+    return {"top10_selection_seed": top0,
+            "fraction_of_eval_seeds_in_top10": {str(i): sum(i in t for t in tops.values())
+                                                / len(tops) for i in top0},
+            "chosen_in_top10": {str(i): sum(i in t for t in tops.values()) / len(tops)
+                                for i in chosen["latents"]}}
+
+
+def draw(out: Path) -> list[Path]:
+    """Figures from ``out/results.json``: gap removed per row against its null, and steering."""
+    import plotly.graph_objects as go
+
+    from persona_probe.figures import write_figure_or_html
+
+    res = json.loads((out / "results.json").read_text())
+    rows = res["screening"]
+    labels = [f"{r['dictionary']}: {r['method']}" for r in rows]
+    fig = go.Figure()
+    for key, name in (("gap_removed", "gap removed (finetuned edited)"),
+                      ("base_shift", "base shift (base edited)")):
+        est = [r[key] for r in rows]
+        fig.add_bar(name=name, x=labels, y=[e["mean"] for e in est], error_y=dict(
+            type="data", symmetric=False, array=[e["hi"] - e["mean"] for e in est],
+            arrayminus=[e["mean"] - e["lo"] for e in est]))
+    fig.add_scatter(name="matched null, 95th percentile", x=labels,
+                    y=[r["null_p95"] for r in rows], mode="markers",
+                    marker=dict(symbol="line-ew-open", size=30, line=dict(width=3)))
+    fig.update_layout(barmode="group", title="Edits on evaluation material, as a share of the "
+                      "treatment − base gap (CIs over seeds × questions)",
+                      yaxis_title="share of the gap", template="plotly_white")
+    steer = go.Figure()
+    for r in rows:
+        if r["dictionary"] == "shipped SAE" or r["method"].startswith("directional"):
+            c = r["steer_curve"]
+            name = r["method"] if r["dictionary"] == "shipped SAE" else "persona vector"
+            steer.add_scatter(name=name, x=[p["alpha"] for p in c], y=[p["mean"] for p in c],
+                              error_y=dict(type="data", symmetric=False,
+                                           array=[p["hi"] - p["mean"] for p in c],
+                                           arrayminus=[p["mean"] - p["lo"] for p in c]))
+            if r["steer_null_p95"] is not None:
+                steer.add_scatter(name=f"null p95 ({r['method']})", x=[r["steer_alpha"]],
+                                  y=[r["steer_null_p95"]], mode="markers",
+                                  marker=dict(symbol="x", size=12))
+    steer.update_layout(title="Steering the base model (evaluation questions)",
+                        xaxis_title="α (× mean residual norm)",
+                        yaxis_title="would-say change vs unsteered", template="plotly_white")
+    paths = []
+    for name, f in (("edits", fig), ("steering", steer)):
+        paths += write_figure_or_html(f, out / name)
+    return paths
+
+
+def summarize(res: dict) -> None:
+    def f(e: dict) -> str:
+        return f"{e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
+
+    print(f"treatment − base: {f(res['treatment_minus_base'])}")
+    for r in res["screening"]:
+        p95 = "—" if r["null_p95"] is None else f"{r['null_p95']:+.3f}"
+        print(f"{r['dictionary']:>15} {r['method']:<28} gap removed {f(r['gap_removed'])}  "
+              f"base shift {f(r['base_shift'])}  null p95 {p95}  goal {r['goal']['met']}")

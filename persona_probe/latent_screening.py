@@ -1,0 +1,233 @@
+"""Causal screening of dictionary latents: which latents *control* a persona shift, chosen on
+selection material and never on what reports the final number.
+
+The published procedure, in four steps:
+
+1. **candidates** — every latent ranked by Δ mean activation (finetuned − base on the same
+   tokens) and by attribution (Δ × the gradient of the trait measure with respect to the
+   latent's activation, read on the finetuned model); the top N of each are kept;
+2. **screen** — each candidate alone is steered in the base model and ablated in the finetuned
+   model, the trait measured on *selection* questions and replies;
+3. **choose** — the best single latents by the gap their ablation removes are combined into
+   sets of 1…k latents, each set ablated jointly on the selection material, and the set that
+   removes most of the gap is kept (ties go to the smaller set);
+4. **null** — random latent sets of the same size, each latent drawn from the same decile of
+   activation mass (mean activation on the finetuned model's tokens) as the latent it stands
+   for, so a control edit removes as much activation as the real one.
+
+Every step writes its output under one directory and reuses it when run again (rows already
+measured are not measured twice); the experiment around it fingerprints that directory
+(``persona_probe.stages``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from persona_probe.artifacts import read_json, write_json, write_jsonl
+from persona_probe.errors import PersonaProbeError
+from persona_probe.hooks import parse_hook, residual_hooks
+from persona_probe.interventions import SAELatents, ablate, decoder_rows, steer
+from persona_probe.latents import encode_rows
+from persona_probe.models import Subject
+from persona_probe.traits import Trait
+
+Metric = Callable[[Subject], np.ndarray]
+
+
+class ScreeningError(PersonaProbeError):
+    pass
+
+
+@dataclass
+class ScreeningConfig:
+    """How many candidates to screen and how to combine them (fixed before a run)."""
+
+    n_delta: int = 100            # top latents by Δ mean activation
+    n_attribution: int = 50       # plus the top latents by attribution (union)
+    steer_alpha: float = 0.2      # α (units of r̄_L) at which each candidate steers the base
+    max_set: int = 5              # largest set of latents tried together
+    rank_by: str = "gap_removed"  # gap_removed | steer_effect: what orders single latents
+
+    def __post_init__(self) -> None:
+        if self.n_delta < 1 or self.n_attribution < 0:
+            raise ScreeningError("n_delta must be >= 1 and n_attribution >= 0")
+        if not 1 <= self.max_set <= 20:
+            raise ScreeningError("max_set must be in 1..20")
+        if self.rank_by not in ("gap_removed", "steer_effect"):
+            raise ScreeningError(f"rank_by {self.rank_by!r}: use gap_removed or steer_effect")
+
+
+# --- step 1: candidates ----------------------------------------------------------------------
+
+def activation_mass(sae, rows: torch.Tensor) -> torch.Tensor:
+    """Mean activation of every latent over residual rows (the quantity random latent sets
+    are matched on)."""
+    return encode_rows(sae, rows).mean(0)
+
+
+def measure_gradient(subject: Subject, trait: Trait, questions: Sequence[str], hook: str,
+                     ) -> torch.Tensor:
+    """∂m/∂h summed over the positions of each scored chat and averaged over questions, where
+    m is the would-say measure (mean per-token log-likelihood of the trait replies minus the
+    anti-trait replies): the direction in which moving the residual at ``hook`` raises the
+    trait measure. Read with the subject's own weights (use the finetuned model)."""
+    hp = parse_hook(hook, subject.n_layers)
+    total = torch.zeros(subject.d_model, dtype=torch.float32)
+    tok = subject.tokenizer
+    for q in questions:
+        for sign, replies in ((1.0, trait.trait_replies), (-1.0, trait.anti_replies)):
+            encs = [subject.encode_chat([{"role": "user", "content": q},
+                                         {"role": "assistant", "content": r}]) for r in replies]
+            width = max(len(e.input_ids) for e in encs)
+            ids = torch.full((len(encs), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(encs), width), dtype=torch.long)
+            for i, e in enumerate(encs):
+                ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+                mask[i, :len(e.input_ids)] = 1
+            kept: dict[str, torch.Tensor] = {}
+
+            def hold(resid: torch.Tensor) -> torch.Tensor:
+                leaf = resid.detach().requires_grad_(True)
+                kept["h"] = leaf
+                return leaf
+            with torch.enable_grad(), residual_hooks(subject.model, [(hp, hold)]):
+                logits = subject.model(input_ids=ids.to(subject.device),
+                                       attention_mask=mask.to(subject.device)).logits
+                lp = logits.float().log_softmax(-1)
+                score = logits.new_zeros((), dtype=torch.float32)
+                for i, e in enumerate(encs):
+                    s, t = e.response_start, e.response_end
+                    target = ids[i, s:t].to(subject.device)
+                    ll = lp[i, s - 1:t - 1].gather(-1, target[:, None]).mean()
+                    score = score + sign * ll / len(encs)
+                score.backward()
+            g = kept["h"].grad.float() * mask[..., None].to(kept["h"].device)
+            total += g.sum((0, 1)).cpu()
+    return total / max(len(questions), 1)
+
+
+def rank_candidates(sae, rows_finetuned: torch.Tensor, rows_base: torch.Tensor,
+                    gradient: torch.Tensor | None, cfg: ScreeningConfig) -> dict:
+    """Δ mean activation (and attribution, when a gradient is given) for every latent, and the
+    candidate list: top ``n_delta`` by Δ, then the top ``n_attribution`` by attribution that
+    are not already in."""
+    mass_f = activation_mass(sae, rows_finetuned)
+    delta = mass_f - activation_mass(sae, rows_base)
+    by_delta = torch.argsort(delta, descending=True)[:cfg.n_delta].tolist()
+    candidates = list(by_delta)
+    attribution = None
+    if gradient is not None and cfg.n_attribution:
+        rows = decoder_rows(sae, range(sae.cfg.d_sae)).float().cpu()
+        attribution = delta * (rows @ gradient.float())
+        extra = [i for i in torch.argsort(attribution, descending=True).tolist()
+                 if i not in set(by_delta)][:cfg.n_attribution]
+        candidates += extra
+    return {"candidates": candidates, "by_delta": by_delta,
+            "delta": delta.tolist(), "mass_finetuned": mass_f.tolist(),
+            "attribution": None if attribution is None else attribution.tolist()}
+
+
+# --- steps 2 and 3: screen and choose ------------------------------------------------------
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    return {r["key"]: r for r in map(json.loads, path.read_text("utf-8").splitlines())}
+
+
+def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[int],
+                   metric: Metric, cfg: ScreeningConfig, out: str | Path,
+                   info: dict | None = None) -> dict:
+    """Steer each candidate in ``base`` and ablate it in ``finetuned`` (``metric`` on selection
+    material), then choose the set of ≤ ``max_set`` latents whose joint ablation removes most
+    of the finetuned − base gap. Resumable: ``out/screen.jsonl`` and ``out/sets.jsonl`` keep
+    every measured row; ``out/chosen.json`` is the result."""
+    out = Path(out)
+    if (out / "chosen.json").is_file():
+        return read_json(out / "chosen.json")
+    m_b, m_f = np.asarray(metric(base)), np.asarray(metric(finetuned))
+    gap = float((m_f - m_b).mean())
+    if not gap > 0:
+        raise ScreeningError(f"the finetuned model is not above the base on the selection "
+                             f"measure (gap {gap:+.3f}); there is no shift to screen for")
+    path = out / "screen.jsonl"
+    done = _read_rows(path)
+    for i in candidates:
+        key = str(int(i))
+        if key in done:
+            continue
+        target = SAELatents(sae, [int(i)])
+        with steer(base, target, cfg.steer_alpha):
+            s = np.asarray(metric(base))
+        with ablate(finetuned, target, "latent"):
+            a = np.asarray(metric(finetuned))
+        done[key] = {"key": key, "latent": int(i), "steer_effect": float((s - m_b).mean()),
+                     "ablate_effect": float((m_f - a).mean()),
+                     "gap_removed": float((m_f - a).mean() / gap)}
+        write_jsonl(path, done.values())
+    rows = sorted(done.values(), key=lambda r: -r[cfg.rank_by])
+    order = [r["latent"] for r in rows]
+    sets_path = out / "sets.jsonl"
+    sets = _read_rows(sets_path)
+    for k in range(1, min(cfg.max_set, len(order)) + 1):
+        key = str(k)
+        if key not in sets:
+            with ablate(finetuned, SAELatents(sae, order[:k]), "latent"):
+                a = np.asarray(metric(finetuned))
+            sets[key] = {"key": key, "latents": order[:k],
+                         "gap_removed": float((m_f - a).mean() / gap)}
+            write_jsonl(sets_path, sets.values())
+    best = max(sets.values(), key=lambda r: (round(r["gap_removed"], 6), -len(r["latents"])))
+    chosen = {"latents": best["latents"], "selection_gap_removed": best["gap_removed"],
+              "selection_gap": gap, "sets": list(sets.values()), "screen": rows,
+              "config": asdict(cfg), **(info or {})}
+    write_json(out / "chosen.json", chosen)
+    return chosen
+
+
+# --- step 4: the matched null ----------------------------------------------------------------
+
+def decile_bins(mass: torch.Tensor | Sequence[float], n_bins: int = 10) -> np.ndarray:
+    """Each latent's decile of activation mass among latents that fire at all (-1: dead)."""
+    m = np.asarray(mass, dtype=np.float64)
+    alive = m > 0
+    bins = np.full(m.shape, -1)
+    if alive.sum() < n_bins:
+        raise ScreeningError(f"only {int(alive.sum())} latents fire on these tokens; too few "
+                             "to match random sets by activation decile")
+    edges = np.quantile(m[alive], np.linspace(0, 1, n_bins + 1)[1:-1])
+    bins[alive] = np.searchsorted(edges, m[alive], side="right")
+    return bins
+
+
+def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[int],
+                        n_draws: int = 100, seed: int = 0, n_bins: int = 10,
+                        ) -> list[list[int]]:
+    """``n_draws`` random latent sets of ``len(chosen)``, each member drawn (without
+    replacement, never a chosen latent) from the activation-mass decile of the chosen latent it
+    stands for. The same seed gives the same draws, so every evaluation seed uses them."""
+    bins = decile_bins(mass, n_bins)
+    rng = np.random.default_rng(seed)
+    chosen_set = {int(c) for c in chosen}
+    pools = {}
+    for c in chosen:
+        b = int(bins[int(c)])        # -1: a latent silent on these tokens, matched by silent ones
+        pools[b] = np.array([i for i in np.flatnonzero(bins == b) if i not in chosen_set])
+        if len(pools[b]) < len(chosen):
+            raise ScreeningError(f"too few latents in latent {c}'s activation decile to draw "
+                                 "matched random sets from")
+    draws = []
+    for _ in range(n_draws):
+        picked: list[int] = []
+        for c in chosen:
+            pool = [i for i in pools[int(bins[int(c)])] if i not in picked]
+            picked.append(int(rng.choice(pool)))
+        draws.append(picked)
+    return draws
