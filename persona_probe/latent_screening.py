@@ -100,12 +100,12 @@ def measure_gradient(subject: Subject, trait: Trait, questions: Sequence[str], h
             with torch.enable_grad(), residual_hooks(subject.model, [(hp, hold)]):
                 logits = subject.model(input_ids=ids.to(subject.device),
                                        attention_mask=mask.to(subject.device)).logits
-                lp = logits.float().log_softmax(-1)
                 score = logits.new_zeros((), dtype=torch.float32)
                 for i, e in enumerate(encs):
                     s, t = e.response_start, e.response_end
                     target = ids[i, s:t].to(subject.device)
-                    ll = lp[i, s - 1:t - 1].gather(-1, target[:, None]).mean()
+                    lp = logits[i, s - 1:t - 1].float().log_softmax(-1)  # scored positions only
+                    ll = lp.gather(-1, target[:, None]).mean()
                     score = score + sign * ll / len(encs)
                 score.backward()
             g = kept["h"].grad.float() * mask[..., None].to(kept["h"].device)
@@ -231,3 +231,36 @@ def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[i
             picked.append(int(rng.choice(pool)))
         draws.append(picked)
     return draws
+
+
+def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
+                    questions: Sequence[str], items, cfg: ScreeningConfig, out: str | Path,
+                    ) -> dict:
+    """The whole procedure on one finetune: residuals of both models on the same diffing
+    ``items`` (response tokens), attribution from the trait measure's gradient on the finetuned
+    model, candidates, screening on (``trait``, ``questions``) — the *selection* material —
+    and the chosen set (``out/chosen.json``, with ``top_delta``: the naive top-Δ set of the
+    same size, and ``mass_finetuned`` for matched nulls). Resumable."""
+    from persona_probe.latents import token_activations
+    from persona_probe.likelihood import trait_scores
+
+    out = Path(out)
+    if (out / "chosen.json").is_file():
+        return read_json(out / "chosen.json")
+    hook = sae.cfg.metadata.hook_name
+    rows_b, _ = token_activations(base, sae, items)
+    rows_f, _ = token_activations(finetuned, sae, items)
+    if (out / "candidates.json").is_file():
+        cand = read_json(out / "candidates.json")
+    else:
+        grad = (measure_gradient(finetuned, trait, questions, hook) if cfg.n_attribution
+                else None)
+        cand = rank_candidates(sae, rows_f, rows_b, grad, cfg)
+        write_json(out / "candidates.json", cand)
+    chosen = screen_latents(base, finetuned, sae, cand["candidates"],
+                            lambda s: trait_scores(s, trait, questions), cfg, out,
+                            info={"tokens": int(rows_f.shape[0])})
+    chosen["top_delta"] = cand["by_delta"][:len(chosen["latents"])]
+    chosen["mass_finetuned"] = cand["mass_finetuned"]
+    write_json(out / "chosen.json", chosen)
+    return chosen

@@ -69,9 +69,10 @@ class PersonaLatentsConfig:
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
         self.steer_alphas = tuple(float(a) for a in self.steer_alphas)
         self.vector_edits = tuple(self.vector_edits)
-        if self.selection_seed in self.eval_seeds or not self.eval_seeds:
+        if not self.eval_seeds or (self.selection_seed in self.eval_seeds and not self.tiny):
             raise PersonaProbeError("eval_seeds must not include selection_seed (the selection "
-                                    "seed never reports a final number)")
+                                    "seed never reports a final number; only a tiny demo run "
+                                    "may evaluate on it, and it makes no claim)")
         if not self.tiny and len(self.eval_seeds) < 3:
             raise PersonaProbeError("eval_seeds needs >= 3 seeds for an effect claim (set "
                                     "tiny: true for a smoke run that makes none)")
@@ -85,6 +86,12 @@ class PersonaLatentsConfig:
         bad = [e for e in self.vector_edits if e not in VECTOR_EDITS]
         if bad:
             raise PersonaProbeError(f"vector_edits {bad}: use {', '.join(VECTOR_EDITS)}")
+        label = "shipped SAE" if self.sae == "shipped" else "SAE"
+        rows = [f"{label} / causal screening", f"{label} / top Δ",
+                *(f"persona vector / {e}" for e in self.vector_edits)]
+        if self.primary not in rows:
+            raise PersonaProbeError(f"primary {self.primary!r} names no row of the results; "
+                                    f"use one of {rows}")
         ScreeningConfig(**self.screening)
         OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
 
@@ -141,8 +148,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.interventions import (SAELatents, ablate, reference_projection, shift,
                                              steer)
     from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
-                                                measure_gradient, rank_candidates,
-                                                screen_latents)
+                                                screen_finetune)
     from persona_probe.latents import token_activations, top_examples
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
@@ -228,17 +234,10 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     stage("screening (selection seed)")
 
     def build_screen(d: Path) -> dict:
-        if (d / "chosen.json").is_file():
+        if (d / "examples.done").is_file():
             return read_json(d / "chosen.json")
         f0 = finetuned(cfg.selection_seed)
-        rows_f, _ = token_activations(f0, sae, items)
-        grad = measure_gradient(f0, sel_trait, sel_q, hook) if scfg.n_attribution else None
-        cand = rank_candidates(sae, rows_f, rows_base, grad, scfg)
-        write_json(d / "candidates.json", cand)
-        chosen = screen_latents(base, f0, sae, cand["candidates"], selection_metric, scfg, d,
-                                info={"tokens": int(rows_f.shape[0])})
-        k = len(chosen["latents"])
-        chosen["top_delta"] = cand["by_delta"][:k]
+        chosen = screen_finetune(base, f0, sae, sel_trait, sel_q, items, scfg, d)
         ex = top_examples(f0, sae, items, chosen["latents"] + chosen["top_delta"],
                           n=cfg.top_examples)
         chosen["examples"] = {str(i): [{"text": "".join(e.tokens).replace("\n", " "),
@@ -249,8 +248,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         chosen["mean_projection"] = {
             "base": reference_projection(base, vec, every_layer, items),
             "finetuned": reference_projection(f0, vec, every_layer, items)}
-        chosen["mass_finetuned"] = cand["mass_finetuned"]
         write_json(d / "chosen.json", chosen)
+        (d / "examples.done").write_text("complete\n")
         return chosen
     chosen = stages.run("screen-shipped-sae", {
         **common, "sae": sae_id, "organism": organism_fp(cfg.selection_seed),
@@ -400,6 +399,7 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
         return curve
 
     rows, nulls = [], {}
+    sae_label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
     for name, lat in latent_sets.items():
         nulls[name] = null(name)
         curve = steer_curve(name)
@@ -407,7 +407,7 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
                       for j in range(cfg.null_draws) if f"null {name}|{j}" in steer_vals.rows]
         means = [c["mean"] for c in curve]
         rows.append({
-            "dictionary": "shipped SAE", "method": name, "latents": lat,
+            "dictionary": sae_label, "method": name, "latents": lat,
             "gap_removed": removed(name), "base_shift": base_shift(name),
             "null_p95": nulls[name]["p95"], "null_mean": nulls[name]["mean"],
             "steer_effect": curve[-1], "steer_curve": curve,
@@ -415,7 +415,7 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
             "steer_null_p95": float(np.quantile(steer_null, 0.95)) if steer_null else None,
             "steer_null_mean": float(np.mean(steer_null)) if steer_null else None,
             "steer_alpha": top,
-            "primary": f"shipped SAE / {name}" == cfg.primary})
+            "primary": f"{sae_label} / {name}" == cfg.primary})
     vec_curve = steer_curve("vector")
     for edit in cfg.vector_edits:
         has_null = edit == "directional"
@@ -498,9 +498,9 @@ def draw(out: Path) -> list[Path]:
                       yaxis_title="share of the gap", template="plotly_white")
     steer = go.Figure()
     for r in rows:
-        if r["dictionary"] == "shipped SAE" or r["method"].startswith("directional"):
+        if r["dictionary"] != "persona vector" or r["method"].startswith("directional"):
             c = r["steer_curve"]
-            name = r["method"] if r["dictionary"] == "shipped SAE" else "persona vector"
+            name = r["method"] if r["dictionary"] != "persona vector" else "persona vector"
             steer.add_scatter(name=name, x=[p["alpha"] for p in c], y=[p["mean"] for p in c],
                               error_y=dict(type="data", symmetric=False,
                                            array=[p["hi"] - p["mean"] for p in c],

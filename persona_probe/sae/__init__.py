@@ -1,11 +1,18 @@
 """Sparse autoencoders: training from activation stores (sae-lens classes, sae-lens format),
-loading (directories and the sae-lens registry), and quality metrics."""
+loading (directories and the sae-lens registry), and quality metrics; and a BatchTopK
+crosscoder for diffing a base and a finetuned model (``sae.crosscoder``)."""
 
 from persona_probe.sae.config import SAEConfigError, SAETrainConfig, build_training_sae
+from persona_probe.sae.crosscoder import (Crosscoder, CrosscoderConfig, CrosscoderConfigError,
+                                          CrosscoderError, CrosscoderLoadError, load_crosscoder,
+                                          paired_latent_ablation, save_crosscoder,
+                                          train_crosscoder)
 from persona_probe.sae.io import SAELoadError, SAEMismatchError, check_compatible, load_sae
 from persona_probe.sae.metrics import evaluate_sae, format_metrics
 from persona_probe.sae.train import SAETrainingError, train_sae
 
-__all__ = ["SAEConfigError", "SAELoadError", "SAEMismatchError", "SAETrainConfig",
-           "SAETrainingError", "build_training_sae", "check_compatible", "evaluate_sae",
-           "format_metrics", "load_sae", "train_sae"]
+__all__ = ["Crosscoder", "CrosscoderConfig", "CrosscoderConfigError", "CrosscoderError",
+           "CrosscoderLoadError", "SAEConfigError", "SAELoadError", "SAEMismatchError",
+           "SAETrainConfig", "SAETrainingError", "build_training_sae", "check_compatible",
+           "evaluate_sae", "format_metrics", "load_crosscoder", "load_sae",
+           "paired_latent_ablation", "save_crosscoder", "train_crosscoder"]

@@ -1,0 +1,19 @@
+"""Re-render the README's result tables from the committed results files.
+
+    python experiments/render_readme.py          # rewrite the blocks
+    python experiments/render_readme.py --check  # exit 1 when a block disagrees with its file
+"""
+
+import sys
+from pathlib import Path
+
+from persona_probe.experiments.readme_tables import check_readme, render_readme
+
+ROOT = Path(__file__).resolve().parent.parent
+
+if __name__ == "__main__":
+    if "--check" in sys.argv:
+        bad = [k for k, ok in check_readme(ROOT).items() if not ok]
+        print("README tables match their results" if not bad else f"out of date: {bad}")
+        sys.exit(1 if bad else 0)
+    print("rendered:", ", ".join(render_readme(ROOT)) or "nothing")

@@ -1,0 +1,279 @@
+"""The BatchTopK crosscoder on the real embedded model: a finetuned twin with a planted change
+(a fixed random unit direction u at blocks.15.hook_resid_post) must yield a finetuned-only
+latent along u; save/load round-trips and refuses corrupted weights; resumption is exact; the
+sparse training step matches dense autograd; and paired_latent_ablation removes exactly that
+latent's contribution from the finetuned model's residual."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from persona_probe.sae import (Crosscoder, CrosscoderConfig, CrosscoderConfigError,
+                               CrosscoderError, CrosscoderLoadError, load_crosscoder,
+                               paired_latent_ablation, train_crosscoder)
+from persona_probe.sae.crosscoder import CFG_JSON, WEIGHTS, step_loss
+
+HOOK = "blocks.15.hook_resid_post"
+LAYER = 15
+PLANT_ALPHA = 0.3       # planted norm, in units of the mean residual norm r̄ at layer 15
+PLANT_FRACTION = 0.3    # of the rows that carry it in the tensor-planted training data
+STEPS = 250
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.xdist_group("crosscoder")]   # shared fixtures: one worker
+
+
+@pytest.fixture(scope="module")
+def planted(subject):
+    """Base rows (60 everyday prompts, every non-special token), the planted direction, and
+    finetuned rows = base rows + c·u on a random 30% of rows, c = 0.3·r̄."""
+    from persona_probe.capture import collect_rows
+    from persona_probe.directions import random_direction
+    from persona_probe.prompts import load_prompts
+
+    items = load_prompts("builtin:everyday")[:60]
+    rows_b = collect_rows(subject, items, [HOOK], "all", 16)[0][HOOK]
+    direction = random_direction(subject.d_model, [LAYER], seed=7, name="planted")
+    u = direction.at(LAYER)
+    r_bar = float(rows_b.norm(dim=-1).double().mean())  # = interventions.residual_norms
+    g = torch.Generator().manual_seed(7)
+    mask = torch.rand(rows_b.shape[0], generator=g) < PLANT_FRACTION
+    c = PLANT_ALPHA * r_bar
+    rows_f = rows_b + mask[:, None].float() * c * u
+    return {"items": items, "rows_b": rows_b, "rows_f": rows_f, "u": u, "mask": mask,
+            "direction": direction, "c": c}
+
+
+def _cfg(d_model: int, **kw) -> CrosscoderConfig:
+    base = dict(d_model=d_model, hook=HOOK, expansion_factor=4, k=32, lr=1e-3, batch_size=256,
+                steps=STEPS, seed=0, dead_window=50, log_every=10, checkpoint_every=100,
+                device="cpu")
+    return CrosscoderConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(planted, subject, tmp_path_factory):
+    out = tmp_path_factory.mktemp("crosscoder") / "cc"
+    cc, metrics = train_crosscoder(_cfg(subject.d_model), planted["rows_b"], planted["rows_f"],
+                                   out=out, models={"base": subject,
+                                                    "finetuned": "planted twin (test)"})
+    return cc, metrics, out
+
+
+@pytest.fixture(scope="module")
+def planted_latent(trained, planted) -> int:
+    cc, _, _ = trained
+    ft = cc.latent_classes()["finetuned_only"]
+    W = cc.W_dec_F[ft].detach()
+    cos = (W @ planted["u"]).abs() / W.norm(dim=-1)
+    return int(ft[cos.argmax()])
+
+
+def test_training_finds_the_planted_latent(trained, planted):
+    cc, m, _ = trained
+    losses = [p["loss"] for p in m["loss_curve"]]
+    n = len(losses)
+    first, last = losses[:max(1, n // 10)], losses[-max(1, n // 5):]
+    assert sum(last) / len(last) < 0.25 * sum(first) / len(first), losses
+    assert m["explained_variance"]["base"] > 0.5 and m["explained_variance"]["finetuned"] > 0.5
+    assert 0 < m["l0"] < 3 * cc.cfg.k and m["rows"]["heldout"] > 0
+    assert m["finished"] and m["steps"] == STEPS
+    assert sum(m["classes"].values()) == pytest.approx(1.0)
+    counts = m["class_counts"]
+    assert counts["finetuned_only"] >= 1
+    assert counts["base_only"] <= 0.01 * cc.d_sae          # nothing was taken from B
+    assert m["classes"]["shared"] > 0.8                     # the rest is shared
+    ft = cc.latent_classes()["finetuned_only"]
+    W = cc.W_dec_F[ft].detach()
+    cos = (W @ planted["u"]).abs() / W.norm(dim=-1)
+    assert float(cos.max()) > 0.8, cos
+    i = int(ft[cos.argmax()])
+    acts = cc.encode(planted["rows_b"], planted["rows_f"])[:, i]
+    mask = planted["mask"]
+    assert float((acts[mask] > 0).float().mean()) > 0.8      # fires where the change is
+    assert float((acts[~mask] > 0).float().mean()) < 0.1     # and rarely elsewhere
+    assert cc.decoder_norm_ratio()[i] > cc.cfg.finetuned_only_min
+
+
+def test_saved_directory_round_trips_and_refuses_corruption(trained, planted, tmp_path):
+    cc, m, out = trained
+    meta = json.loads((out / CFG_JSON).read_text())
+    assert meta["hook"] == HOOK and meta["layer_convention"].startswith("blocks.{L}")
+    assert meta["models"]["base"]["model"] == "smollm2-135m-instruct"
+    assert meta["models"]["finetuned"] == "planted twin (test)"
+    assert set(meta["sha256"]) == {WEIGHTS}
+    assert json.loads((out / "metrics.json").read_text())["class_counts"] == m["class_counts"]
+    assert not (out / "checkpoint").exists()
+    loaded = load_crosscoder(out)
+    hb, hf = planted["rows_b"][:64], planted["rows_f"][:64]
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(hb, hf), cc.encode(hb, hf))
+        for a, b in zip(loaded(hb, hf), cc(hb, hf)):
+            assert torch.equal(a, b)
+    assert torch.equal(loaded.decoder_norm_ratio(), cc.decoder_norm_ratio())
+    assert loaded.hook == HOOK and loaded.d_sae == cc.d_sae
+    # resume=True on a finished run loads it instead of training again
+    again, m2 = train_crosscoder(cc.cfg, planted["rows_b"], planted["rows_f"], out=out,
+                                 resume=True)
+    assert torch.equal(again.W_dec_F, cc.W_dec_F) and m2["steps"] == m["steps"]
+    with pytest.raises(CrosscoderError, match="already exists"):
+        train_crosscoder(cc.cfg, planted["rows_b"], planted["rows_f"], out=out)
+
+    bad = tmp_path / "flipped"
+    bad.mkdir()
+    for f in out.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    blob = bytearray((bad / WEIGHTS).read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (bad / WEIGHTS).write_bytes(bytes(blob))
+    with pytest.raises(CrosscoderLoadError, match="corrupted"):
+        load_crosscoder(bad)
+    with pytest.raises(CrosscoderLoadError, match="not a crosscoder directory"):
+        load_crosscoder(tmp_path)
+
+
+def test_float16_save_loads_close(trained, planted, tmp_path):
+    cc, _, _ = trained
+    half = Crosscoder(CrosscoderConfig(**{**cc.cfg.to_dict(), "save_dtype": "float16"}),
+                      cc.input_scale, cc.models)
+    half.load_state_dict(cc.state_dict())
+    half.save(tmp_path / "h")
+    loaded = load_crosscoder(tmp_path / "h")
+    assert loaded.W_enc.dtype == torch.float32          # CPU default
+    hb, hf = planted["rows_b"][:64], planted["rows_f"][:64]
+    rec, ref = loaded(hb, hf)[1], cc(hb, hf)[1]
+    assert float((rec - ref).norm() / ref.norm()) < 0.02
+
+
+def test_resume_is_exact(planted, subject, tmp_path):
+    cfg = _cfg(subject.d_model, steps=12, checkpoint_every=5, log_every=3)
+    rows_b, rows_f = planted["rows_b"], planted["rows_f"]
+    straight, m1 = train_crosscoder(cfg, rows_b, rows_f)
+    out = tmp_path / "run"
+    _, partial = train_crosscoder(cfg, rows_b, rows_f, out=out, stop_after=7)
+    assert not partial["finished"] and (out / "checkpoint").is_dir()
+    resumed, m2 = train_crosscoder(cfg, rows_b, rows_f, out=out, resume=True)
+    for name, p in straight.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    assert [p["loss"] for p in m1["loss_curve"]] == [p["loss"] for p in m2["loss_curve"]]
+    other = _cfg(subject.d_model, steps=12, checkpoint_every=5, seed=1)
+    train_crosscoder(other, rows_b, rows_f, out=tmp_path / "b", stop_after=6)
+    with pytest.raises(CrosscoderError, match="different run"):
+        train_crosscoder(cfg, rows_b, rows_f, out=tmp_path / "b", resume=True)
+
+
+def test_inputs_and_config_are_validated(planted, subject):
+    d = subject.d_model
+    with pytest.raises(CrosscoderError, match="same tokens"):
+        train_crosscoder(_cfg(d), planted["rows_b"], planted["rows_f"][:-1])
+    with pytest.raises(CrosscoderError, match="d_model"):
+        train_crosscoder(_cfg(d + 1), planted["rows_b"], planted["rows_f"])
+    with pytest.raises(CrosscoderError, match="fewer than one batch"):
+        train_crosscoder(_cfg(d, batch_size=4096), planted["rows_b"], planted["rows_f"])
+    with pytest.raises(CrosscoderConfigError, match="cut-offs"):
+        _cfg(d, shared_min=0.05)
+    with pytest.raises(CrosscoderConfigError, match="exceeds d_sae"):
+        _cfg(d, d_sae=16, k=32)
+    with pytest.raises(CrosscoderConfigError, match="unknown hook"):
+        _cfg(d, hook="layer15")
+    with pytest.raises(CrosscoderConfigError, match="unknown keys"):
+        CrosscoderConfig.from_dict({"d_model": d, "topk": 3})
+
+
+def test_sparse_step_matches_dense_autograd(planted):
+    """Loss and every gradient of the sparse step (BatchTopK + AuxK) against the plain dense
+    formulas, in float64, on real rows."""
+    torch.manual_seed(0)
+    cfg = CrosscoderConfig(d_model=576, d_sae=512, k=8, aux_k=24, aux_coefficient=0.5,
+                           device="cpu")
+    m = Crosscoder(cfg).double()
+    with torch.no_grad():
+        m.b_enc.normal_(0, 0.1)
+    s = 576 ** 0.5 / float(planted["rows_b"].norm(dim=-1).mean())
+    xb = planted["rows_b"][:48].double() * s
+    xf = planted["rows_f"][:48].double() * s
+    dead = torch.rand(512, generator=torch.Generator().manual_seed(1)) < 0.3
+    out = step_loss(m, xb, xf, dead)
+    out.loss.backward()
+    sparse = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+
+    x = torch.cat([xb, xf], 1)
+    z = x @ m.W_enc + m.b_enc
+    pre = z.relu()
+    kth = pre.detach().reshape(-1).topk(cfg.k * 48).values.min()
+    a = pre * ((pre.detach() >= kth) & (pre.detach() > 0))
+    rb, rf = a @ m.W_dec_B + m.b_dec_B, a @ m.W_dec_F + m.b_dec_F
+    mse = (rb - xb).pow(2).sum(-1).mean() + (rf - xf).pow(2).sum(-1).mean()
+    n_dead = int(dead.sum())
+    top = torch.where(dead[None], z.detach(), -torch.inf).topk(24, dim=-1).indices
+    za = z * torch.zeros_like(z, dtype=torch.bool).scatter_(1, top, True)
+    aux = 0.5 * min(n_dead / 24, 1.0) * (
+        (za @ m.W_dec_B - (xb - rb).detach()).pow(2).sum(-1).mean()
+        + (za @ m.W_dec_F - (xf - rf).detach()).pow(2).sum(-1).mean())
+    (mse + aux).backward()
+    assert float(out.loss) == pytest.approx(float(mse + aux), rel=1e-10)
+    assert float(out.l0) == pytest.approx(cfg.k, abs=0.5)
+    for name, p in m.named_parameters():
+        torch.testing.assert_close(sparse[name], p.grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.fixture(scope="module")
+def finetuned(subject):
+    """A second copy of the embedded model (its own module objects): the 'finetuned' twin,
+    planted by a steer context in the tests that need the change."""
+    import copy
+    import dataclasses
+
+    return dataclasses.replace(subject, model=copy.deepcopy(subject.model), cache={})
+
+
+def test_paired_latent_ablation_removes_the_planted_latent(subject, finetuned, trained,
+                                                           planted, planted_latent):
+    from persona_probe.capture import collect_rows
+    from persona_probe.interventions import steer
+
+    cc, _, _ = trained
+    i = planted_latent
+    items = planted["items"][:8]
+    h_b = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+    # steer adds α·r̄·u with r̄ over its reference set; these 8 items keep that cheap, and α is
+    # rescaled so that the planted vector is the training data's c·u exactly
+    r_ref = float(h_b.norm(dim=-1).double().mean())
+    alpha = planted["c"] / r_ref
+    with steer(finetuned, planted["direction"], alpha=alpha, layers=[LAYER], reference=items):
+        h_f = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+        with paired_latent_ablation(finetuned, subject, cc, [i]):
+            h_abl = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+        after = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+    assert torch.equal(after, h_f)                     # hooks are gone after the block
+    with torch.no_grad():
+        a = cc.encode(h_b, h_f)[:, i]
+        expected = h_f - a[:, None] * cc.W_dec_F[i]
+    assert float((a > 0).float().mean()) > 0.8          # every token carries the plant
+    torch.testing.assert_close(h_abl, expected, rtol=0, atol=1e-3)
+    change = h_f - h_abl
+    cos = (change @ planted["u"]) / change.norm(dim=-1).clamp_min(1e-12)
+    assert float(cos[a > 0].min()) > 0.95
+    # the plant is (mostly) gone: the ablated residual is much closer to the base's
+    assert float((h_abl - h_b).norm(dim=-1).mean()) < 0.5 * float((h_f - h_b).norm(dim=-1).mean())
+
+
+def test_paired_latent_ablation_refuses_what_it_cannot_do(subject, finetuned, trained,
+                                                          planted_latent):
+    cc, _, _ = trained
+    with pytest.raises(CrosscoderError, match="same model object"):
+        with paired_latent_ablation(subject, subject, cc, [planted_latent]):
+            pass
+    with pytest.raises(CrosscoderError, match="not in 0"):
+        with paired_latent_ablation(finetuned, subject, cc, [cc.d_sae]):
+            pass
+    ids = subject.tokenizer("Hello there", return_tensors="pt").input_ids
+    with paired_latent_ablation(finetuned, subject, cc, [planted_latent]):
+        with pytest.raises(CrosscoderError, match="KV cache"):
+            finetuned.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                     do_sample=False)
