@@ -23,6 +23,7 @@ measured are not measured twice); the experiment around it fingerprints that dir
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,7 +173,8 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
                      "ablate_effect": float((m_f - a).mean()),
                      "gap_removed": float((m_f - a).mean() / gap)}
         write_jsonl(path, done.values())
-    rows = sorted(done.values(), key=lambda r: -r[cfg.rank_by])
+    wanted = {str(int(i)) for i in candidates}
+    rows = sorted((r for k, r in done.items() if k in wanted), key=lambda r: -r[cfg.rank_by])
     order = [r["latent"] for r in rows]
     sets_path = out / "sets.jsonl"
     sets = _read_rows(sets_path)
@@ -185,7 +187,12 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
                          "gap_removed": float((m_f - a).mean() / gap)}
             write_jsonl(sets_path, sets.values())
     best = max(sets.values(), key=lambda r: (round(r["gap_removed"], 6), -len(r["latents"])))
+    if best["gap_removed"] <= 0:
+        warnings.warn(f"no set of up to {cfg.max_set} candidates removes any of the selection "
+                      f"gap (best {best['gap_removed']:+.1%}); the chosen set is flagged "
+                      "'removes_selection_gap: false'", stacklevel=2)
     chosen = {"latents": best["latents"], "selection_gap_removed": best["gap_removed"],
+              "removes_selection_gap": best["gap_removed"] > 0,
               "selection_gap": gap, "sets": list(sets.values()), "screen": rows,
               "config": asdict(cfg), **(info or {})}
     write_json(out / "chosen.json", chosen)
@@ -246,7 +253,9 @@ def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
 
     out = Path(out)
     if (out / "chosen.json").is_file():
-        return read_json(out / "chosen.json")
+        done = read_json(out / "chosen.json")
+        if "top_delta" in done:          # else killed between the two writes: finish it
+            return done
     hook = sae.cfg.metadata.hook_name
     rows_b, _ = token_activations(base, sae, items)
     rows_f, _ = token_activations(finetuned, sae, items)

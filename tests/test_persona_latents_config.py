@@ -44,3 +44,72 @@ def test_a_tiny_run_may_evaluate_on_its_selection_seed_but_says_so():
     raw = read_json_config(CONFIGS / "persona_latents-demo-smollm2-cpu.json", "demo config")
     cfg = PersonaLatentsConfig.from_dict(raw)
     assert cfg.tiny and cfg.eval_seeds == (cfg.selection_seed,)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+
+def _synthetic(gap_per_seed, removed=0.5, base_move=0.0, null_removed=0.0, q=40):
+    """Per-question values where the finetune sits ``gap`` above the base, the screened edit
+    removes ``removed`` of it, and random sets remove ``null_removed``."""
+    import numpy as np
+
+    from persona_probe.experiments.persona_latents import PersonaLatentsConfig
+
+    rng = np.random.default_rng(0)
+    cfg = PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
+                               eval_seeds=(1, 2, 3), null_draws=20, tiny=True,
+                               steer_alphas=(0.0, 0.2, 0.4), vector_edits=("directional",))
+    B = rng.normal(-1, 0.3, q)
+    values = {}
+    for s, g in zip(cfg.eval_seeds, gap_per_seed):
+        F = B + g + rng.normal(0, 0.02, q)
+        rows = {"F": F, "B": B}
+        for name in ("causal screening", "top Δ", "vector directional"):
+            rows[f"F|{name}"] = F - removed * g
+            rows[f"B|{name}"] = B + base_move
+            for j in range(cfg.null_draws):
+                rows[f"F|null {name}|{j}"] = F - null_removed * g + rng.normal(0, 0.001, q)
+        values[s] = _Rows({k: list(v) for k, v in rows.items()})
+    steer = {"B": list(B)}
+    for a in (0.2, 0.4):
+        for name in ("causal screening", "top Δ", "vector"):
+            steer[f"{name}|{a}"] = list(B + a)
+    for j in range(cfg.null_draws):
+        steer[f"null causal screening|{j}"] = list(B + 0.01 * rng.normal(size=q))
+    return cfg, values, _Rows(steer)
+
+
+def _aggregate(cfg, values, steer):
+    import numpy as np
+
+    from persona_probe.experiments.persona_latents import _aggregate as agg
+    from persona_probe.stats import bootstrap, crossed_bootstrap
+
+    sets = {"causal screening": [1, 2], "top Δ": [3, 4]}
+    return agg(cfg, values, steer, sets, {}, np, crossed_bootstrap, bootstrap)
+
+
+def test_aggregate_recovers_a_planted_edit_and_its_null():
+    res = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6, null_removed=0.0))
+    row = next(r for r in res["screening"] if r["method"] == "causal screening")
+    assert res["gap_resolved"] and abs(res["treatment_minus_base"]["mean"] - 0.3) < 0.01
+    assert abs(row["gap_removed"]["mean"] - 0.6) < 0.01 and abs(row["null_p95"]) < 0.05
+    assert abs(row["effect_finetuned"]["mean"] - 0.18) < 0.01
+    assert row["base_shift"]["mean"] == 0 and row["goal"]["met"] is True
+    assert row["steer_monotonic"] and row["steer_effect"]["mean"] > row["steer_null_p95"]
+    vec = next(r for r in res["screening"] if r["dictionary"] == "persona vector")
+    assert vec["goal"]["steer_monotonic_beyond_null"] is None and vec["goal"]["met"] is None
+
+
+def test_aggregate_says_when_the_gap_is_not_there():
+    res = _aggregate(*_synthetic([0.3, -0.2, 0.02], removed=0.6))
+    assert not res["gap_resolved"]
+    assert all(r["goal"]["met"] is False for r in res["screening"])
+    assert res["gap_per_seed"]["2"] < 0 < res["gap_per_seed"]["1"]
+    # a base that moves as much as the gap fails the base-shift goal even with a clear gap
+    moved = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6, base_move=-0.15))
+    row = next(r for r in moved["screening"] if r["method"] == "causal screening")
+    assert abs(row["base_shift"]["mean"] + 0.5) < 0.01 and row["goal"]["met"] is False

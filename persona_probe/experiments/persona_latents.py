@@ -81,6 +81,8 @@ class PersonaLatentsConfig:
                                     "tiny: true for a smoke run that makes none)")
         if self.null_draws < 2:
             raise PersonaProbeError("null_draws must be >= 2")
+        if list(self.steer_alphas) != sorted(self.steer_alphas):
+            raise PersonaProbeError("steer_alphas must be in increasing order")
         if 0.0 not in self.steer_alphas:
             raise PersonaProbeError("steer_alphas must include 0.0")
         bad = [e for e in self.vector_edits if e not in VECTOR_EDITS]
@@ -176,9 +178,6 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     every_layer = tuple(range(base.n_layers))
     common = {"command": command, "model": _identity(base), "split": asdict(split)}
 
-    def selection_metric(s):
-        return trait_scores(s, sel_trait, sel_q)
-
     def evaluation_metric(s):
         return trait_scores(s, ev_trait, ev_q)
 
@@ -234,8 +233,9 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     stage("screening (selection seed)")
 
     def build_screen(d: Path) -> dict:
-        if (d / "examples.done").is_file():
-            return read_json(d / "chosen.json")
+        done = read_json(d / "chosen.json") if (d / "chosen.json").is_file() else {}
+        if (d / "examples.done").is_file() or "mean_projection" in done:
+            return done
         f0 = finetuned(cfg.selection_seed)
         chosen = screen_finetune(base, f0, sae, sel_trait, sel_q, items, scfg, d)
         ex = top_examples(f0, sae, items, chosen["latents"] + chosen["top_delta"],
@@ -316,6 +316,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
     def build_steer(d: Path) -> _Values:
         v = _Values(d / "values.jsonl")
+        if (d / "done").is_file():
+            return v
         v.get("B", lambda: evaluation_metric(base))
         top = max(cfg.steer_alphas)
         for name, lat in latent_sets.items():
@@ -332,6 +334,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
             if a:
                 with steer(base, vec, a, [layer]):
                     v.get(f"vector|{a}", lambda: evaluation_metric(base))
+        (d / "done").write_text("complete\n")
         return v
     steer_vals = stages.run("steer-base", {**eval_inputs, "alphas": list(cfg.steer_alphas)},
                             build_steer)
@@ -367,25 +370,30 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
 def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,
                ) -> dict:
-    """Gap removed, base shift, nulls and steering, every estimate over seeds × questions."""
+    """Gap removed, base shift, nulls and steering, every estimate over seeds × questions.
+
+    Ratios to the treatment − base gap mean something only when that gap is resolved (its CI
+    above 0 and every seed agreeing in sign); the raw effects of each edit on each model, in
+    measure units, are reported beside them and stay defined when it is not."""
     seeds = list(cfg.eval_seeds)
 
     def table(key: str) -> "np.ndarray":
         return np.array([values[s].rows[key] for s in seeds])
     F, B = table("F"), table("B")
     gap = F - B
-
-    def removed(key: str) -> dict:
-        return crossed_bootstrap(F - table(f"F|{key}"), gap).to_dict()
-
-    def base_shift(key: str) -> dict:
-        return crossed_bootstrap(table(f"B|{key}") - B, gap).to_dict()
+    gap_est = crossed_bootstrap(gap)
+    resolved = gap_est.lo > 0 and gap_est.signs_agree
+    # smallest gap this design resolves with 80% power at a two-sided 5% level: 2.8 SE
+    detectable = 2.8 * (gap_est.hi - gap_est.lo) / 3.92
 
     def null(prefix: str) -> dict:
-        draws = [float((F - table(f"F|null {prefix}|{j}")).mean() / gap.mean())
-                 for j in range(cfg.null_draws)]
-        return {"mean": float(np.mean(draws)), "p95": float(np.quantile(draws, 0.95)),
-                "draws": len(draws), "values": draws}
+        effects = [float((F - table(f"F|null {prefix}|{j}")).mean())
+                   for j in range(cfg.null_draws)]
+        ratios = [e / float(gap.mean()) for e in effects]
+        return {"mean": float(np.mean(ratios)), "p95": float(np.quantile(ratios, 0.95)),
+                "effect_mean": float(np.mean(effects)),
+                "effect_p95": float(np.quantile(effects, 0.95)),
+                "draws": len(effects), "values": ratios}
 
     steer_b = np.array(steer_vals.rows["B"])
     top = max(cfg.steer_alphas)
@@ -398,58 +406,72 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
                 curve.append({"alpha": a, **bootstrap(eff).to_dict()})
         return curve
 
-    rows, nulls = [], {}
-    sae_label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
-    for name, lat in latent_sets.items():
-        nulls[name] = null(name)
-        curve = steer_curve(name)
-        steer_null = [float((np.array(steer_vals.rows[f"null {name}|{j}"]) - steer_b).mean())
-                      for j in range(cfg.null_draws) if f"null {name}|{j}" in steer_vals.rows]
+    def edit_row(dictionary: str, method: str, key: str, latents, null_key: str | None,
+                 curve: list[dict], steer_null: list[float]) -> dict:
+        nl = nulls.get(null_key) if null_key else None
         means = [c["mean"] for c in curve]
-        rows.append({
-            "dictionary": sae_label, "method": name, "latents": lat,
-            "gap_removed": removed(name), "base_shift": base_shift(name),
-            "null_p95": nulls[name]["p95"], "null_mean": nulls[name]["mean"],
+        return {
+            "dictionary": dictionary, "method": method, "latents": latents,
+            "gap_removed": crossed_bootstrap(F - table(f"F|{key}"), gap).to_dict(),
+            "base_shift": crossed_bootstrap(table(f"B|{key}") - B, gap).to_dict(),
+            "effect_finetuned": crossed_bootstrap(F - table(f"F|{key}")).to_dict(),
+            "effect_base": crossed_bootstrap(table(f"B|{key}") - B).to_dict(),
+            "null_p95": nl["p95"] if nl else None, "null_mean": nl["mean"] if nl else None,
+            "null_effect_p95": nl["effect_p95"] if nl else None,
             "steer_effect": curve[-1], "steer_curve": curve,
             "steer_monotonic": bool(np.all(np.diff(means) > 0)),
             "steer_null_p95": float(np.quantile(steer_null, 0.95)) if steer_null else None,
             "steer_null_mean": float(np.mean(steer_null)) if steer_null else None,
-            "steer_alpha": top,
-            "primary": f"{sae_label} / {name}" == cfg.primary})
+            "steer_alpha": top}
+
+    rows, nulls = [], {}
+    sae_label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
+    for name, lat in latent_sets.items():
+        nulls[name] = null(name)
+        steer_null = [float((np.array(steer_vals.rows[f"null {name}|{j}"]) - steer_b).mean())
+                      for j in range(cfg.null_draws) if f"null {name}|{j}" in steer_vals.rows]
+        rows.append({**edit_row(sae_label, name, name, lat, name, steer_curve(name), steer_null),
+                     "primary": f"{sae_label} / {name}" == cfg.primary})
     vec_curve = steer_curve("vector")
+    if "directional" in cfg.vector_edits:
+        nulls["vector directional"] = null("vector directional")
     for edit in cfg.vector_edits:
-        has_null = edit == "directional"
-        if has_null:
-            nulls["vector directional"] = null("vector directional")
-        rows.append({
-            "dictionary": "persona vector", "method": f"{edit} (every layer)"
-            if edit in ("directional", "mean", "shift_every_layer") else edit,
-            "latents": None, "gap_removed": removed(f"vector {edit}"),
-            "base_shift": base_shift(f"vector {edit}"),
-            "null_p95": nulls["vector directional"]["p95"] if has_null else None,
-            "null_mean": nulls["vector directional"]["mean"] if has_null else None,
-            "steer_effect": vec_curve[-1], "steer_curve": vec_curve,
-            "steer_monotonic": bool(np.all(np.diff([c["mean"] for c in vec_curve]) > 0)),
-            "steer_null_p95": None, "steer_null_mean": None, "steer_alpha": top,
-            "primary": f"persona vector / {edit}" == cfg.primary})
+        method = (f"{edit} (every layer)" if edit in ("directional", "mean") else edit)
+        rows.append({**edit_row("persona vector", method, f"vector {edit}", None,
+                                "vector directional" if edit == "directional" else None,
+                                vec_curve, []),
+                     "primary": f"persona vector / {edit}" == cfg.primary})
     for r in rows:
         g, b = r["gap_removed"], r["base_shift"]
-        r["goal"] = {
+        has_null, has_steer_null = r["null_p95"] is not None, r["steer_null_p95"] is not None
+        r["goal"] = {       # None: not testable (no null was drawn for this row)
+            "gap_resolved": bool(resolved),
             "gap_removed_ge_50pct": g["mean"] >= 0.5,
+            "gap_removed_seeds_agree": all(v > 0 for v in g["per_seed"]),
             "base_shift_ci_within_25pct": b["lo"] >= -0.25 and b["hi"] <= 0.25,
-            "null_p95_below_10pct": r["null_p95"] is not None and r["null_p95"] < 0.10,
-            "ci_lower_above_null_p95": r["null_p95"] is not None and g["lo"] > r["null_p95"],
+            "null_p95_below_10pct": r["null_p95"] < 0.10 if has_null else None,
+            "ci_lower_above_null_p95": g["lo"] > r["null_p95"] if has_null else None,
             "steer_monotonic_beyond_null": bool(
-                r["steer_monotonic"] and r["steer_null_p95"] is not None
-                and r["steer_effect"]["lo"] > r["steer_null_p95"])}
-        r["goal"]["met"] = all(r["goal"].values())
+                r["steer_monotonic"] and r["steer_effect"]["lo"] > r["steer_null_p95"])
+            if has_steer_null else None}
+        vals = list(r["goal"].values())
+        r["goal"]["met"] = (False if False in vals else None if None in vals else True)
+        if r["method"] == "shift_every_layer":
+            r["caveat"] = ("subtracts each layer's total shift although earlier subtractions "
+                           "are carried forward by the residual stream, so it removes roughly "
+                           "the cumulative shift: an invalid edit, reported for completeness")
+        if r["dictionary"] == "persona vector":
+            r["steer_caveat"] = "the persona vector steered at the SAE's layer (one curve)"
     return {"measure": "would-say: mean per-token log-likelihood of the trait's replies minus "
                        "the anti-trait's, no system prompt; evaluation questions and replies",
-            "treatment_minus_base": crossed_bootstrap(gap).to_dict(),
+            "treatment_minus_base": gap_est.to_dict(),
+            "gap_resolved": bool(resolved),
+            "minimum_detectable_gap": float(detectable),
+            "gap_per_seed": {str(s): float(v) for s, v in zip(seeds, gap.mean(1))},
             "would_say": {"base": crossed_bootstrap(B).to_dict(),
                           "treatment": crossed_bootstrap(F).to_dict()},
             "screening": rows,
-            "nulls": {k: {kk: vv for kk, vv in v.items()} for k, v in nulls.items()}}
+            "nulls": nulls}
 
 
 def _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned, token_activations) -> dict:

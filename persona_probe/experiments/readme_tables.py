@@ -35,53 +35,126 @@ def _ci(e: dict | None, pct: bool = False) -> str:
     return f"{e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
 
 
+def _sha(sha: str | None) -> str:
+    sha = str(sha)
+    return sha[:10] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:+.0%}"
 
 
 @register("persona_latents", "figures/persona_latents/results.json")
 def render_persona_latents(res: dict) -> str:
-    seeds = res["seeds"]
-    mins = res["compute_seconds_total"] / 60
-    head = (f"Run at `{res['git_sha'][:10]}`, `from_scratch: {str(res['from_scratch']).lower()}`; "
+    seeds, mat = res["seeds"], res["material"]
+    gap = res["treatment_minus_base"]
+    per_seed = ", ".join(f"seed {k} {v:+.3f}" for k, v in res["gap_per_seed"].items())
+    resolved = res["gap_resolved"]
+    tiny = "**A tiny demonstration run: it makes no claim.** " if res["config"].get("tiny") \
+        else ""
+    head = (tiny + f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+            f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
             f"selection seed {seeds['selection']}, evaluation seeds "
-            f"{', '.join(map(str, seeds['evaluation']))}; {mins:.0f} min of compute on 2 cores "
-            f"(this session's stages; per stage in `compute_seconds`). Material: "
-            f"{res['material']['evaluation_questions']} evaluation questions × "
-            f"{res['material']['evaluation_replies']} held-out replies; selection used "
-            f"{res['material']['selection_questions']} other questions and "
-            f"{res['material']['selection_replies']} other replies. Treatment − base on "
-            f"evaluation material: {_ci(res['treatment_minus_base'])} "
-            f"(would-say, {res['treatment_minus_base']['method']}).")
-    lines = [head, "", "| dictionary | edit | latents | gap removed | base shift | "
-             "null mean / p95 | steer base at α = "
-             f"{res['screening'][0]['steer_alpha']:g} | steer null p95 | goal met |",
-             "|---|---|---|---|---|---|---|---|---|"]
+            f"{', '.join(map(str, seeds['evaluation']))}; "
+            f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+            f"Evaluation material: {mat['evaluation_questions']} questions × "
+            f"{mat['evaluation_replies']} held-out replies (selection used "
+            f"{mat['selection_questions']} other questions and {mat['selection_replies']} other "
+            f"replies).\n\n"
+            f"**Treatment − base on evaluation material: {_ci(gap)}** ({per_seed}; "
+            f"{gap['method']}); smallest gap this design resolves (80% power): "
+            f"{res['minimum_detectable_gap']:.3f}. "
+            + ("The gap is resolved, so the shares below are meaningful."
+               if resolved else
+               "**The gap is not resolved** (its CI includes 0 or the seeds disagree in sign), "
+               "so every *share of the gap* below is undefined in practice; read the edits' "
+               "raw effects on each model (measure units) against their nulls instead."))
+    lines = [head, "", "| dictionary | edit | latents | effect on finetuned m(F) − m(F\\|E) | "
+             "effect on base m(B\\|E) − m(B) | null p95 of the effect on F | gap removed | "
+             f"base shift | steer base, α = {res['screening'][0]['steer_alpha']:g} "
+             "(null p95) | goal met |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["screening"]:
         lat = ", ".join(f"#{i}" for i in r["latents"]) if r["latents"] else "—"
-        null = ("—" if r["null_p95"] is None
-                else f"{_pct(r['null_mean'])} / {_pct(r['null_p95'])}")
-        steer_null = "—" if r["steer_null_p95"] is None else f"{r['steer_null_p95']:+.3f}"
+        null = "—" if r["null_effect_p95"] is None else f"{r['null_effect_p95']:+.3f}"
+        steer_null = "" if r["steer_null_p95"] is None else f" ({r['steer_null_p95']:+.3f})"
         name = f"**{r['method']}** (primary)" if r["primary"] else r["method"]
-        lines.append(f"| {r['dictionary']} | {name} | {lat} | {_ci(r['gap_removed'], True)} | "
-                     f"{_ci(r['base_shift'], True)} | {null} | {_ci(r['steer_effect'])} | "
-                     f"{steer_null} | {'yes' if r['goal']['met'] else 'no'} |")
+        if r.get("caveat"):
+            name += " †"
+        met = {True: "yes", False: "no", None: "n/a (no null)"}[r["goal"]["met"]]
+        lines.append(f"| {r['dictionary']} | {name} | {lat} | {_ci(r['effect_finetuned'])} | "
+                     f"{_ci(r['effect_base'])} | {null} | {_ci(r['gap_removed'], True)} | "
+                     f"{_ci(r['base_shift'], True)} | {_ci(r['steer_effect'])}{steer_null} | "
+                     f"{met} |")
+    caveats = [f"† {r['method']}: {r['caveat']}." for r in res["screening"] if r.get("caveat")]
+    lines += ["", *caveats] if caveats else []
+    lines += ["", "Steering CIs are over questions only (one base model); the base-shift "
+              "numerators of seed-independent edits come from the one base model too, so their "
+              "seed variation is the gap's. With 3 seeds a bootstrap under-covers the seed "
+              "variance (only 10 distinct seed resamples), so read the per-seed values "
+              "(`per_seed` in `results.json`) beside every CI. The 12 scored replies are fixed, not "
+              "resampled."]
     sel = res["selection"]
     stab = res["ranking_stability"]["chosen_in_top10"]
     lines += ["", f"Selection (seed {seeds['selection']}, selection material only): the "
-              f"screened set {', '.join(f'#{i}' for i in sel['latents'])} removed "
-              f"{sel['selection_gap_removed']:+.0%} of the selection gap "
-              f"({sel['selection_gap']:+.3f}); the top-Δ set of the same size "
-              f"{', '.join(f'#{i}' for i in sel['top_delta'])}. Share of evaluation seeds whose "
-              "own top-10 Δ ranking contains each screened latent: "
-              + ", ".join(f"#{k} {v:.0%}" for k, v in stab.items()) + "."]
+              f"selection gap was {sel['selection_gap']:+.3f}; the screened set "
+              f"{', '.join(f'#{i}' for i in sel['latents'])} removed "
+              f"{sel['selection_gap_removed']:+.0%} of it (sets of 1…5: "
+              + ", ".join(f"{x['gap_removed']:+.0%}" for x in sel["sets"])
+              + f"); the top-Δ set of the same size: {', '.join(f'#{i}' for i in sel['top_delta'])}."
+              " Share of evaluation seeds whose own top-10 Δ ranking contains each screened "
+              "latent: " + ", ".join(f"#{k} {v:.0%}" for k, v in stab.items()) + "."]
     for lat in sel["latents"]:
         ex = sel["examples"].get(str(lat), [])[:2]
         if ex:
-            shown = " · ".join(f"“…{e['text'].strip()[:90]}…” (peak {e['peak_token']!r})"
+            shown = " · ".join(f"“…{e['text'].strip()[:80]}…” (peak at {e['peak_token']!r})"
                                for e in ex)
             lines.append(f"- latent #{lat}: {shown}")
     return "\n".join(lines)
+
+
+@register("line1_measures", "figures/line1_measures/results.json")
+def render_line1_measures(res: dict) -> str:
+    seeds = res["seeds"]
+    lines = [f"Post-hoc check at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}`: nothing here chose anything. Validity: the "
+             "base model under the evil system prompt minus under the kind one (paired over "
+             "questions). Organisms: treatment − base per seed (paired over questions) and over "
+             f"evaluation seeds {', '.join(map(str, seeds['evaluation']))} (two-way bootstrap).",
+             "", "| material | questions | validity: evil − kind prompt | "
+             + " | ".join(f"organism seed {s}" for s in seeds["all"])
+             + " | evaluation seeds together |",
+             "|---|---|---|" + "---|" * (len(seeds["all"]) + 1)]
+    for name, v in res["validity"].items():
+        o = res["organisms"][name]
+        lines.append(f"| {name} | {v['questions']} | {_ci(v['trait_minus_anti_prompt'])} | "
+                     + " | ".join(_ci(o["treatment_minus_base_per_seed"][str(s)])
+                                  for s in seeds["all"])
+                     + f" | {_ci(o['treatment_minus_base_eval_seeds'])} |")
+    return "\n".join(lines)
+
+
+def _stage_shas(res: dict) -> str:
+    return ", ".join(sorted({_sha(v) for v in res["stage_git_shas"].values()}))
+
+
+@register("em_persona_features", "figures/em_persona_features/results.json")
+def render_em_persona_features(res: dict) -> str:
+    ws, paired = res["would_say"], res["would_say_paired"]
+    n = ws["base"]["n"]
+    curve = ", ".join(f"step {p['step']} {p['mean']:+.3f}" for p in res["realign_curve"])
+    gaps = "; ".join(f"{g['target']} {g['fraction_removed']:+.0%}"
+                     for g in res["ablation_gaps"] if g["kind"] == "target")
+    return "\n".join([
+        f"One organism seed; CIs over {n} held-out general questions only; produced at "
+        f"`{_sha(res['provenance']['git_sha'])}` by a resumed run whose stages were not "
+        "fingerprinted, so it is exploratory.", "",
+        "| | value |", "|---|---|",
+        "| would-say base / control / treatment | "
+        + " / ".join(_ci(ws[k]) for k in ("base", "control", "treatment")) + " |",
+        "| paired differences | " + "; ".join(f"{k} {_ci(v)}" for k, v in paired.items()) + " |",
+        f"| difference in differences (the target ablated in *both* models; not the gap "
+        f"removed) | {gaps} |",
+        f"| re-alignment: SFT on good data | {curve} |"])
 
 
 def _block(name: str) -> re.Pattern:
