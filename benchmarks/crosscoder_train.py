@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from persona_probe.sae.crosscoder import Crosscoder, CrosscoderConfig
 from persona_probe.sae.crosscoder import make_optimizer as make_cc_optimizer
 from persona_probe.sae.crosscoder import train_step as cc_train_step
 from persona_probe.sae.train import make_optimizer, train_step
+from timing import interleaved  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parent
 D_MODEL, WIDTH, K, BATCH = 576, 8 * 576, 32, 4096
@@ -84,10 +84,6 @@ def make_matmul(device: str):
     return lambda pair: torch.mm(torch.cat(pair, dim=1), w)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -100,20 +96,7 @@ def main() -> None:
     batches = random_pairs(args.steps, dev)
     methods = {"topk_sae": make_topk_sae(dev), "crosscoder": make_crosscoder(dev),
                "matmul": make_matmul(dev)}
-    for fn in methods.values():  # warm-up: allocator, first-call overheads
-        fn(batches[0])
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    names = list(methods)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            sync(dev)
-            t0 = time.perf_counter()
-            for b in batches:
-                methods[name](b)
-            sync(dev)
-            times[name].append((time.perf_counter() - t0) / len(batches))
-            print(f"round {r} {name}: {times[name][-1] * 1e3:.0f} ms/step", flush=True)
+    times = interleaved(methods, batches, args.rounds, dev)
     med = {m: statistics.median(t) for m, t in times.items()}
     rate = 2 * BATCH * 2 * D_MODEL * WIDTH / med["matmul"]
     limits = {"topk_sae": rate / (2 * D_MODEL * WIDTH),

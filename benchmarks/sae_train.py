@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 from persona_probe.sae.config import SAETrainConfig, build_training_sae  # noqa: E402
 from persona_probe.sae.train import make_optimizer, train_step  # noqa: E402
 from persona_probe.store import ActivationStore  # noqa: E402
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 ROOT = Path(__file__).resolve().parent
 HOOK = "blocks.15.hook_resid_post"
@@ -82,10 +82,6 @@ def make_matmul(device: str, dtype: torch.dtype = torch.float32):
     return lambda x: torch.mm(x.to(dtype), w)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -100,20 +96,7 @@ def main() -> None:
     methods = {"sae_lens": make_sae_lens(dev), "pp_reference": make_ours(dev, sparse=False),
                "pp_sparse": make_ours(dev, sparse=True), "matmul": make_matmul(dev),
                "matmul_bf16": make_matmul(dev, torch.bfloat16)}
-    for name, fn in methods.items():  # warm-up: allocator, first-call overheads
-        fn(batches[0])
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    names = list(methods)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            sync(dev)
-            t0 = time.perf_counter()
-            for b in batches:
-                methods[name](b)
-            sync(dev)
-            times[name].append((time.perf_counter() - t0) / len(batches))
-            print(f"round {r} {name}: {times[name][-1] * 1e3:.0f} ms/step", flush=True)
+    times = interleaved(methods, batches, args.rounds, dev)
     med = {m: statistics.median(t) for m, t in times.items()}
     flops_enc = 2 * BATCH * D_IN * WIDTH
     rate = flops_enc / med["matmul"]
