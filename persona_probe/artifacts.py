@@ -82,3 +82,68 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- append-only JSON-lines logs keyed by item ---------------------------------------------
+# An eval or experiment appends each finished item and flushes it, so a killed run keeps
+# everything it had measured; on resume the keys already present are skipped. A torn last line
+# (the process died mid-write) is dropped on open, never parsed as a result.
+
+class ItemLog:
+    """``path`` holds one JSON object per line, each with a unique ``key``."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: dict[str, dict] = {}
+        if self.path is None or not self.path.is_file():
+            return
+        raw = self.path.read_bytes()
+        good = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+        if len(good) < len(raw):  # torn tail from an interrupted write
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(good))
+        for lineno, line in enumerate(good.decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PersonaProbeError(f"{self.path}:{lineno}: not valid JSON ({exc.msg}); "
+                                        "delete the file to start the eval afresh") from None
+            self.records[rec["key"]] = rec
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def append(self, recs: Iterable[dict]) -> None:
+        recs = list(recs)
+        for rec in recs:
+            self.records[rec["key"]] = rec
+        if self.path is None or not recs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class ValueLog(ItemLog):
+    """Per-item values of named conditions (``{"key": condition, "values": [...]}`` lines): an
+    experiment measures a condition once, and a killed run resumes at the first condition it
+    had not finished."""
+
+    def measure(self, key: str, compute: Callable[[], Iterable[float]]) -> list[float]:
+        if key not in self:
+            self.append([{"key": key, "values": [float(v) for v in compute()]}])
+        return self.records[key]["values"]
+
+    @property
+    def rows(self) -> dict[str, list[float]]:
+        return {k: r["values"] for k, r in self.records.items()}

@@ -22,7 +22,6 @@ measured are not measured twice); the experiment around it fingerprints that dir
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persona_probe.artifacts import read_json, write_json, write_jsonl
+from persona_probe.artifacts import ItemLog, read_json, write_json
 from persona_probe.errors import PersonaProbeError
 from persona_probe.hooks import parse_hook, residual_hooks
 from persona_probe.interventions import SAELatents, ablate, decoder_rows, steer
@@ -137,12 +136,6 @@ def rank_candidates(sae, rows_finetuned: torch.Tensor, rows_base: torch.Tensor,
 
 # --- steps 2 and 3: screen and choose ------------------------------------------------------
 
-def _read_rows(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    return {r["key"]: r for r in map(json.loads, path.read_text("utf-8").splitlines())}
-
-
 def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[int],
                    metric: Metric, cfg: ScreeningConfig, out: str | Path,
                    info: dict | None = None) -> dict:
@@ -159,7 +152,7 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
         raise ScreeningError(f"the finetuned model is not above the base on the selection "
                              f"measure (gap {gap:+.3f}); there is no shift to screen for")
     path = out / "screen.jsonl"
-    done = _read_rows(path)
+    done = ItemLog(path)
     for i in candidates:
         key = str(int(i))
         if key in done:
@@ -169,31 +162,31 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
             s = np.asarray(metric(base))
         with ablate(finetuned, target, "latent"):
             a = np.asarray(metric(finetuned))
-        done[key] = {"key": key, "latent": int(i), "steer_effect": float((s - m_b).mean()),
-                     "ablate_effect": float((m_f - a).mean()),
-                     "gap_removed": float((m_f - a).mean() / gap)}
-        write_jsonl(path, done.values())
+        done.append([{"key": key, "latent": int(i), "steer_effect": float((s - m_b).mean()),
+                      "ablate_effect": float((m_f - a).mean()),
+                      "gap_removed": float((m_f - a).mean() / gap)}])
     wanted = {str(int(i)) for i in candidates}
-    rows = sorted((r for k, r in done.items() if k in wanted), key=lambda r: -r[cfg.rank_by])
+    rows = sorted((r for k, r in done.records.items() if k in wanted),
+                  key=lambda r: -r[cfg.rank_by])
     order = [r["latent"] for r in rows]
     sets_path = out / "sets.jsonl"
-    sets = _read_rows(sets_path)
+    sets = ItemLog(sets_path)
     for k in range(1, min(cfg.max_set, len(order)) + 1):
         key = str(k)
         if key not in sets:
             with ablate(finetuned, SAELatents(sae, order[:k]), "latent"):
                 a = np.asarray(metric(finetuned))
-            sets[key] = {"key": key, "latents": order[:k],
-                         "gap_removed": float((m_f - a).mean() / gap)}
-            write_jsonl(sets_path, sets.values())
-    best = max(sets.values(), key=lambda r: (round(r["gap_removed"], 6), -len(r["latents"])))
+            sets.append([{"key": key, "latents": order[:k],
+                          "gap_removed": float((m_f - a).mean() / gap)}])
+    tried = [sets.records[str(k)] for k in range(1, min(cfg.max_set, len(order)) + 1)]
+    best = max(tried, key=lambda r: (round(r["gap_removed"], 6), -len(r["latents"])))
     if best["gap_removed"] <= 0:
         warnings.warn(f"no set of up to {cfg.max_set} candidates removes any of the selection "
                       f"gap (best {best['gap_removed']:+.1%}); the chosen set is flagged "
                       "'removes_selection_gap: false'", stacklevel=2)
     chosen = {"latents": best["latents"], "selection_gap_removed": best["gap_removed"],
               "removes_selection_gap": best["gap_removed"] > 0,
-              "selection_gap": gap, "sets": list(sets.values()), "screen": rows,
+              "selection_gap": gap, "sets": tried, "screen": rows,
               "config": asdict(cfg), **(info or {})}
     write_json(out / "chosen.json", chosen)
     return chosen
@@ -242,12 +235,13 @@ def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[i
 
 def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
                     questions: Sequence[str], items, cfg: ScreeningConfig, out: str | Path,
-                    ) -> dict:
+                    rows_base: torch.Tensor | None = None) -> dict:
     """The whole procedure on one finetune: residuals of both models on the same diffing
     ``items`` (response tokens), attribution from the trait measure's gradient on the finetuned
     model, candidates, screening on (``trait``, ``questions``) — the *selection* material —
     and the chosen set (``out/chosen.json``, with ``top_delta``: the naive top-Δ set of the
-    same size, and ``mass_finetuned`` for matched nulls). Resumable."""
+    same size, and ``mass_finetuned`` for matched nulls). Resumable. ``rows_base``: the base
+    model's residuals on ``items`` when the caller already has them."""
     from persona_probe.latents import token_activations
     from persona_probe.likelihood import trait_scores
 
@@ -257,7 +251,7 @@ def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
         if "top_delta" in done:          # else killed between the two writes: finish it
             return done
     hook = sae.cfg.metadata.hook_name
-    rows_b, _ = token_activations(base, sae, items)
+    rows_b = rows_base if rows_base is not None else token_activations(base, sae, items)[0]
     rows_f, _ = token_activations(finetuned, sae, items)
     if (out / "candidates.json").is_file():
         cand = read_json(out / "candidates.json")

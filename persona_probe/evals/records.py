@@ -1,66 +1,15 @@
-"""Per-item result logs that survive a crash: append-only JSON lines keyed by item.
-
-An eval appends each finished item and flushes it, so a killed run keeps everything it had
-judged; on resume the keys already present are skipped. A torn last line (the process died
-mid-write) is dropped on open, never parsed as a result.
-"""
+"""Per-item result logs of the evals (``ItemLog``, ``ValueLog``: defined in
+``persona_probe.artifacts``, so layers below the evals use the same log) and their summaries."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from persona_probe.artifacts import write_json
-from persona_probe.errors import PersonaProbeError
+from persona_probe.artifacts import ItemLog, ValueLog, write_json
 from persona_probe.provenance import provenance
 
-
-class ItemLog:
-    """``path`` holds one JSON object per line, each with a unique ``key``."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self.records: dict[str, dict] = {}
-        if self.path is None or not self.path.is_file():
-            return
-        raw = self.path.read_bytes()
-        good = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
-        if len(good) < len(raw):  # torn tail from an interrupted write
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(good))
-        for lineno, line in enumerate(good.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PersonaProbeError(f"{self.path}:{lineno}: not valid JSON ({exc.msg}); "
-                                        "delete the file to start the eval afresh") from None
-            self.records[rec["key"]] = rec
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
-
-    def append(self, recs: Iterable[dict]) -> None:
-        recs = list(recs)
-        for rec in recs:
-            self.records[rec["key"]] = rec
-        if self.path is None or not recs:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-            fh.flush()
-            os.fsync(fh.fileno())
+__all__ = ["ItemLog", "ValueLog", "read_items", "write_summary"]   # the logs live in artifacts
 
 
 def write_summary(out: str | Path | None, summary: dict[str, Any], seed: int | None = None,

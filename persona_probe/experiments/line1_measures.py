@@ -78,21 +78,21 @@ def run(cfg: Line1MeasuresConfig, runs: Path, out: Path, config_path: str = "",
               "adapters": {str(s): adapter_identity(p) for s, p in adapters.items()}}
 
     def build(d: Path) -> dict:
-        from persona_probe.experiments.persona_latents import _Values
+        from persona_probe.evals.records import ValueLog
 
-        v = _Values(d / "values.jsonl")
+        v = ValueLog(d / "values.jsonl")
         for name, (trait, qs) in materials.items():
-            v.get(f"B/{name}", lambda: trait_scores(base, trait, qs))
-            v.get(f"B+trait/{name}", lambda: trait_scores(base, trait, qs,
+            v.measure(f"B/{name}", lambda: trait_scores(base, trait, qs))
+            v.measure(f"B+trait/{name}", lambda: trait_scores(base, trait, qs,
                                                           system=trait.trait_system[0]))
-            v.get(f"B+anti/{name}", lambda: trait_scores(base, trait, qs,
+            v.measure(f"B+anti/{name}", lambda: trait_scores(base, trait, qs,
                                                          system=trait.anti_system[0]))
         for s, path in adapters.items():
             if all(f"F{s}/{n}" in v.rows for n in materials):
                 continue
             f = load_subject(cfg.model, adapter=path, dtype=cfg.dtype)
             for name, (trait, qs) in materials.items():
-                v.get(f"F{s}/{name}", lambda: trait_scores(f, trait, qs))
+                v.measure(f"F{s}/{name}", lambda: trait_scores(f, trait, qs))
         return v.rows
     stage("measures")
     rows = stages.run("measures", inputs, build)

@@ -113,27 +113,6 @@ class PersonaLatentsConfig:
 
 # --- small helpers ---------------------------------------------------------------------------
 
-class _Values:
-    """Per-question values of every measured condition, kept in one JSON-lines file so a
-    killed stage resumes where it stopped."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, list[float]] = {}
-        if path.is_file():
-            for line in path.read_text("utf-8").splitlines():
-                r = json.loads(line)
-                self.rows[r["key"]] = r["values"]
-
-    def get(self, key: str, measure) -> list[float]:
-        from persona_probe.artifacts import write_jsonl
-
-        if key not in self.rows:
-            self.rows[key] = [float(v) for v in measure()]
-            write_jsonl(self.path, ({"key": k, "values": v} for k, v in self.rows.items()))
-        return self.rows[key]
-
-
 def _identity(subject) -> dict:
     p = subject.provenance()
     return {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
@@ -146,6 +125,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
     from persona_probe.artifacts import read_json, write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector, random_direction
+    from persona_probe.evals.records import ValueLog
     from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.interventions import (SAELatents, ablate, reference_projection, shift,
                                              steer)
@@ -155,7 +135,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
-    from persona_probe.prompts import PromptItem
+    from persona_probe.prompts import PromptItem, load_jsonl
     from persona_probe.provenance import git_sha, provenance
     from persona_probe.sae.io import load_sae
     from persona_probe.stages import Stages, adapter_identity, sae_identity
@@ -220,8 +200,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
             got = probe_set_from_answers(base, diff_q, cfg.diff_max_new_tokens,
                                          seed=cfg.selection_seed)
             write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
-        return [PromptItem(r["id"], r["messages"]) for r in
-                map(json.loads, path.read_text("utf-8").splitlines())]
+        return load_jsonl(path)
     items = stages.run("diff-items", {**common, "questions": diff_q,
                                       "max_new_tokens": cfg.diff_max_new_tokens,
                                       "seed": cfg.selection_seed}, build_items)
@@ -237,7 +216,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         if (d / "examples.done").is_file() or "mean_projection" in done:
             return done
         f0 = finetuned(cfg.selection_seed)
-        chosen = screen_finetune(base, f0, sae, sel_trait, sel_q, items, scfg, d)
+        chosen = screen_finetune(base, f0, sae, sel_trait, sel_q, items, scfg, d,
+                                 rows_base=rows_base)
         ex = top_examples(f0, sae, items, chosen["latents"] + chosen["top_delta"],
                           n=cfg.top_examples)
         chosen["examples"] = {str(i): [{"text": "".join(e.tokens).replace("\n", " "),
@@ -276,35 +256,36 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                    "vector": stages.fingerprint_of("vector"),
                    "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
                    "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits)}
-    values: dict[int, _Values] = {}
+    values: dict[int, ValueLog] = {}
     for seed in cfg.eval_seeds:
         stage(f"evaluation seed {seed}")
 
-        def build_eval(d: Path, seed=seed) -> _Values:
-            v = _Values(d / "values.jsonl")
+        def build_eval(d: Path, seed=seed) -> ValueLog:
+            v = ValueLog(d / "values.jsonl")
             if (d / "done").is_file():
                 return v
             f = finetuned(seed)
-            v.get("F", lambda: evaluation_metric(f))
-            v.get("B", lambda: evaluation_metric(base))
-            mu_f = dict(zip(every_layer, v.get("mu_F", lambda: list(reference_projection(
+            v.measure("F", lambda: evaluation_metric(f))
+            v.measure("B", lambda: evaluation_metric(base))
+            mu_f = dict(zip(every_layer, v.measure("mu_F", lambda: list(reference_projection(
                 f, vec, every_layer, items).values()))))
             for name, lat in latent_sets.items():
                 t = SAELatents(sae, lat)
                 for who, s in (("F", f), ("B", base)):
                     with ablate(s, t, "latent"):
-                        v.get(f"{who}|{name}", lambda s=s: evaluation_metric(s))
+                        v.measure(f"{who}|{name}", lambda s=s: evaluation_metric(s))
                 for j, draw in enumerate(nulls[name]):
                     with ablate(f, SAELatents(sae, draw), "latent"):
-                        v.get(f"F|null {name}|{j}", lambda: evaluation_metric(f))
+                        v.measure(f"F|null {name}|{j}", lambda: evaluation_metric(f))
             for edit in cfg.vector_edits:
                 for who, s in (("F", f), ("B", base)):
                     with vector_edit(s, edit, mu_f):
-                        v.get(f"{who}|vector {edit}", lambda s=s: evaluation_metric(s))
+                        v.measure(f"{who}|vector {edit}", lambda s=s: evaluation_metric(s))
             if "directional" in cfg.vector_edits:
                 for j, r in enumerate(random_dirs):
                     with ablate(f, r, "directional", every_layer):
-                        v.get(f"F|null vector directional|{j}", lambda: evaluation_metric(f))
+                        v.measure(f"F|null vector directional|{j}",
+                                  lambda: evaluation_metric(f))
             (d / "done").write_text("complete\n")
             return v
         values[seed] = stages.run(f"eval-seed{seed}", {**eval_inputs,
@@ -314,26 +295,26 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     # 6. steering the base model -----------------------------------------------------------
     stage("steering the base model")
 
-    def build_steer(d: Path) -> _Values:
-        v = _Values(d / "values.jsonl")
+    def build_steer(d: Path) -> ValueLog:
+        v = ValueLog(d / "values.jsonl")
         if (d / "done").is_file():
             return v
-        v.get("B", lambda: evaluation_metric(base))
+        v.measure("B", lambda: evaluation_metric(base))
         top = max(cfg.steer_alphas)
         for name, lat in latent_sets.items():
             for a in cfg.steer_alphas:
                 if a:
                     with steer(base, SAELatents(sae, lat), a):
-                        v.get(f"{name}|{a}", lambda: evaluation_metric(base))
+                        v.measure(f"{name}|{a}", lambda: evaluation_metric(base))
             if name != "causal screening":
                 continue         # the steering null is drawn for the screened set only
             for j, draw in enumerate(nulls[name]):
                 with steer(base, SAELatents(sae, draw), top):
-                    v.get(f"null {name}|{j}", lambda: evaluation_metric(base))
+                    v.measure(f"null {name}|{j}", lambda: evaluation_metric(base))
         for a in cfg.steer_alphas:
             if a:
                 with steer(base, vec, a, [layer]):
-                    v.get(f"vector|{a}", lambda: evaluation_metric(base))
+                    v.measure(f"vector|{a}", lambda: evaluation_metric(base))
         (d / "done").write_text("complete\n")
         return v
     steer_vals = stages.run("steer-base", {**eval_inputs, "alphas": list(cfg.steer_alphas)},

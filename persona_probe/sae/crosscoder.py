@@ -73,6 +73,7 @@ from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
 from persona_probe.hooks import parse_hook, residual_hooks
 from persona_probe.models import Subject, resolve_device
+from persona_probe.sae.train import adam_tensors, restore_adam
 
 FORMAT = "persona_probe.batchtopk_crosscoder"
 FORMAT_VERSION = 1
@@ -625,13 +626,8 @@ def _save_checkpoint(out: Path, model: Crosscoder, opt: torch.optim.Optimizer, s
     ck = out / CHECKPOINT
     ck.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    adam_step = 0.0
-    for name, p in model.named_parameters():
-        state = opt.state.get(p, {})
-        if state:
-            tensors[f"adam.{name}.exp_avg"] = state["exp_avg"].contiguous()
-            tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
-            adam_step = float(state["step"])
+    adam, adam_step = adam_tensors(model, opt)
+    tensors.update(adam)
     tensors["since_fired"] = st.since_fired.contiguous()
     fname = f"state-{st.step:08d}.safetensors"
     atomic_write(ck / fname, lambda tmp: save_file(tensors, str(tmp)))
@@ -658,14 +654,7 @@ def _load_checkpoint(out: Path, model: Crosscoder, opt: torch.optim.Optimizer,
     tensors = load_file(str(ck / meta["state_file"]), device=dev)
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()
                            if k.startswith("model.")})
-    if meta["adam_step"] > 0:
-        sd = opt.state_dict()
-        names = [n for n, _ in model.named_parameters()]
-        sd["state"] = {i: {"step": torch.tensor(meta["adam_step"]),
-                           "exp_avg": tensors[f"adam.{n}.exp_avg"],
-                           "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
-                       for i, n in enumerate(names)}
-        opt.load_state_dict(sd)
+    restore_adam(model, opt, tensors, meta["adam_step"])
     return _State(int(meta["step"]), int(meta["tokens"]), tuple(meta["scales"]),  # type: ignore
                   tensors["since_fired"], list(meta["curve"]), list(meta["window"]),
                   int(meta["window_steps"]))

@@ -80,20 +80,41 @@ def _input_statistics(plan: BatchPlan) -> tuple[float, torch.Tensor]:
     return norm_sum / n, total / n
 
 
+def adam_tensors(module: torch.nn.Module, opt: torch.optim.Optimizer,
+                 ) -> tuple[dict[str, torch.Tensor], float]:
+    """Adam's moments as named tensors (``adam.<param>.exp_avg|exp_avg_sq``) and its step
+    count: a checkpoint's optimizer state in safetensors, with no pickle to load back."""
+    tensors, step = {}, 0.0
+    for name, p in module.named_parameters():
+        state = opt.state.get(p, {})
+        if state:
+            tensors[f"adam.{name}.exp_avg"] = state["exp_avg"].contiguous()
+            tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
+            step = float(state["step"])
+    return tensors, step
+
+
+def restore_adam(module: torch.nn.Module, opt: torch.optim.Optimizer,
+                 tensors: dict[str, torch.Tensor], step: float) -> None:
+    """Put back what ``adam_tensors`` saved (nothing when the optimizer had not stepped)."""
+    if step <= 0:
+        return
+    state_dict = opt.state_dict()
+    state_dict["state"] = {i: {"step": torch.tensor(step),
+                               "exp_avg": tensors[f"adam.{n}.exp_avg"],
+                               "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
+                           for i, (n, _) in enumerate(module.named_parameters())}
+    opt.load_state_dict(state_dict)
+
+
 def _save_checkpoint(out: Path, sae, opt: torch.optim.Optimizer, st: TrainState,
                      fingerprint: str) -> None:
     """Tensors first, then the pointer JSON that commits them; older tensors go last."""
     ck = out / CHECKPOINT
     ck.mkdir(parents=True, exist_ok=True)
     tensors = {f"sae.{k}": v.detach().contiguous() for k, v in sae.state_dict().items()}
-    names = dict(sae.named_parameters())
-    adam_step = 0.0
-    for name, p in names.items():
-        state = opt.state.get(p, {})
-        if state:
-            tensors[f"adam.{name}.exp_avg"] = state["exp_avg"].contiguous()
-            tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
-            adam_step = float(state["step"])
+    adam, adam_step = adam_tensors(sae, opt)
+    tensors.update(adam)
     tensors["since_fired"] = st.since_fired.contiguous()
     fname = f"state-{st.step:08d}.safetensors"
     atomic_write(ck / fname, lambda tmp: save_file(tensors, str(tmp)))
@@ -118,15 +139,7 @@ def _load_checkpoint(out: Path, sae, opt: torch.optim.Optimizer, fingerprint: st
     tensors = load_file(str(ck / meta["state_file"]), device=str(device))
     sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items()
                          if k.startswith("sae.")})
-    state_dict = opt.state_dict()
-    names = [n for n, _ in sae.named_parameters()]
-    if meta["adam_step"] > 0:
-        state_dict["state"] = {
-            i: {"step": torch.tensor(meta["adam_step"]),
-                "exp_avg": tensors[f"adam.{n}.exp_avg"],
-                "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
-            for i, n in enumerate(names)}
-        opt.load_state_dict(state_dict)
+    restore_adam(sae, opt, tensors, meta["adam_step"])
     return TrainState(int(meta["step"]), float(meta["scaling_factor"]), tensors["since_fired"],
                       int(meta["tokens_seen"]))
 
