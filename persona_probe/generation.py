@@ -17,15 +17,19 @@ from persona_probe.prompts import PromptItem
 def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens: int = 64,
                        batch_size: int = 16, temperature: float = 0.0, seed: int = 0,
                        progress: bool = True, min_new_tokens: int | None = None,
-                       ) -> list[PromptItem]:
+                       keep_empty: bool = False) -> list[PromptItem]:
     """Append the subject's reply to every prompt-only item (greedy when temperature is 0).
 
     Items are batched by length with left padding; order of the returned list matches the
-    input. Items whose reply decodes to nothing are dropped with a warning.
+    input. Items whose reply decodes to nothing are dropped with a warning, unless
+    ``keep_empty`` (coherence measures count empty replies instead of losing them).
     """
+    from persona_probe.chat import render_chat, template_messages
+
     tok = subject.tokenizer
-    prompts = [tok.apply_chat_template(it.messages, tokenize=False, add_generation_prompt=True)
-               for it in items]
+    # the same rendering encode_chat reads the reply back with (system folded where the
+    # template has no system role; thinking off)
+    prompts = [render_chat(tok, template_messages(tok, it.messages), True) for it in items]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(items)), key=lambda i: -len(ids[i]))
     replies: dict[int, str] = {}
@@ -44,6 +48,8 @@ def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens
             replies[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
         bar.update(len(batch))
     bar.close()
+    if keep_empty:
+        return [it.with_response(replies[i]) for i, it in enumerate(items)]
     result = [it.with_response(replies[i]) for i, it in enumerate(items) if replies[i]]
     if len(result) < len(items):
         warnings.warn(f"{len(items) - len(result)} items got an empty reply and were dropped",
