@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents test test-fast bench bench-sae bench-crosscoder bench-monitor shipped-sae notebooks clean
+.PHONY: install demo persona-latents test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,26 @@ bench-crosscoder: install
 bench-monitor: install
 	$(BIN)/python benchmarks/monitor_overhead.py --rounds 2 --steps 50
 	$(BIN)/python benchmarks/report.py
+
+# GPU check (issue 23): capture, SAE training, steering in generation and a LoRA step on
+# random-init SmolLM2-135M- and Qwen2.5-7B-shaped models, in <= 4 min on one CUDA device. No
+# `make install`: it runs that machine's own python3/torch/transformers on this tree. sae-lens and
+# the few packages it imports that a GPU image lacks travel as wheels in .whl/ (`make gpu-wheels`
+# here, ~3 MB, needs the registry); the check installs them --no-deps into a temp folder. On the
+# lent device: `make gpu-check PY=python3 GPU_OUT=$OUT` with .whl carried (or
+# `PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT`); then copy the returned JSONs into
+# benchmarks/results/gpu/ here and run `python3 benchmarks/report.py`. CPU: `--dry-run`.
+GPU_OUT ?= benchmarks/results/gpu
+GPU_PYTHON ?= 3.12
+
+gpu-check:
+	PYTHONPATH=. $(PY) benchmarks/gpu_check.py --out $(GPU_OUT)
+	$(PY) benchmarks/report.py --gpu $(GPU_OUT)
+
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu_wheels.txt
 
 # Regenerate the .ipynb files from experiments/notebooks/build_notebooks.py (no outputs).
 notebooks: install

@@ -1,6 +1,7 @@
 """Render benchmarks/results/*.json into BENCHMARKS.md tables (numbers are never typed by hand).
 
 Run: .venv/bin/python benchmarks/report.py  (after benchmarks/capture.py)
+     [--gpu DIR]  (benchmarks/gpu_check.py's JSONs; default benchmarks/results/gpu)
 """
 
 from __future__ import annotations
@@ -192,7 +193,15 @@ def monitor_section(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from gpu_report import gpu_section  # benchmarks/gpu_report.py, beside this script
+
+    ap = argparse.ArgumentParser(description="Render BENCHMARKS.md from benchmarks/results.")
+    ap.add_argument("--gpu", type=Path, default=ROOT / "results" / "gpu",
+                    help="folder of benchmarks/gpu_check.py's JSON files")
+    args = ap.parse_args(argv)
     parts = ["# Benchmarks", "",
              "Ratios measured side by side in one run (methods interleaved round by round). "
              "Regenerate with the command in each section, then `python benchmarks/report.py`.",
@@ -215,6 +224,7 @@ def main() -> None:
     mon = ROOT / "results" / "monitor_overhead.json"
     if mon.is_file():
         parts.append(monitor_section(json.loads(mon.read_text())))
+    parts.append(gpu_section(args.gpu))
     (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(parts) + "\n")
 
 

@@ -11,6 +11,7 @@ then continues the insecure adapter on unseen secure chats and records the evil 
 reused. Results: ``figures/em_induction/results.json``.
 
     python experiments/em_induction.py [--arms insecure secure] [--samples 4]
+    python experiments/em_induction.py --config-suffix qwen2.5-7b-gpu --dry-run   # plan only
 """
 
 from __future__ import annotations
@@ -43,7 +44,17 @@ def main() -> None:
     ap.add_argument("--realign-every", type=int, default=10)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "em_induction")
     ap.add_argument("--out", type=Path, default=ROOT / "figures" / "em_induction")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate the arms' configs and print the planned stages; loads no model")
     args = ap.parse_args()
+    if args.dry_run:
+        from persona_probe.experiments.plan import plan_em_induction
+
+        arm = args.arms[0]
+        plan = plan_em_induction(args.config_dir / f"em-{arm}-{args.config_suffix}.json",
+                                 tuple(args.arms), args.realign_steps)
+        print(plan.text())
+        raise SystemExit(1 if plan.problems else 0)
 
     evil, questions = load_trait("evil"), trait_questions("heldout")
     em_questions = load_em_questions("builtin:em")

@@ -16,6 +16,7 @@ output exists). Results:
 
     python experiments/organism_generalization.py [--domains cooking travel] [--em-samples 2]
     python experiments/organism_generalization.py --figures-only     # re-draw from results
+    python experiments/organism_generalization.py --config CONFIG --dry-run   # plan only
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "organism")
     ap.add_argument("--out", type=Path, default=ROOT / "figures" / "organism")
     ap.add_argument("--figures-only", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate --config and print the planned stages; loads no model")
     args = ap.parse_args()
+    if args.dry_run:
+        from persona_probe.experiments.plan import plan_organism_generalization
+
+        plan = plan_organism_generalization(args.config, tuple(args.domains), args.em_samples)
+        print(plan.text())
+        raise SystemExit(1 if plan.problems else 0)
     if args.figures_only:
         draw(args.out)
         return

@@ -138,14 +138,17 @@ def _stop_point(hps: list[HookPoint]) -> HookPoint:
 
 def mean_activations(subject: Subject, items: list[PromptItem], hooks: list[str] | tuple[str, ...],
                      positions: Positions = "response", batch_size: int = 16,
-                     max_tokens: int | None = None) -> torch.Tensor:
+                     max_tokens: int | None = None,
+                     on_overflow: Literal["error", "truncate"] = "error") -> torch.Tensor:
     """Per-item mean residual over ``positions`` at each hook, in memory: (items, hooks, d)
     float32, hooks in the order given. For persona vectors and probe sets, where a store on disk
-    would be overhead."""
+    would be overhead. ``on_overflow='truncate'`` keeps the first ``max_tokens`` of a longer
+    chat (see ``Subject.encode_chat``)."""
     check_items(items)
     pos = "response" if positions == "response_mean" else positions
     config = CaptureConfig(hooks=tuple(hooks), positions=pos, batch_size=batch_size,
-                           max_tokens=max_tokens, storage_dtype="float32")
+                           max_tokens=max_tokens, storage_dtype="float32",
+                           on_overflow=on_overflow)
     hps, planned = _plan(subject, items, config, mean=True)
     out = torch.zeros((len(items), len(hooks), subject.d_model), dtype=torch.float32)
     for batch in plan_batches([len(p.enc) for p in planned], batch_size,

@@ -219,7 +219,11 @@ def sae_info_cmd(sae: Annotated[str, typer.Argument(
                + (f"  k {c.k}" if hasattr(c, "k") else "") + f"  dtype {c.dtype}")
     typer.echo(f"  model {c.metadata.model_name}  hook {c.metadata.hook_name}")
     info_path = path / "persona_probe.json"
-    if info_path.is_file():
+    if info_path.is_file() and "imported" in read_json(info_path):
+        imp = read_json(info_path)["imported"]
+        typer.echo(f"  imported from {imp['source_format']} {imp['source_path']}\n  layers: "
+                   f"{imp['source_layer_mapping']}")
+    elif info_path.is_file():
         info = read_json(info_path)
         typer.echo(f"  trained on {info['tokens_seen']:,} tokens ({info['steps']} steps) from "
                    f"{info['store']}; {info['rows']['heldout']:,} rows held out")
@@ -273,6 +277,115 @@ def vector(
                        seed=seed)
     d.save(out)
     typer.echo(describe(d) + f"\ndirection written to {out.resolve()}")
+
+
+def _show_check(report: dict) -> None:
+    if report["kind"] == "sae":
+        typer.echo(f"checked on {report['model']} at {report['hook']}: explained variance "
+                   f"{report['explained_variance']:.3f}, L0 {report['l0']:.1f} over "
+                   f"{report['rows']} residuals")
+    else:
+        layers = report["layers"]
+        typer.echo(f"checked on {report['model']}: layers {', '.join(layers)} in range, "
+                   f"width {report['d_model']}, finite projections of {report['rows']} residuals")
+
+
+@app.command("import-vector")
+@_clean_errors
+def import_vector_cmd(
+    src: Annotated[Path, typer.Argument(help="persona_vectors .pt file ([n_layers+1, d]).")],
+    out: Annotated[Path, typer.Option(help="Direction directory to write.")],
+    layer_index: Annotated[Optional[str], typer.Option(
+        help="persona_vectors layer(s) (hidden_states index: row i = blocks.{i-1}."
+             "hook_resid_post), e.g. '20' or '10,20'; default: every row with a hook point.")
+    ] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Check the file against this model and record it.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Direction name (default: file stem).")]
+    = None,
+) -> None:
+    """Import a persona_vectors vector file as a Direction (index shift made explicit)."""
+    from persona_probe.directions import describe
+    from persona_probe.interop import check_against_subject, load_persona_vectors_pt
+    from persona_probe.models import load_subject
+
+    parts = [] if layer_index is None else [x.strip() for x in layer_index.split(",")]
+    if not all(x.isdigit() for x in parts) or (layer_index is not None and not parts):
+        raise PersonaProbeError(f"--layer-index {layer_index!r}: give persona_vectors layer "
+                                "numbers, e.g. 20 or 10,20")
+    subject = load_subject(model) if model else None
+    idx = [int(x) for x in parts] if layer_index is not None else None
+    d = load_persona_vectors_pt(src, idx, subject=subject, name=name)
+    if subject is not None:
+        _show_check(check_against_subject(d, subject))
+    d.save(out)
+    rows = d.meta["source"]["rows"]
+    typer.echo(describe(d) + "\n  " + "; ".join(f"row {i} → {h}" for i, h in rows.items())
+               + f"\ndirection written to {out.resolve()}")
+
+
+@app.command("export-vector")
+@_clean_errors
+def export_vector_cmd(
+    direction: Annotated[Path, typer.Argument(help="Direction directory.")],
+    out: Annotated[Path, typer.Option(help=".pt file to write (persona_vectors layout).")],
+    n_layers: Annotated[Optional[int], typer.Option(
+        help="The model's layer count (default: the one the direction records).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Take the layer count from this model (and check the direction against it).")]
+    = None,
+    fill: Annotated[str, typer.Option(help="Rows without a vector: nan | zeros")] = "nan",
+    values: Annotated[str, typer.Option(help="raw (unnormalized) | unit")] = "raw",
+) -> None:
+    """Write a Direction as a persona_vectors [n_layers+1, d] tensor, with a JSON sidecar."""
+    from persona_probe.directions import Direction
+    from persona_probe.interop import (check_against_subject, save_persona_vectors_pt,
+                                       sidecar_path)
+    from persona_probe.models import load_subject
+
+    d = Direction.load(direction)
+    if model:
+        subject = load_subject(model)
+        _show_check(check_against_subject(d, subject))
+        n_layers = n_layers or subject.n_layers
+    path = save_persona_vectors_pt(d, out, n_layers, fill, values)  # type: ignore[arg-type]
+    typer.echo(f"wrote {path} (sidecar {sidecar_path(path).name}); load it in persona_vectors "
+               f"as vector[L] with L = our layer + 1")
+
+
+@app.command("import-sae")
+@_clean_errors
+def import_sae_cmd(
+    src: Annotated[Path, typer.Argument(
+        help="dictionary_learning directory (ae.pt + config.json) or sparsify hookpoint folder "
+             "(cfg.json + sae.safetensors).")],
+    out: Annotated[Path, typer.Option(help="sae-lens SAE directory to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto | dictionary_learning | sparsify")]
+    = "auto",
+    hook: Annotated[Optional[str], typer.Option(
+        help="Hook point, overriding the one read from the source's layer label.")] = None,
+    lm_name: Annotated[Optional[str], typer.Option(
+        help="Model the SAE was trained on, where the source does not say.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Check the SAE against this model on real residuals.")] = None,
+    min_ev: Annotated[Optional[float], typer.Option(
+        help="With --model: fail below this explained variance.")] = None,
+    overwrite: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Import a dictionary_learning or sparsify SAE as a sae-lens directory."""
+    from persona_probe.interop import check_against_subject, import_sae, load_foreign_sae
+    from persona_probe.models import load_subject
+
+    kwargs = {"hook": hook, "model": lm_name}
+    if model:
+        subject = load_subject(model)
+        foreign = load_foreign_sae(src, fmt, **kwargs)  # type: ignore[arg-type]
+        _show_check(check_against_subject(foreign, subject, min_explained_variance=min_ev))
+    sae = import_sae(src, out, fmt, overwrite=overwrite, **kwargs)  # type: ignore[arg-type]
+    md = sae.cfg.metadata
+    typer.echo(f"{md.source_format} SAE ({sae.cfg.architecture()}, d_in {sae.cfg.d_in}, d_sae "
+               f"{sae.cfg.d_sae}) at {md.hook_name}\n  layers: {md.source_layer_mapping}\n"
+               f"SAE written to {out.resolve()}")
 
 
 @app.command("rank-latents")

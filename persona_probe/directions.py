@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from persona_probe.artifacts import atomic_write, read_json, sha256_file, write_json
 from persona_probe.capture import mean_activations
+from persona_probe.conventions import LAYER_CONVENTION, check_convention
 from persona_probe.errors import PersonaProbeError
 from persona_probe.generation import generate_responses
 from persona_probe.models import Subject
@@ -37,7 +38,12 @@ class DirectionError(PersonaProbeError):
 
 @dataclass
 class Direction:
-    """Unit vectors ``vectors[i]`` at ``layers[i]`` (site ``resid_post`` by default)."""
+    """Unit vectors ``vectors[i]`` at ``layers[i]`` (site ``resid_post`` by default).
+
+    ``layer_convention`` says how ``layers`` are read (``persona_probe.conventions``): always
+    TransformerLens hook names here; a vector imported from another tool's indexing is translated
+    on import and its source indices kept in ``meta["source"]``. Directions saved before the
+    field existed load with the default, which is what they were made in."""
 
     name: str
     layers: list[int]
@@ -45,8 +51,13 @@ class Direction:
     raw: torch.Tensor | None = None            # unnormalized difference, same shape
     site: str = "post"
     meta: dict = field(default_factory=dict)
+    layer_convention: str = LAYER_CONVENTION
 
     def __post_init__(self) -> None:
+        try:
+            check_convention(self.layer_convention, f"direction {self.name}")
+        except PersonaProbeError as exc:
+            raise DirectionError(str(exc)) from None
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
             raise DirectionError(f"direction {self.name}: vectors must be (len(layers), d_model),"
                                  f" got {tuple(self.vectors.shape)} for {len(self.layers)} layers")
@@ -73,7 +84,7 @@ class Direction:
                                  f"not all of {layers}")
         raw = None if self.raw is None else self.raw[rows]
         return Direction(self.name, list(layers), self.vectors[rows], raw, self.site,
-                         dict(self.meta))
+                         dict(self.meta), self.layer_convention)
 
     def hook(self, layer: int) -> str:
         return f"blocks.{layer}.hook_resid_{self.site}"
@@ -87,6 +98,7 @@ class Direction:
         atomic_write(path / TENSORS, lambda tmp: save_file(tensors, str(tmp)))
         write_json(path / META, {**self.meta, "name": self.name, "layers": self.layers,
                                  "site": self.site, "d_model": self.d_model,
+                                 "layer_convention": self.layer_convention,
                                  "sha256": sha256_file(path / TENSORS)})
         return path
 
@@ -99,6 +111,7 @@ class Direction:
         try:
             meta = read_json(path / META)
             name, layers, site = meta.pop("name"), meta.pop("layers"), meta.pop("site", "post")
+            convention = meta.pop("layer_convention", LAYER_CONVENTION)  # older files: none
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DirectionError(f"{path / META} is not a direction's metadata ({exc!r}); "
                                  "rebuild the direction with `persona-probe vector`") from None
@@ -114,7 +127,7 @@ class Direction:
         if "vectors" not in t or not isinstance(layers, list):
             raise DirectionError(f"{path} holds no 'vectors' tensor or no layer list; rebuild "
                                  "it with `persona-probe vector`")
-        return cls(name, list(layers), t["vectors"], t.get("raw"), site, meta)
+        return cls(name, list(layers), t["vectors"], t.get("raw"), site, meta, convention)
 
     def cosine(self, other: Direction) -> dict[int, float]:
         shared = [layer for layer in self.layers if layer in other.layers]

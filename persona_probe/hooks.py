@@ -3,8 +3,12 @@
 Names are TransformerLens's: ``blocks.{L}.hook_resid_pre|mid|post``. ``resid_pre`` at L is the
 input of decoder layer L, ``resid_post`` its output (= HF ``hidden_states[L + 1]``, except at the
 last layer, where HF reports the final-normed state and ``resid_post`` stays pre-norm as in
-TransformerLens), ``resid_mid`` the residual between attention and MLP. Architectures differ only in where the decoder layers
-live and which module reads ``resid_mid``; that is the whole per-architecture table below.
+TransformerLens), ``resid_mid`` the residual between attention and MLP. Architectures differ
+only in where the decoder layers live, which module reads ``resid_mid`` and where the final
+norm is; that is the whole per-architecture table below. Every row is exercised on a tiny
+random checkpoint of that architecture by ``tests/test_architectures.py``. ``gemma3`` is the
+vision-language Gemma 3 (4B and up, ``Gemma3ForConditionalGeneration``): only its language
+model is hooked.
 Hooks exist only inside context managers and are removed on exit, also after an exception.
 """
 
@@ -27,11 +31,13 @@ _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Where an architecture keeps its decoder layers, and which submodule's input is resid_mid
-    (None where attention and MLP run in parallel and no resid_mid exists)."""
+    """Where an architecture keeps its decoder layers, which submodule of a layer has resid_mid
+    as its input (None where attention and MLP run in parallel and no resid_mid exists), and
+    the final norm (applied to the last layer's output before the LM head)."""
 
     layers: str
     mid_reader: str | None
+    final_norm: str = "model.norm"
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -39,13 +45,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mistral": ArchSpec("model.layers", "post_attention_layernorm"),
     "qwen2": ArchSpec("model.layers", "post_attention_layernorm"),
     "qwen3": ArchSpec("model.layers", "post_attention_layernorm"),
-    "olmo2": ArchSpec("model.layers", None),
+    # OLMo 2 norms each sublayer's output; the MLP itself reads the residual
+    "olmo2": ArchSpec("model.layers", "mlp"),
     "phi3": ArchSpec("model.layers", "post_attention_layernorm"),
     "gemma": ArchSpec("model.layers", "post_attention_layernorm"),
     "gemma2": ArchSpec("model.layers", "pre_feedforward_layernorm"),
     "gemma3_text": ArchSpec("model.layers", "pre_feedforward_layernorm"),
-    "gpt2": ArchSpec("transformer.h", "ln_2"),
-    "gpt_neox": ArchSpec("gpt_neox.layers", None),
+    "gemma3": ArchSpec("model.language_model.layers", "pre_feedforward_layernorm",
+                       "model.language_model.norm"),
+    "gpt2": ArchSpec("transformer.h", "ln_2", "transformer.ln_f"),
+    # Pythia's parallel residual; see arch_spec for use_parallel_residual=False
+    "gpt_neox": ArchSpec("gpt_neox.layers", None, "gpt_neox.final_layer_norm"),
 }
 
 
@@ -83,7 +93,12 @@ def parse_hook(name: str, n_layers: int | None = None) -> HookPoint:
 
 
 def arch_spec(model: nn.Module) -> ArchSpec:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type == "gpt_neox" and not getattr(config, "use_parallel_residual", True):
+        # sequential GPT-NeoX: attention's output is added before the MLP's norm reads it
+        return ArchSpec("gpt_neox.layers", "post_attention_layernorm",
+                        "gpt_neox.final_layer_norm")
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     # Unknown architecture: accept it when it looks like the common decoder layout.
@@ -109,6 +124,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise HookPointError(f"could not find decoder layers at {arch_spec(base).layers!r}")
     return layers
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm HF applies after the last decoder layer (so ``hidden_states[-1]`` is
+    ``final_norm(model)(resid_post of the last layer)``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    norm = _get_path(base, arch_spec(base).final_norm)
+    if not isinstance(norm, nn.Module):
+        raise HookPointError(f"could not find the final norm at {arch_spec(base).final_norm!r}")
+    return norm
 
 
 def _first_tensor(value: Any) -> torch.Tensor:

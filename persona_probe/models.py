@@ -137,16 +137,22 @@ class Subject:
     """Derived values (e.g. reference residual norms); never written to provenance."""
 
     @property
+    def text_config(self):
+        """The language model's config (for a vision-language model such as Gemma-3 4B+,
+        ``Gemma3ForConditionalGeneration``, the ``text_config``; else the config itself)."""
+        return self.model.config.get_text_config(decoder=True)
+
+    @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self.text_config.num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.text_config.hidden_size)
 
     @property
     def n_ctx(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return int(getattr(self.text_config, "max_position_embeddings", 2048))
 
     @property
     def device(self) -> torch.device:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from persona_probe.errors import PromptSetError
 from persona_probe.models import Subject
 
 #: Defaults of :class:`ServerConfig` (and of the ``persona-probe serve`` options).
@@ -198,8 +199,12 @@ def encode_prompt(subject: Subject, req: ChatCompletionRequest, config: ServerCo
 
     tok = subject.tokenizer
     try:
-        prompt = tok.apply_chat_template([m.as_template_message() for m in req.messages],
-                                         tokenize=False, add_generation_prompt=True)
+        from persona_probe.chat import render_chat, template_messages
+
+        messages = [m.as_template_message() for m in req.messages]
+        prompt = render_chat(tok, template_messages(tok, messages), add_generation_prompt=True)
+    except PromptSetError as exc:
+        raise ServerError(400, str(exc), "messages") from None
     except TemplateError as exc:
         raise ServerError(400, f"the model's chat template refused these messages: {exc}",
                           "messages") from None

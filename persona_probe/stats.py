@@ -146,3 +146,58 @@ def crossed_bootstrap(cells: Sequence[Sequence[float]] | np.ndarray,
               if S > 1 else f"{what}percentile bootstrap over items, one seed ({n_boot} draws)")
     return CrossedEstimate(point, float(lo), float(hi), S, Q, method,
                            tuple(float(v) for v in per_seed), level)
+
+
+def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level: float = 0.95,
+                        seed: int = 0, method: str = "pearson") -> CrossedEstimate:
+    """Correlation across conditions of two measures given per (condition, seed, item) cell,
+    with the two-way bootstrap over seeds × items: each draw reweights seeds and items (shared
+    by every condition, so the conditions stay paired), takes each condition's weighted mean of
+    both measures (NaN cells — e.g. no coherent generation — carry no weight), and correlates
+    the condition means. ``x`` may be (conditions, 1, items) for a measure with no seed
+    dependence (teacher-forced), broadcast over ``y``'s seeds."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"need (conditions, seeds, items) arrays, got {x.shape} and {y.shape}")
+    x = np.broadcast_to(x, y.shape) if x.shape[1] == 1 else x
+    if x.shape != y.shape:
+        raise ValueError(f"x {x.shape} and y {y.shape} differ in seeds")
+    C, S, Q = y.shape
+    if C < 3:
+        raise ValueError("a correlation across conditions needs >= 3 conditions")
+    ws, wq = _crossed_weights(S, Q, n_boot, seed)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if method == "spearman":
+            a = np.argsort(np.argsort(a, -1), -1).astype(float)
+            b = np.argsort(np.argsort(b, -1), -1).astype(float)
+        a = a - a.mean(-1, keepdims=True)
+        b = b - b.mean(-1, keepdims=True)
+        den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+    def means(m: np.ndarray, w_s: np.ndarray, w_q: np.ndarray) -> np.ndarray:
+        ok = ~np.isnan(m)
+        w = np.einsum("bs,bq->bsq", w_s, w_q)[:, None] * ok[None]      # (b, C, S, Q)
+        tot = w.sum((-1, -2))
+        return np.where(tot > 0, (w * np.nan_to_num(m)[None]).sum((-1, -2))
+                        / np.where(tot > 0, tot, 1), np.nan)
+    one_s, one_q = np.ones((1, S)) / S, np.ones((1, Q)) / Q
+    point = float(corr(means(x, one_s, one_q), means(y, one_s, one_q))[0])
+    per_seed = []
+    for s in range(S):
+        e = np.zeros((1, S))
+        e[0, s] = 1.0
+        per_seed.append(float(corr(means(x, e, one_q), means(y, e, one_q))[0]))
+    samples = []
+    for start in range(0, n_boot, 200):   # chunks bound the (draws, C, S, Q) weight array
+        sl = slice(start, start + 200)
+        samples.append(corr(means(x, ws[sl], wq[sl]), means(y, ws[sl], wq[sl])))
+    draws = np.concatenate(samples)
+    draws = draws[~np.isnan(draws)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(draws, [a, 1 - a]) if len(draws) else (np.nan, np.nan)
+    what = (f"{method} correlation across {C} conditions, two-way percentile bootstrap over "
+            f"seeds × items ({n_boot} draws)" if S > 1 else
+            f"{method} correlation across {C} conditions, bootstrap over items ({n_boot} draws)")
+    return CrossedEstimate(point, float(lo), float(hi), S, Q, what, tuple(per_seed), level)

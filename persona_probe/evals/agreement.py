@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from persona_probe.errors import PersonaProbeError
-from persona_probe.evals.judges import Judge
+from persona_probe.evals.judges import Judge, judge_answers
 from persona_probe.evals.records import ItemLog, write_summary
 from persona_probe.evals.safety import REFUSAL_JUDGE_PROMPT, keyword_refusal
 from persona_probe.stats import Estimate, proportion
@@ -147,8 +147,8 @@ def run_agreement(judge: Judge | None, sets: list[str], root: Path, n_per_set: i
             rec = {"key": it.key, "set": s, "question": it.question, "response": it.response,
                    "human_refusal": it.human_refusal, "keyword": keyword_refusal(it.response)}
             if judge is not None:
-                j = judge.judge([REFUSAL_JUDGE_PROMPT.replace("{question}", it.question)
-                                 .replace("{answer}", it.response)])[0]
+                j = judge_answers(judge, "refusal", REFUSAL_JUDGE_PROMPT,
+                                  [(it.question, it.response)])[0]
                 rec.update(judge_score=j.score, judge_mass=j.mass, judge_raw=j.raw,
                            judge=None if j.score is None else bool(j.score > threshold),
                            judge_forced=None if j.raw is None else bool(j.raw > threshold))

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from persona_probe.errors import PromptSetError
-from persona_probe.evals.judges import Judge
+from persona_probe.evals.judges import Judge, ResponseJudge, fill_judge_prompt, judge_answers
 from persona_probe.evals.records import ItemLog, write_summary
 from persona_probe.generation import generate_responses
 from persona_probe.models import Subject
@@ -110,12 +110,7 @@ def load_em_questions(source: str | Path = "builtin:em") -> list[EMQuestion]:
     return out
 
 
-def _fill(template: str, question: str, answer: str) -> str:
-    # str.replace, not str.format: judge prompts may contain other braces (JSON, code).
-    return template.replace("{question}", question).replace("{answer}", answer)
-
-
-def run_em_eval(subject: Subject, questions: list[EMQuestion], judge: Judge,
+def run_em_eval(subject: Subject, questions: list[EMQuestion], judge: Judge | ResponseJudge,
                 config: EMConfig = EMConfig(), out: str | Path | None = None,
                 progress: bool = True) -> dict:
     """Sample, judge, and summarise; per-answer records in ``out/items.jsonl``.
@@ -151,17 +146,28 @@ def run_em_eval(subject: Subject, questions: list[EMQuestion], judge: Judge,
     pending = [k for k in meta if k in answers and k not in judged]
     for start in range(0, len(pending), 32):  # chunks: HTTP judges run them concurrently
         chunk = pending[start:start + 32]
-        jobs = []
-        for k in chunk:
-            rec = answers.get(k)
-            q = by_q[rec["question_id"]]
-            jobs += [(k, m, _fill(q.judge_prompts[m], rec["question"], rec["answer"]))
-                     for m in sorted(q.judge_prompts)]
-        results = judge.judge([p for _, _, p in jobs])
         out_recs: dict[str, dict] = {k: {**answers.get(k), "judge": judge.identity}
                                      for k in chunk}
-        for (k, m, _), r in zip(jobs, results):
-            out_recs[k].update({m: r.score, f"{m}_mass": r.mass, f"{m}_raw": r.raw})
+        if isinstance(judge, ResponseJudge):   # reads (question, answer), one criterion at a time
+            metrics = sorted({m for k in chunk
+                              for m in by_q[answers.get(k)["question_id"]].judge_prompts})
+            for m in metrics:
+                ks = [k for k in chunk if m in by_q[answers.get(k)["question_id"]].judge_prompts]
+                got = judge_answers(judge, m, "", [(answers.get(k)["question"],
+                                                    answers.get(k)["answer"]) for k in ks])
+                for k, r in zip(ks, got):
+                    out_recs[k].update({m: r.score, f"{m}_mass": r.mass, f"{m}_raw": r.raw})
+        else:
+            jobs = []
+            for k in chunk:
+                rec = answers.get(k)
+                q = by_q[rec["question_id"]]
+                jobs += [(k, m, fill_judge_prompt(q.judge_prompts[m], rec["question"],
+                                                  rec["answer"]))
+                         for m in sorted(q.judge_prompts)]
+            results = judge.judge([p for _, _, p in jobs])
+            for (k, m, _), r in zip(jobs, results):
+                out_recs[k].update({m: r.score, f"{m}_mass": r.mass, f"{m}_raw": r.raw})
         judged.append(out_recs.values())
     recs = [judged.get(k) for k in meta if k in judged]
     summary = summarize_em(recs, config)

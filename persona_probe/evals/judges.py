@@ -65,6 +65,35 @@ class Judge(Protocol):
     def judge(self, prompts: Sequence[str]) -> list[Judgment]: ...
 
 
+@runtime_checkable
+class ResponseJudge(Protocol):
+    """A judge that reads the (question, answer) itself instead of a filled judge prompt (a
+    probe on residuals); ``criteria`` names what it can score (e.g. refusal, aligned)."""
+
+    identity: str
+    criteria: tuple[str, ...]
+
+    def judge_responses(self, pairs: Sequence[tuple[str, str]],
+                        criterion: str) -> list[Judgment]: ...
+
+
+def fill_judge_prompt(template: str, question: str, answer: str) -> str:
+    # str.replace, not str.format: judge prompts may contain other braces (JSON, code).
+    return template.replace("{question}", question).replace("{answer}", answer)
+
+
+def judge_answers(judge: Judge | ResponseJudge, criterion: str, template: str,
+                  pairs: Sequence[tuple[str, str]]) -> list[Judgment]:
+    """Score (question, answer) pairs on one criterion with any judge: a ``ResponseJudge``
+    reads the pairs (declining, score ``None``, a criterion it does not know); a prompt judge
+    gets ``template`` filled with each pair. The one call every eval makes."""
+    if isinstance(judge, ResponseJudge):
+        if criterion not in judge.criteria:
+            return [Judgment(None, 0.0) for _ in pairs]
+        return judge.judge_responses(pairs, criterion)
+    return judge.judge([fill_judge_prompt(template, q, a) for q, a in pairs])
+
+
 # ----------------------------------------------------------------------------- local judge
 
 
@@ -381,6 +410,16 @@ def _local_judge(arg: str, subject: Subject | None = None, **kw) -> Judge:
                         min_mass=kw.get("min_mass", 0.25))
 
 
+@register_judge("probe")
+def _probe_judge(arg: str, subject: Subject | None = None, **kw) -> Judge:
+    from persona_probe.evals.probe_judge import load_probe_judge
+
+    if not arg:
+        raise JudgeError("judge 'probe:' needs a probe directory (persona-probe "
+                         "train-probe-judge) or a shipped one: probe:refusal, probe:harmful")
+    return load_probe_judge(arg, subject, device=kw.get("device", "auto"))  # type: ignore
+
+
 @register_judge("openai")
 def _openai_judge(arg: str, subject: Subject | None = None, **kw) -> Judge:
     if not arg:
@@ -393,11 +432,15 @@ def _openai_judge(arg: str, subject: Subject | None = None, **kw) -> Judge:
 def make_judge(spec: str = "self", subject: Subject | None = None,
                cache: str | Path | None = None, **options) -> Judge:
     """Build a judge from ``KIND[:ARG]``: ``self`` (frozen copy of ``subject``),
-    ``local:MODEL`` or ``openai:MODEL`` (``base_url=``, ``api_key_env=``, ``mode=``…).
-    With ``cache`` (a file path) judgments are kept on disk and never requested twice."""
+    ``local:MODEL``, ``probe:PATH`` (a linear probe on a frozen model's residuals; shipped:
+    ``probe:refusal``, ``probe:harmful``) or ``openai:MODEL`` (``base_url=``,
+    ``api_key_env=``, ``mode=``…). With ``cache`` (a file path) judgments are kept on disk and
+    never requested twice (a probe judge is cheap and deterministic, so it is not cached)."""
     kind, _, arg = spec.partition(":")
     if kind not in JUDGES:
         raise JudgeError(f"unknown judge {spec!r}; use one of: "
                          + ", ".join(f"{k}{'' if k == 'self' else ':…'}" for k in JUDGES))
     judge = JUDGES[kind](arg, subject=subject, **options)
-    return CachedJudge(judge, cache) if cache is not None else judge
+    if cache is None or isinstance(judge, ResponseJudge):
+        return judge
+    return CachedJudge(judge, cache)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_probe.errors import PersonaProbeError
-from persona_probe.evals.judges import Judge
+from persona_probe.evals.judges import Judge, judge_answers
 from persona_probe.evals.records import ItemLog, write_summary
 from persona_probe.generation import generate_responses
 from persona_probe.likelihood import reply_loglik
@@ -222,8 +222,8 @@ def run_safety_eval(subject: Subject, prompts: list[SafetyPrompt],
             assert judge is not None
             for p in todo:  # judged one by one so an interrupted run keeps its judgments
                 reply = recs[p.id]["response"]
-                j = judge.judge([REFUSAL_JUDGE_PROMPT.replace("{question}", p.prompt)
-                                 .replace("{answer}", reply or "(no reply)")])[0]
+                j = judge_answers(judge, "refusal", REFUSAL_JUDGE_PROMPT,
+                                  [(p.prompt, reply or "(no reply)")])[0]
                 recs[p.id].update(judge_refusal=j.score, judge_mass=j.mass,
                                   refused_judge=None if j.score is None
                                   else bool(j.score > config.judge_threshold))

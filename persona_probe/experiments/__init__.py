@@ -16,8 +16,9 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
                 name: str) -> None:
     """The shared command line of an experiment script: ``--config`` (default: its CPU config),
     ``--runs`` (intermediate outputs, resumable), ``--out`` (results and figures),
-    ``--figures-only`` (re-draw from ``out/results.json``). Errors from persona_probe end the
-    process with one line."""
+    ``--figures-only`` (re-draw from ``out/results.json``), ``--dry-run`` (parse and validate
+    the config and print the stages it would run; loads no model, writes nothing). Errors from
+    persona_probe end the process with one line."""
     from persona_probe.configs import read_json_config
     from persona_probe.errors import PersonaProbeError
 
@@ -27,12 +28,22 @@ def script_main(doc: str, config_cls: Any, run: Callable, draw: Callable, root: 
     ap.add_argument("--runs", type=Path, default=root / "runs" / name)
     ap.add_argument("--out", type=Path, default=root / "figures" / name)
     ap.add_argument("--figures-only", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate --config and print the planned stages; loads no model")
     staged = "overwrite" in inspect.signature(run).parameters
     if staged:
         ap.add_argument("--overwrite", action="store_true",
                         help="rebuild stages whose outputs were made from other inputs")
     args = ap.parse_args()
     try:
+        if args.dry_run:
+            from persona_probe.experiments.plan import plan_config
+
+            plan = plan_config(args.config, experiment=name)
+            print(plan.text())
+            if plan.problems:
+                raise SystemExit(1)
+            return
         if args.figures_only:
             if not (args.out / "results.json").is_file():
                 raise SystemExit(f"error: {args.out / 'results.json'} does not exist; run "

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from persona_probe.artifacts import sha256_file
+from persona_probe.conventions import LAYER_CONVENTION, check_convention
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import Subject
 
@@ -88,8 +89,24 @@ def load_sae(spec: str | Path, device: str = "cpu", dtype: str | None = None,
         except Exception as exc:  # safetensors, json and sae-lens each raise their own types
             raise SAELoadError(f"{path}: cannot load as a sae-lens SAE ({type(exc).__name__}: "
                                f"{exc}); re-download or retrain it") from None
+    record_convention(sae, where=spec_s)
     if subject is not None:
         check_compatible(sae, subject)
+    return sae
+
+
+def record_convention(sae, where: str = "SAE"):
+    """Every SAE records the layer convention its ``hook_name`` is read in. sae-lens names hook
+    points in TransformerLens's vocabulary, so an SAE saved without the field (by sae-lens, or
+    here before it existed) is in that convention; a convention this version does not know is
+    an error, never a silent shift of the layer."""
+    md = sae.cfg.metadata
+    if "layer_convention" not in md or md.layer_convention is None:
+        md.layer_convention = LAYER_CONVENTION
+    try:
+        check_convention(md.layer_convention, where)
+    except PersonaProbeError as exc:
+        raise SAELoadError(str(exc)) from None
     return sae
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from persona_probe import distributed
 from persona_probe.artifacts import (atomic_write, is_io_error, read_json, sha256_file,
                                      write_json)
+from persona_probe.conventions import LAYER_CONVENTION
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import resolve_device
 from persona_probe.provenance import provenance
@@ -284,6 +285,7 @@ def train_sae(cfg: SAETrainConfig, out: str | Path, resume: bool = False,
     plan = BatchPlan(store, cfg.hook, split.train, cfg.batch_size, cfg.seed, cfg.window_rows)
     model_meta = store.meta["model"]
     metadata = {"model_name": model_meta.get("model"), "hook_name": cfg.hook,
+                "layer_convention": LAYER_CONVENTION,
                 "model_revision": model_meta.get("revision"),
                 "model_adapter": model_meta.get("adapter"),
                 "prepend_bos": False, "context_size": None,

@@ -1,0 +1,106 @@
+"""What the model writes, measured beside what the teacher-forced proxies say.
+
+Why: would-say and answer contrast read likelihoods of fixed replies; a steered or finetuned
+model can move them while writing a refusal-like collapse or a loop. These helpers sample real
+generations, score them with probe judges on a frozen model, and flag incoherent ones with the
+coherence rule, so every generated behaviour is reported with its coherent fraction and only
+coherent text is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from persona_probe.artifacts import ItemLog
+from persona_probe.evals.coherence import CoherenceRule, coherence_features
+from persona_probe.evals.probe_judge import ProbeJudge
+from persona_probe.generation import generate_responses
+from persona_probe.models import Subject
+from persona_probe.prompts import PromptItem
+
+
+def sample_replies(subject: Subject, items: Sequence[PromptItem], seed: int,
+                   max_new_tokens: int = 64, temperature: float = 1.0,
+                   batch_size: int = 16) -> list[str]:
+    """One sampled reply per item, empty replies kept (they count against coherence)."""
+    got = generate_responses(subject, list(items), max_new_tokens, batch_size, temperature,
+                             seed=seed, progress=False, keep_empty=True)
+    return [it.messages[-1]["content"] for it in got]
+
+
+def judge_replies(pairs: Sequence[tuple[str, str]], judges: dict[str, ProbeJudge],
+                  rule: CoherenceRule, coherence_model: Subject) -> list[dict]:
+    """Per (question, reply): each probe judge's 0–100 score on its own criterion, every
+    coherence measure, and the rule's verdict."""
+    feats = coherence_features(coherence_model, pairs)
+    rows = [{**f, "coherent": rule.passes(f)} for f in feats]
+    for name, judge in judges.items():
+        crit = judge.artifact.criterion
+        scores = judge.judge_responses(pairs, crit)
+        for r, j in zip(rows, scores):
+            r[name] = j.score
+    return rows
+
+
+def coherent_mean(rows: Sequence[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r["coherent"] and r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def usable_alpha(curve: Sequence[dict], margin: float) -> float | None:
+    """The largest α whose coherent fraction stays within ``margin`` of α = 0's, scanning up
+    from 0 and stopping at the first α that falls out (a later recovery does not count)."""
+    by_alpha = sorted(curve, key=lambda r: r["alpha"])
+    if not by_alpha or by_alpha[0]["alpha"] != 0.0:
+        raise ValueError("a usable range is measured from alpha = 0; include it")
+    ref = by_alpha[0]["coherent_fraction"]
+    best = 0.0
+    for r in by_alpha[1:]:
+        if r["coherent_fraction"] < ref - margin:
+            break
+        best = r["alpha"]
+    return best
+
+
+def steering_generation_sweep(subject: Subject, target, layers: Sequence[int],
+                              alphas: Sequence[float], questions: Sequence[str],
+                              judges: dict[str, ProbeJudge], rule: CoherenceRule,
+                              coherence_model: Subject, samples: int = 1, seed: int = 0,
+                              max_new_tokens: int = 64, margin: float = 0.1,
+                              out: str | Path | None = None) -> dict:
+    """Generations at each α (``samples`` per question), judged and checked for coherence:
+    per α the coherent fraction, each judge's mean over coherent replies, the mean coherence
+    measures; and the usable range (largest α within ``margin`` of α = 0's coherent fraction).
+    Rows go to ``out/generations.jsonl`` as they are made (a re-run resumes)."""
+    from persona_probe.interventions import steer
+
+    log = ItemLog(Path(out) / "generations.jsonl" if out else None)
+    curve = []
+    for a in sorted(set(float(x) for x in [0.0, *alphas])):
+        keys = [f"a{a}/s{s}/q{i}" for s in range(samples) for i in range(len(questions))]
+        if not all(k in log for k in keys):
+            items = [PromptItem(f"q{i}", [{"role": "user", "content": q}])
+                     for i, q in enumerate(questions)]
+            for s in range(samples):
+                with steer(subject, target, a, list(layers)):
+                    replies = sample_replies(subject, items, seed + 1000 * s, max_new_tokens)
+                pairs = list(zip(questions, replies))
+                judged = judge_replies(pairs, judges, rule, coherence_model)
+                log.append({"key": f"a{a}/s{s}/q{i}", "alpha": a, "sample": s,
+                            "question": q, "reply": r, **j}
+                           for i, ((q, r), j) in enumerate(zip(pairs, judged)))
+        rows = [log.get(k) for k in keys]
+        curve.append({"alpha": a, "n": len(rows),
+                      "coherent_fraction": float(np.mean([r["coherent"] for r in rows])),
+                      **{name: coherent_mean(rows, name) for name in judges},
+                      "repeated_4gram_share": float(np.mean([r["repeated_4gram_share"]
+                                                             for r in rows])),
+                      "loglik_per_token": float(np.mean([r["loglik_per_token"] for r in rows
+                                                         if np.isfinite(r["loglik_per_token"])]
+                                                        or [np.nan])),
+                      "empty_rate": float(np.mean([r["empty"] for r in rows]))})
+    return {"layers": list(layers), "curve": curve, "margin": margin,
+            "usable_alpha": usable_alpha(curve, margin)}
