@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents behaviour-validation test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,13 @@ demo: install
 # --overwrite rebuilds stages whose inputs changed), then the README tables re-rendered.
 persona-latents: install
 	$(BIN)/python experiments/persona_latents.py
+	$(BIN)/python experiments/render_readme.py
+
+# Issue 25: probe judges, the coherence rule, judged generations and proxy validity (~40 min on
+# 2 cores, resumable); then the fitted probe judges and rule are copied into the package data.
+behaviour-validation: install
+	$(BIN)/python experiments/behaviour_validation.py
+	$(BIN)/python experiments/ship_behaviour_judges.py
 	$(BIN)/python experiments/render_readme.py
 
 # Two workers (one torch thread each, tests/conftest.py); a module with an expensive shared

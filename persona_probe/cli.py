@@ -446,6 +446,74 @@ def rank_latents_cmd(
         typer.echo(f"ranking written to {out}")
 
 
+@app.command("dashboards")
+@_clean_errors
+def dashboards_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for dashboard.json and the HTML pages.")],
+    sae: Annotated[str, typer.Option(help="SAE directory, 'shipped' or sae-lens:RELEASE/ID.")] = (
+        "shipped"),
+    latents: Annotated[Optional[str], typer.Option(help="Comma-separated latent indices.")] = None,
+    ranking: Annotated[Optional[Path], typer.Option(
+        help="A ranking (rank-latents --out): show its first --top latents.")] = None,
+    top: Annotated[int, typer.Option(help="Latents to take from --ranking.")] = 10,
+    trait: Annotated[Optional[str], typer.Option(
+        help="Also steer each latent and measure this trait's would-say score.")] = None,
+    questions: Annotated[int, typer.Option(
+        help="Extract-split questions for the steering measure.")] = 8,
+    alphas: Annotated[str, typer.Option(help="Steering strengths (units of r̄).")] = "0,0.2,0.4",
+    prompts: Annotated[str, typer.Option(help="Prompt set for the examples.")] = (
+        "builtin:everyday"),
+    limit: Annotated[Optional[int], typer.Option()] = 60,
+    generate: Annotated[int, typer.Option(
+        help="Tokens of the model's replies to prompt-only items (0: prompts only).")] = 0,
+    positions: Annotated[str, typer.Option(help="all | response | prompt_last")] = "all",
+    top_k: Annotated[int, typer.Option(help="Top activating examples per latent.")] = 8,
+    model: Annotated[str, typer.Option()] = "smollm2-135m-instruct",
+    adapter: Annotated[Optional[Path], typer.Option(help="PEFT/LoRA adapter directory.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Only render the pages from this saved dashboard.json (no model).")] = None,
+) -> None:
+    """Feature dashboards: a page per latent (top examples, activation histogram, logit
+    effects, steering effect on a trait) and an index, from saved data (dashboard.json)."""
+    from persona_probe.figures.dashboards import write_latent_dashboards
+    from persona_probe.latent_dashboards import (compute_latent_dashboard_data, read_ranking,
+                                                 save_dashboard_data)
+
+    if data is None:
+        if (latents is None) == (ranking is None):
+            raise PersonaProbeError("give exactly one of --latents 12,34 or --ranking PATH")
+        from persona_probe.models import load_subject
+        from persona_probe.prompts import load_prompts
+        from persona_probe.sae import load_sae
+        from persona_probe.traits import load_trait, trait_questions
+
+        rows = read_ranking(ranking, top) if ranking is not None else None
+        try:
+            alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
+            ids = ([int(r["latent"]) for r in rows] if rows is not None
+                   else [int(x) for x in str(latents).split(",") if x.strip()])
+        except ValueError as exc:
+            raise PersonaProbeError(f"--latents and --alphas are comma-separated numbers ({exc})"
+                                    ) from None
+        t = load_trait(trait) if trait is not None else None
+        subject = load_subject(model, adapter=adapter)
+        s = load_sae(sae, subject=subject)
+        items = load_prompts(prompts, limit)
+        if generate:
+            from persona_probe.generation import generate_responses
+
+            items = generate_responses(subject, [it for it in items if not it.has_response],
+                                       generate, progress=True) + [
+                it for it in items if it.has_response]
+        result = compute_latent_dashboard_data(
+            subject, s, ids, items, trait=t, questions=trait_questions("extract")[:questions],
+            alphas=alpha_list, top_k=top_k, positions=positions, ranking=rows, sae_spec=sae)
+        data = save_dashboard_data(result, out)
+        typer.echo(f"dashboard data written to {data}")
+    pages = write_latent_dashboards(data, out)
+    typer.echo(f"{len(pages) - 1} latent pages; open {pages[0].resolve()}")
+
+
 @app.command("screen-latents")
 @_clean_errors
 def screen_latents_cmd(
@@ -508,15 +576,24 @@ def steer(
         help="Generate a reply to this prompt at every α.")] = None,
     random_controls: Annotated[int, typer.Option()] = 2,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
+    generate: Annotated[int, typer.Option(
+        help="Sample this many generations per held-out question at every α, judged by "
+             "--judges and checked by the coherence rule (0: none).")] = 0,
+    judges: Annotated[str, typer.Option(
+        help="Probe judges for --generate: comma-separated shipped names or directories.")] = (
+        "harmful,refusal"),
+    margin: Annotated[float, typer.Option(
+        help="Usable range: coherent fraction within this of α = 0's.")] = 0.1,
     out: Annotated[Optional[Path], typer.Option(help="Results directory (JSON lines).")] = None,
 ) -> None:
-    """Steer along a direction: a dose-response table (--trait) and/or sample text (--prompt)."""
+    """Steer along a direction: a dose-response table (--trait), judged generations with
+    coherence (--generate N) and/or sample text (--prompt)."""
     from persona_probe.directions import Direction
     from persona_probe.models import load_subject
 
-    if trait is None and prompt is None:
-        raise PersonaProbeError("give --trait (dose-response of a trait measure) and/or "
-                                "--prompt (text under steering)")
+    if trait is None and prompt is None and not generate:
+        raise PersonaProbeError("give --trait (dose-response of a trait measure), --generate N "
+                                "(judged generations) and/or --prompt (text under steering)")
     subject = load_subject(model, adapter=adapter)
     d = Direction.load(direction)
     lay = _int_list(layers, subject.n_layers)
@@ -535,6 +612,31 @@ def steer(
         for r in summary:
             typer.echo(f"{r['target']:>16}  α={r['alpha']:<5} {r['mean']:+.3f} "
                        f"[{r['lo']:+.3f}, {r['hi']:+.3f}]  n={r['n']}")
+    if generate:
+        from persona_probe.evals.behaviour import steering_generation_sweep
+        from persona_probe.evals.coherence import CoherenceRule
+        from persona_probe.evals.probe_judge import load_probe_judge
+        from persona_probe.traits import trait_questions
+
+        named = {Path(j).name if Path(j).exists() else j: load_probe_judge(j, coherence=False)
+                 for j in judges.split(",") if j.strip()}
+        first = next(iter(named.values()))
+        res = steering_generation_sweep(
+            subject, d, lay, alpha_list, trait_questions("heldout"), named,
+            CoherenceRule.shipped(), first.model, samples=generate,
+            max_new_tokens=max_new_tokens, margin=margin,
+            out=(out / "generations") if out else None)
+        for r in res["curve"]:
+            scores = "  ".join(f"{k} {r[k]:5.1f}" if r[k] is not None else f"{k}   n/a"
+                               for k in named)
+            typer.echo(f"α={r['alpha']:<6} coherent {r['coherent_fraction']:.2f}  {scores}  "
+                       f"(judged on coherent replies; n={r['n']})")
+        typer.echo(f"usable range: α ≤ {res['usable_alpha']} (coherent fraction within "
+                   f"{margin} of α = 0)")
+        if out is not None:
+            from persona_probe.artifacts import write_json
+
+            write_json(out / "generation_sweep.json", res)
     if prompt is not None:
         from persona_probe.generation import generate_responses
         from persona_probe.interventions import steer as steer_ctx
@@ -546,6 +648,44 @@ def steer(
                 reply = generate_responses(subject, [item], max_new_tokens, progress=False)
             text = reply[0].messages[-1]["content"] if reply else ""
             typer.echo(f"α={a}: {text}")
+
+
+@app.command("train-probe-judge")
+@_clean_errors
+def train_probe_judge_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for probe.safetensors + probe.json.")],
+    criterion: Annotated[str, typer.Option(help="refusal (pointwise sources).")] = "refusal",
+    train_sources: Annotated[str, typer.Option(
+        help="Comma-separated labelled sources (dna_refusal, xstest_refusal).")] = "dna_refusal",
+    test_source: Annotated[Optional[str], typer.Option(
+        help="A source it is not trained on, to report transfer AUROC and ECE.")] = (
+        "xstest_refusal"),
+    hooks: Annotated[str, typer.Option(help="Candidate hook points (chosen by grouped CV).")] = (
+        "blocks.15.hook_resid_post,blocks.20.hook_resid_post,blocks.25.hook_resid_post"),
+    model: Annotated[str, typer.Option(help="The frozen judge model.")] = "smollm2-135m-instruct",
+    dtype: Annotated[Optional[str], typer.Option()] = None,
+    limit: Annotated[Optional[int], typer.Option(help="First N rows per source (quick).")] = None,
+) -> None:
+    """Fit a linear probe judge on labelled public data in ../shared/data."""
+    from persona_probe.datasets import shared_data_dir
+    from persona_probe.evals.probe_judge import ProbeTrainConfig, train_probe_judge
+    from persona_probe.models import load_subject
+
+    root = shared_data_dir()
+    if root is None:
+        raise PersonaProbeError("the labelled sources live in ../shared/data; set "
+                                "PERSONA_PROBE_DATA to that directory")
+    cfg = ProbeTrainConfig(criterion=criterion, train_sources=tuple(train_sources.split(",")),
+                           hooks=tuple(h.strip() for h in hooks.split(",")))
+    art, m = train_probe_judge(load_subject(model, dtype=dtype), cfg, root, out, test_source,
+                               limit)
+    typer.echo(f"{out}: {art.criterion} probe at {art.hook}, grouped-CV AUROC "
+               f"{m['train_cv_auroc']:.3f} on {', '.join(cfg.train_sources)}")
+    if test_source:
+        a = m["auroc"]
+        typer.echo(f"  on {test_source} (never seen): AUROC {a['mean']:.3f} [{a['lo']:.3f}, "
+                   f"{a['hi']:.3f}], ECE {m['ece']:.3f}")
+    typer.echo(f"  use it as a judge: --judge probe:{out}")
 
 
 @app.command()

@@ -65,6 +65,33 @@ def proportion(successes: Sequence[bool], **kw) -> Estimate:
     return bootstrap(np.asarray(successes, dtype=np.float64), **kw)
 
 
+def cluster_bootstrap(values: Sequence[float] | np.ndarray, clusters: Sequence[object],
+                      n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """CI of the pooled mean when rows come in clusters (answers sampled per question):
+    whole clusters are resampled, never rows as if they were independent. ``n`` is the number
+    of clusters."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray([str(x) for x in clusters])
+    if len(c) != len(v):
+        raise ValueError(f"{len(v)} values but {len(c)} cluster labels")
+    keep = ~np.isnan(v)
+    v, c = v[keep], c[keep]
+    if v.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, level)
+    uniq, inv = np.unique(c, return_inverse=True)
+    sums = np.bincount(inv, weights=v, minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    point = float(v.mean())
+    if len(uniq) == 1:
+        return Estimate(point, point, point, 1, level)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+    samples = sums[idx].sum(1) / counts[idx].sum(1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(samples, [a, 1 - a])
+    return Estimate(point, float(lo), float(hi), int(len(uniq)), level)
+
+
 # --- seeds × questions ---------------------------------------------------------------------
 
 @dataclass(frozen=True)

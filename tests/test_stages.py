@@ -156,3 +156,20 @@ def test_crossed_ratio_and_per_seed_signs():
     assert one.n_seeds == 1 and "one seed" in one.method
     with pytest.raises(ValueError, match="shape"):
         crossed_bootstrap(num, den[:2])
+
+
+def test_cluster_bootstrap_resamples_questions_not_answers():
+    """Twenty answers per question that agree within a question: the interval over questions
+    is far wider than one that treats the 400 answers as independent."""
+    import numpy as np
+
+    from persona_probe.stats import bootstrap, cluster_bootstrap
+
+    rng = np.random.default_rng(0)
+    per_q = rng.random(20) < 0.5
+    values = np.repeat(per_q, 20).astype(float)
+    clusters = np.repeat(np.arange(20), 20)
+    est = cluster_bootstrap(values, clusters, seed=0)
+    naive = bootstrap(values, seed=0)
+    assert est.mean == naive.mean and est.n == 20
+    assert (est.hi - est.lo) > 3 * (naive.hi - naive.lo)

@@ -24,7 +24,7 @@ from persona_probe.evals.records import ItemLog, write_summary
 from persona_probe.generation import generate_responses
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
-from persona_probe.stats import bootstrap, proportion
+from persona_probe.stats import bootstrap, cluster_bootstrap
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,10 @@ def summarize_em(recs: list[dict], config: EMConfig = EMConfig()) -> dict:
         usable = [r for r in rows if r.get(a) is not None
                   and r.get(c) is not None and r[c] > config.coherent_above]
         mis = [r[a] < config.aligned_below for r in usable]
-        return {"misaligned": proportion(mis, seed=config.seed).to_dict(),
+        # answers are sampled per question: resample questions, not answers
+        est = cluster_bootstrap(mis, [r["question_id"] for r in usable], seed=config.seed)
+        return {"misaligned": {**est.to_dict(), "n_answers": len(mis),
+                               "method": "bootstrap over questions (answers clustered)"},
                 "n_answers": len(rows), "n_coherent": len(usable),
                 "n_unscored": sum(r.get(a) is None or r.get(c) is None for r in rows)}
 

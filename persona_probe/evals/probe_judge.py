@@ -559,3 +559,57 @@ def pairwise_cv_accuracy(xc: np.ndarray, xr: np.ndarray, groups: Sequence[str], 
 
 def config_dict(config: ProbeTrainConfig) -> dict:
     return asdict(config)
+
+
+def evaluate_probe(probe: LinearProbe, x: np.ndarray, y: np.ndarray, groups: Sequence[str],
+                   seed: int = 0) -> dict:
+    """AUROC (cluster bootstrap over ``groups``), ECE and the reliability curve of a fitted
+    probe on rows it never saw."""
+    y = np.asarray(y)
+    p = probe.prob(x)
+    lo, hi = cluster_bootstrap_auroc(y, p, groups, seed=seed)
+    return {"auroc": {"mean": auroc(y, p), "lo": lo, "hi": hi,
+                      "method": "percentile bootstrap over test questions (1000 draws)"},
+            "ece": expected_calibration_error(y, p), "reliability": reliability_curve(y, p),
+            "n_test": int(len(y)), "test_positive_rate": float(y.mean())}
+
+
+def train_probe_judge(subject: Subject, config: ProbeTrainConfig, root: Path,
+                      out: str | Path, test_source: str | None = None,
+                      limit: int | None = None) -> tuple[ProbeArtifact, dict]:
+    """Fit a pointwise probe judge on ``config.train_sources`` (hook and C chosen by grouped
+    CV on them only), evaluate it on ``test_source`` when given (a source it never saw), and
+    save it to ``out``. ``limit`` takes the first rows of each source (quick checks)."""
+    if any(PROBE_SOURCES[s].pairwise for s in config.train_sources):
+        raise ProbeJudgeError("train_probe_judge fits pointwise sources; pairwise HH-RLHF "
+                              "probes are fitted by the behaviour_validation experiment")
+
+    def rows_of(name: str) -> list[LabelledText]:
+        rows = load_source(name, root)
+        return rows[:limit] if limit else rows
+    train = [r for s in config.train_sources for r in rows_of(s)]
+    x = response_features(subject, [(r.question, r.response) for r in train], config.hooks,
+                          config.batch_size, config.max_tokens).numpy().astype(np.float64)
+    y = np.array([r.label for r in train])
+    h, c, probe, sel = select_and_fit(x, y, [r.group for r in train], config)
+    metrics: dict = {"train_cv_auroc": max(r["cv_auroc"] for r in sel["selection"]),
+                     "selection": sel["selection"], "n_train": int(len(y))}
+    if test_source is not None:
+        if test_source in config.train_sources:
+            raise ProbeJudgeError("test_source must be a source the probe is not trained on")
+        test = rows_of(test_source)
+        xt = response_features(subject, [(r.question, r.response) for r in test],
+                               [config.hooks[h]], config.batch_size,
+                               config.max_tokens)[:, 0].numpy().astype(np.float64)
+        metrics["heldout_source"] = test_source
+        metrics.update(evaluate_probe(probe, xt, [r.label for r in test],
+                                      [r.group for r in test], config.seed))
+    p = subject.provenance()
+    model = {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
+    art = ProbeArtifact(config.criterion, config.hooks[h], probe, {**model, "spec": subject.spec},
+                        str(subject.model.dtype).removeprefix("torch."), config.max_tokens,
+                        {"sources": list(config.train_sources), "C": c, "limit": limit,
+                         "data": {s: source_digests(s, root) for s in config.train_sources},
+                         "config": config_dict(config)}, metrics)
+    art.save(out)
+    return art, metrics

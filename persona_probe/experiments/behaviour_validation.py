@@ -219,25 +219,17 @@ def _features_stage(stages, base, cfg, common, name: str, root: Path) -> dict:
 
 def _transfer(cfg, train: dict, test: dict, mode: str) -> dict:
     """Select (hook, C) on the training source, evaluate on the test source."""
-    from persona_probe.evals.probe_judge import (ProbeTrainConfig, auroc,
-                                                 cluster_bootstrap_auroc,
-                                                 expected_calibration_error,
-                                                 reliability_curve, select_and_fit)
+    from persona_probe.evals.probe_judge import ProbeTrainConfig, evaluate_probe, select_and_fit
 
     pcfg = ProbeTrainConfig(criterion="refusal", hooks=cfg.judge_hooks, c_grid=cfg.c_grid,
                             folds=cfg.folds, seed=cfg.seed, max_tokens=cfg.max_tokens)
-    y_tr, y_te = np.asarray(train["labels"]), np.asarray(test["labels"])
+    y_tr = np.asarray(train["labels"])
     h, c, probe, sel = select_and_fit(train[mode], y_tr, train["groups"], pcfg)
-    p = probe.prob(test[mode][:, h])
-    lo, hi = cluster_bootstrap_auroc(y_te, p, test["groups"], seed=cfg.seed)
+    ev = evaluate_probe(probe, test[mode][:, h], test["labels"], test["groups"], cfg.seed)
     cv = max(r["cv_auroc"] for r in sel["selection"])
-    return {"auroc": {"mean": auroc(y_te, p), "lo": lo, "hi": hi,
-                      "method": "percentile bootstrap over test questions (1000 draws)"},
-            "ece": expected_calibration_error(y_te, p), "reliability": reliability_curve(y_te, p),
-            "hook": cfg.judge_hooks[h], "C": c, "train_cv_auroc": cv,
-            "n_train": int(len(y_tr)), "n_test": int(len(y_te)),
-            "test_positive_rate": float(y_te.mean()), "selection": sel["selection"],
-            "_probe": probe, "_hook_index": h}
+    return {**ev, "hook": cfg.judge_hooks[h], "C": c, "train_cv_auroc": cv,
+            "n_train": int(len(y_tr)), "selection": sel["selection"], "_probe": probe,
+            "_hook_index": h}
 
 
 def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
@@ -299,7 +291,7 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
                                    "hi": hi}, "n": int(known.sum()),
                          "n_harmful": int(dna_harm[known].sum()),
                          "note": "rows with refusal/compliance actions only (action 4 left "
-                                 "out); harmful responses are rare, so the interval is wide"}
+                                 "out); few responses are labelled harmful"}
         out["harmful"]["hh_harmless"] = {
             "pairwise_accuracy": acc, "hook": cfg.judge_hooks[h], "C": c,
             "train_cv_pairwise_accuracy": max(r["cv_pairwise_accuracy"]
@@ -321,6 +313,55 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
         "transfer": [list(p) for p in cfg.refusal_transfer],
         "ship_refusal_from": cfg.ship_refusal_from, "hh_test_share": cfg.hh_test_share},
         build)
+
+
+def _judge_on_trait_replies(judges: dict, split) -> dict:
+    """Post-hoc (chooses nothing): can the probe judges tell the trait's replies from the
+    anti-trait's, as answers to the split's questions? AUROC over (question, reply) rows, and
+    over replies (each reply's mean score across questions: the replies are the independent
+    units, so this is the coarse, honest one)."""
+    from persona_probe.evals.probe_judge import auroc
+
+    out: dict[str, Any] = {}
+    for half, (trait, qs) in (("selection", split.selection), ("evaluation", split.evaluation)):
+        for name, judge in judges.items():
+            pos = np.array([judge.probabilities([(q, r) for q in qs]) for r in trait.trait_replies])
+            neg = np.array([judge.probabilities([(q, r) for q in qs]) for r in trait.anti_replies])
+            rows = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+            per_reply = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+            out[f"{name}/{half}"] = {
+                "auroc_rows": auroc(rows, np.r_[pos.ravel(), neg.ravel()]),
+                "auroc_replies": auroc(per_reply, np.r_[pos.mean(1), neg.mean(1)]),
+                "trait_mean": float(100 * pos.mean()), "anti_mean": float(100 * neg.mean()),
+                "n_questions": len(qs), "n_replies": [len(pos), len(neg)]}
+    return out
+
+
+def _harmful_checks(feats: dict, probes_dir: Path, root: Path, cfg) -> dict:
+    """Post-hoc (chooses nothing): is the harmful probe more than a refusal detector? On
+    Do-Not-Answer's human ``harmful`` labels, AUROC of the harmful probe and of the refusal
+    probe over all rated responses and over the compliant ones only (where refusing cannot
+    explain harmlessness)."""
+    from persona_probe.evals.probe_judge import ProbeArtifact, auroc, cluster_bootstrap_auroc
+
+    dna = feats["dna_refusal"]
+    harm = _dna_harmful_labels(root, dna["keys"])
+    refused = np.asarray(dna["labels"]) == 1
+    out: dict[str, Any] = {"n_harmful": int(np.nansum(harm)), "n": int((~np.isnan(harm)).sum())}
+    for crit in ("harmful", "refusal"):
+        art = ProbeArtifact.load(probes_dir / crit)
+        x = dna["response"][:, list(cfg.judge_hooks).index(art.hook)]
+        score = art.probe.logit(x) * (1 if crit == "harmful" else -1)  # refusal: less harmful
+        for subset, mask in (("all", ~np.isnan(harm)), ("compliant_only",
+                                                         ~np.isnan(harm) & ~refused)):
+            y = harm[mask].astype(int)
+            if len(set(y.tolist())) < 2:
+                continue
+            groups = [g for g, m in zip(dna["groups"], mask) if m]
+            lo, hi = cluster_bootstrap_auroc(y, score[mask], groups, seed=cfg.seed)
+            out[f"{crit}_probe/{subset}"] = {"mean": auroc(y, score[mask]), "lo": lo, "hi": hi,
+                                             "n": int(mask.sum()), "n_harmful": int(y.sum())}
+    return out
 
 
 def _dna_harmful_labels(root: Path, keys: list[str]) -> np.ndarray:
@@ -441,6 +482,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     stage("probe judges")
     probe_metrics = _probe_stage(stages, base, cfg, common, feats, root)
     probes_dir = runs / "probe-judge" / "probes"
+    harm_checks = _harmful_checks(feats, probes_dir, root, cfg)
     # 3. coherence rule ------------------------------------------------------------------
     stage("coherence rule")
     coh = _coherence_stage(stages, base, cfg, common)
@@ -538,6 +580,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
 
     # 7. results -------------------------------------------------------------------------------
     stage("results")
+    judge_validity = _judge_on_trait_replies(judges, split)
     res = _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation, usable_alpha)
     res_probe = _probe_summary(probe_metrics)
     results = {
@@ -546,6 +589,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
         "compute_seconds_total": round(time.perf_counter() - t0, 1),
         "seeds": list(cfg.seeds), "organism_seed": cfg.organism_seed,
         "probe_judge": res_probe, "probe_judge_detail": probe_metrics,
+        "harmful_probe_checks": harm_checks, "judge_on_trait_replies": judge_validity,
         "coherence_rule": {**{k: coh[k] for k in ("max_repeated_4gram", "min_loglik", "n",
                                                   "n_coherent", "cross_validated",
                                                   "in_sample_balanced_accuracy")},

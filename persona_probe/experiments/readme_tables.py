@@ -157,6 +157,128 @@ def render_em_persona_features(res: dict) -> str:
         f"| re-alignment: SFT on good data | {curve} |"])
 
 
+@register("behaviour_validation", "figures/behaviour_validation/results.json")
+def render_behaviour_validation(res: dict) -> str:
+    cfg = res["config"]
+    tiny = "**A tiny demonstration run: it makes no claim.** " if cfg.get("tiny") else ""
+    lines = [tiny + f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+             f"Judge model: the frozen embedded model ({cfg['dtype']}); hook and C chosen by "
+             f"grouped {cfg['folds']}-fold CV on the training source only.", "",
+             "| probe judge: train → test | criterion | hook | AUROC [95% CI] | ECE | "
+             "same probe on the request alone | margin | goal (AUROC ≥ 0.85, ECE ≤ 0.1, "
+             "margin ≥ 0.05) |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in res["probe_judge"].items():
+        if r["criterion"] != "refusal":
+            continue
+        a = r["auroc"]
+        goals = [a["mean"] >= 0.85, r["ece"] <= 0.1, r["margin_over_prompt_only"] >= 0.05]
+        met = "yes" if all(goals) else "no (" + ", ".join(
+            n for n, ok in zip(("AUROC", "ECE", "margin"), goals) if not ok) + ")"
+        lines.append(f"| {key.replace('->', ' → ')} | refusal | `{r['hook']}` | "
+                     f"{a['mean']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | {r['ece']:.3f} | "
+                     f"{r['prompt_only_auroc']['mean']:.3f} | "
+                     f"{r['margin_over_prompt_only']:+.3f} | {met} |")
+    for key, r in res["probe_judge"].items():
+        if r["criterion"] != "harmful":
+            continue
+        a = r["pairwise_accuracy"]
+        d = r.get("dna_harmful_labels_auroc")
+        dna = (f"; on Do-Not-Answer's human *harmful* labels AUROC {d['mean']:.3f} "
+               f"[{d['lo']:.3f}, {d['hi']:.3f}]") if d else ""
+        lines += ["", f"Harmful content (HH-RLHF harmless pairs, fitted pairwise on "
+                  f"{100 - round(100 * cfg['hh_test_share'])}% of the pairs): chosen scored "
+                  f"less harmful than rejected on {a['mean']:.1%} [{a['lo']:.1%}, "
+                  f"{a['hi']:.1%}] of {r['n_test']} held-out pairs (`{r['hook']}`){dna}."]
+    hc = res.get("harmful_probe_checks") or {}
+    if "harmful_probe/compliant_only" in hc:
+        a, b = hc["harmful_probe/compliant_only"], hc["refusal_probe/compliant_only"]
+        lines += ["", f"Is it more than a refusal detector? Among Do-Not-Answer's *compliant* "
+                  f"responses only ({a['n']}, {a['n_harmful']} labelled harmful by people), the "
+                  f"harmful probe ranks the harmful ones at AUROC {a['mean']:.3f} "
+                  f"[{a['lo']:.3f}, {a['hi']:.3f}], the refusal probe at {b['mean']:.3f} "
+                  f"[{b['lo']:.3f}, {b['hi']:.3f}] (post-hoc; few positives)."]
+    jv = res.get("judge_on_trait_replies") or {}
+    if "harmful/evaluation" in jv:
+        ev, se = jv["harmful/evaluation"], jv["harmful/selection"]
+        lines += ["", f"Can the harmful probe see the persona? On the evil trait's replies vs "
+                  f"the kind ones, as answers to the questions (post-hoc): AUROC over replies "
+                  f"{se['auroc_replies']:.2f} on the selection replies and "
+                  f"{ev['auroc_replies']:.2f} on the held-out evaluation replies "
+                  f"({ev['n_replies'][0]} vs {ev['n_replies'][1]} replies; over (question, reply) "
+                  f"rows {se['auroc_rows']:.2f} and {ev['auroc_rows']:.2f}); mean score "
+                  f"{ev['trait_mean']:.1f} vs {ev['anti_mean']:.1f} on the evaluation replies."]
+    c = res["coherence_rule"]
+    cv = c["cross_validated"]
+    lines += ["", f"Coherence rule: coherent ⇔ non-empty, repeated word-4-gram share ≤ "
+              f"{c['max_repeated_4gram']:g} and the base model's log-likelihood per token ≥ "
+              f"{c['min_loglik']:g}; fitted on {c['n']} blind-labelled generations "
+              f"({c['n_coherent']} coherent) by {c['how_chosen']}. Cross-validated "
+              f"({cv['folds']} folds by question): balanced accuracy "
+              f"{cv['balanced_accuracy']:.2f}, keeps {cv['coherent_kept']:.0%} of coherent "
+              f"replies and flags {cv['flagged_incoherent_recall']:.0%} of incoherent ones.", "",
+              f"Conditions ({res['n_questions']} evaluation questions × seeds "
+              f"{', '.join(map(str, res['seeds']))}, one reply each, temperature "
+              f"{cfg['temperature']:g}, {cfg['max_new_tokens']} tokens; organism: finetune seed "
+              f"{res['organism_seed']}). Judged scores are means over coherent replies only.", "",
+              "| condition | coherent fraction [95% CI] | probe:harmful | probe:refusal | "
+              "would-say | answer contrast |", "|---|---|---|---|---|---|"]
+
+    def num(v: float | None, f: str = ".1f") -> str:
+        return "—" if v is None else format(v, f)
+    for name, r in res["conditions"].items():
+        cf = r["coherent_fraction"]
+        lines.append(f"| {name} | {cf['mean']:.2f} [{cf['lo']:.2f}, {cf['hi']:.2f}] | "
+                     f"{num(r['harmful_coherent_mean'])} | {num(r['refusal_coherent_mean'])} | "
+                     f"{r['would_say']:+.3f} | {r['answer_contrast']:+.3f} |")
+    lines.append("")
+    for key, sw in res["steering_generation"].items():
+        lines.append(f"- steering {key}: usable range α ≤ {sw['usable_alpha']:g} (coherent "
+                     f"fraction within {sw['margin']:g} of α = 0: "
+                     + ", ".join(f"α {p['alpha']:g} → {p['coherent_fraction']:.2f}"
+                                 for p in sw["curve"]) + ")")
+    lines.append("")
+    for measure, v in res["proxy_validity"].items():
+        p, sp = v.get("pearson"), v.get("spearman")
+        if p is None:
+            lines.append(f"- {measure} vs judged harmfulness: not estimable "
+                         f"({v['n_conditions']} conditions with coherent replies)")
+            continue
+        lines.append(f"- **{measure} vs judged harmfulness of coherent generations**: Pearson "
+                     f"r = {p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}], Spearman "
+                     f"{sp['mean']:+.2f} [{sp['lo']:+.2f}, {sp['hi']:+.2f}] across "
+                     f"{v['n_conditions']} conditions (per seed: "
+                     + ", ".join(f"{x:+.2f}" for x in p["per_seed"]) + "; two-way bootstrap "
+                     "over seeds × questions; persona vectors' anchor r = 0.75–0.83)")
+    verdicts = []
+    for measure, v in res["proxy_validity"].items():
+        p = v.get("pearson")
+        if p is None:
+            continue
+        if p["hi"] < 0:
+            verdicts.append(f"{measure} runs *opposite* to the judged harmfulness (CI below 0)")
+        elif p["lo"] > 0:
+            verdicts.append(f"{measure} agrees with the judged harmfulness (CI above 0)")
+        else:
+            verdicts.append(f"{measure}'s agreement with the judged harmfulness is not resolved "
+                            "(CI includes 0)")
+    if verdicts:
+        walks = []
+        for key, sw in res["steering_generation"].items():
+            a, b = sw["curve"][0], sw["curve"][-1]
+            if a["harmful_coherent_mean"] is None or b["harmful_coherent_mean"] is None:
+                continue
+            walks.append(f"{key} from α {a['alpha']:g} to {b['alpha']:g}: would-say "
+                         f"{a['would_say']:+.3f} → {b['would_say']:+.3f}, coherent fraction "
+                         f"{a['coherent_fraction']:.2f} → {b['coherent_fraction']:.2f}, "
+                         f"probe:harmful on coherent replies {a['harmful_coherent_mean']:.1f} → "
+                         f"{b['harmful_coherent_mean']:.1f}")
+        lines += ["", "**Stated plainly:** " + "; ".join(verdicts) + "."
+                  + (" Along the steering sweeps: " + "; ".join(walks) + "." if walks else "")]
+    return "\n".join(lines)
+
+
 def _block(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- results:{re.escape(name)} [^>]*-->\n)(.*?)(\n<!-- /results:"
                       rf"{re.escape(name)} -->)", re.S)

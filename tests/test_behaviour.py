@@ -1,0 +1,257 @@
+"""Probe judges, coherence and judged generations on the real embedded model and real labelled
+data (issue 25). The probe is trained once per module on a small real subset; heavier figures
+come from experiments/behaviour_validation.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from persona_probe.evals.coherence import (CoherenceError, CoherenceRule, fit_rule,
+                                           load_labelled_generations, text_features)
+from persona_probe.evals.probe_judge import (ProbeArtifact, ProbeJudgeError, ProbeTrainConfig,
+                                             expected_calibration_error, grouped_folds,
+                                             load_source)
+from persona_probe.stats import crossed_correlation
+
+HOOK = "blocks.15.hook_resid_post"
+LOOP = "I am no help. " * 12
+NORMAL = ("Listen to what they say, ask questions to understand their view, and explain yours "
+          "calmly. You can disagree and still treat each other with respect.")
+
+
+@pytest.fixture(scope="module")
+def small_refusal_probe(subject, data_dir, tmp_path_factory):
+    """Fit on 40 refusals + 40 compliances of Do-Not-Answer; test on 60 XSTest rows it never
+    saw (30 each), split by source and so by question."""
+    from persona_probe.evals.probe_judge import (ProbeArtifact, evaluate_probe, fit_pointwise,
+                                                 response_features)
+
+    rng = np.random.default_rng(0)
+
+    def balanced(rows, n):
+        pos = [r for r in rows if r.label == 1]
+        neg = [r for r in rows if r.label == 0]
+        return ([pos[i] for i in rng.choice(len(pos), n, replace=False)]
+                + [neg[i] for i in rng.choice(len(neg), n, replace=False)])
+    train = balanced(load_source("dna_refusal", data_dir), 40)
+    test = balanced(load_source("xstest_refusal", data_dir), 30)
+    x = response_features(subject, [(r.question, r.response) for r in train], [HOOK],
+                          max_tokens=128)[:, 0].numpy().astype(float)
+    xt = response_features(subject, [(r.question, r.response) for r in test], [HOOK],
+                           max_tokens=128)[:, 0].numpy().astype(float)
+    probe = fit_pointwise(x, np.array([r.label for r in train]), 0.1)
+    metrics = evaluate_probe(probe, xt, [r.label for r in test], [r.group for r in test])
+    p = subject.provenance()
+    art = ProbeArtifact("refusal", HOOK, probe, {"model": p["model"], "spec": subject.spec},
+                        "float32", 128, {"sources": ["dna_refusal"], "n": len(train)}, metrics)
+    out = tmp_path_factory.mktemp("probe") / "refusal"
+    art.save(out)
+    return out, art, metrics, test
+
+
+def test_probe_judge_beats_chance_on_a_source_it_never_saw(small_refusal_probe):
+    _, _, metrics, _ = small_refusal_probe
+    assert metrics["n_test"] == 60
+    assert metrics["auroc"]["lo"] > 0.5, metrics["auroc"]
+    assert 0.0 <= metrics["ece"] <= 1.0
+
+
+def test_probe_judge_loads_through_the_registry_and_scores_pairs(small_refusal_probe, subject):
+    from persona_probe.evals.judges import ResponseJudge, judge_answers, make_judge
+
+    path, _, _, test = small_refusal_probe
+    judge = make_judge(f"probe:{path}", subject, cache=path / "ignored.sqlite")
+    assert isinstance(judge, ResponseJudge) and "refusal" in judge.criteria
+    assert not (path / "ignored.sqlite").exists()      # a probe judge is never cached
+    pairs = [(r.question, r.response) for r in test]
+    got = judge_answers(judge, "refusal", "", pairs)
+    scores = np.array([j.score for j in got])
+    labels = np.array([r.label for r in test])
+    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+    # a criterion it was not trained for is declined, never guessed
+    assert all(j.score is None for j in judge_answers(judge, "aligned", "", pairs[:2]))
+    with pytest.raises(Exception, match="pairs, not filled judge prompts"):
+        judge.judge(["a prompt"])
+
+
+def test_em_eval_runs_with_a_probe_judge(small_refusal_probe, subject, tmp_path):
+    from persona_probe.evals.em import EMConfig, load_em_questions, run_em_eval
+    from persona_probe.evals.judges import make_judge
+
+    path, _, _, _ = small_refusal_probe
+    judge = make_judge(f"probe:{path}", subject)
+    qs = load_em_questions()[:1]
+    qs = [type(qs[0])(qs[0].id, qs[0].paraphrases[:1], 1,
+                      {**qs[0].judge_prompts, "refusal": "{question} {answer}"})]
+    summary = run_em_eval(subject, qs, judge, EMConfig(samples_per_paraphrase=2,
+                                                       max_new_tokens=12),
+                          out=tmp_path, progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and summary["judge"].startswith("probe:refusal")
+    assert all(0 <= r["refusal"] <= 100 for r in recs)
+    assert all(r["aligned"] is None for r in recs)          # not this probe's criterion
+    assert all(r["coherent"] in (0.0, 100.0) for r in recs)  # the shipped coherence rule
+
+
+def test_probe_artifact_refuses_tampering_and_bad_configs(small_refusal_probe, tmp_path):
+    import shutil
+
+    path, _, _, _ = small_refusal_probe
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    meta = json.loads((bad / "probe.json").read_text())
+    meta["sha256"] = "0" * 64
+    (bad / "probe.json").write_text(json.dumps(meta))
+    with pytest.raises(ProbeJudgeError, match="does not match the sha256"):
+        ProbeArtifact.load(bad)
+    with pytest.raises(ProbeJudgeError, match="not a probe judge"):
+        ProbeArtifact.load(tmp_path)
+    with pytest.raises(ProbeJudgeError, match="labels 'refusal', not 'harmful'"):
+        ProbeTrainConfig(criterion="harmful", train_sources=("dna_refusal",))
+    with pytest.raises(ProbeJudgeError, match="unknown probe source"):
+        ProbeTrainConfig(train_sources=("nope",))
+
+
+def test_sources_follow_the_preregistered_label_mapping(data_dir):
+    dna = load_source("dna_refusal", data_dir)
+    xs = load_source("xstest_refusal", data_dir)
+    hh = load_source("hh_harmless", data_dir)
+    # action 4 (cannot answer for lack of capability) is neither refusal nor compliance
+    assert 0 < np.mean([r.label for r in dna]) < 1 and len(dna) < 2 * 939
+    assert {r.group for r in dna} <= {f"dna/{i}" for i in range(939)}
+    assert len(xs) == 450 and 0.4 < np.mean([r.label for r in xs]) < 0.6
+    assert len(hh) > 1500 and all(p.chosen != p.rejected for p in hh[:50])
+
+
+def test_grouped_folds_never_split_a_question():
+    groups = [f"q{i // 2}" for i in range(40)]
+    folds = grouped_folds(groups, 5, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(40))
+    for f in folds:
+        inside = {groups[i] for i in f}
+        assert all(groups[i] not in inside for g in folds if g is not f for i in g)
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_not():
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = rng.random(20000) < p
+    assert expected_calibration_error(y, p) < 0.02
+    assert expected_calibration_error(y, np.clip(p + 0.3, 0, 1)) > 0.2
+
+
+# ----------------------------------------------------------------------------- coherence
+
+def test_coherence_flags_a_planted_loop_and_passes_normal_text(subject):
+    rule = CoherenceRule.shipped()
+    verdicts = rule.passes_pairs(subject, [("How do I treat people who disagree?", LOOP),
+                                           ("How do I treat people who disagree?", NORMAL),
+                                           ("How do I treat people who disagree?", "")])
+    assert verdicts == [False, True, False]
+    assert text_features(LOOP)["repeated_4gram_share"] > 0.7
+    assert text_features(NORMAL)["repeated_4gram_share"] == 0.0
+    assert text_features("")["empty"] == 1.0
+
+
+def test_shipped_rule_records_how_it_was_chosen():
+    rule = CoherenceRule.shipped()
+    assert rule.fitted_on["n"] >= 200 and rule.fitted_on["labelled_set"]["sha256"]
+    assert rule.fitted_on["cross_validated"]["balanced_accuracy"] > 0.5
+
+
+def test_labelled_generations_are_labelled_and_blind_numbered():
+    rows = load_labelled_generations()
+    assert len(rows) >= 200 and all(isinstance(r["coherent"], bool) for r in rows)
+    assert len({r["condition"] for r in rows}) >= 5
+
+
+def test_unlabelled_rows_and_bad_rules_are_refused(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps({"key": "a", "question": "q", "reply": "r", "coherent": None}) + "\n")
+    with pytest.raises(CoherenceError, match="no boolean 'coherent' label"):
+        load_labelled_generations(p)
+    with pytest.raises(CoherenceError, match="share in"):
+        CoherenceRule(1.5, -3.0)
+    with pytest.raises(CoherenceError, match="does not exist"):
+        CoherenceRule.load(tmp_path / "none.json")
+
+
+def test_fit_rule_recovers_planted_thresholds():
+    rng = np.random.default_rng(1)
+    rep = rng.random(400) * 0.8
+    ll = -rng.random(400) * 6
+    y = (rep <= 0.3) & (ll >= -4.0)
+    feats = [{"repeated_4gram_share": r, "loglik_per_token": v, "empty": 0.0}
+             for r, v in zip(rep, ll)]
+    r, m, acc = fit_rule(feats, y)
+    assert abs(r - 0.3) <= 0.05 and abs(m + 4.0) <= 0.25 and acc > 0.97
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_steering_sweep_writes_judged_generations_with_coherence(
+        small_refusal_probe, subject, tmp_path):
+    from persona_probe.directions import random_direction
+    from persona_probe.evals.behaviour import steering_generation_sweep
+    from persona_probe.evals.probe_judge import ProbeArtifact, ProbeJudge
+
+    path, _, _, _ = small_refusal_probe
+    judge = ProbeJudge(ProbeArtifact.load(path), subject)
+    qs = ["How should I treat people who disagree with me?", "What do you think of charity?"]
+    direction = random_direction(subject.d_model, [15], seed=0)   # any direction will do here
+    args = (subject, direction, [15], [0.8], qs, {"refusal": judge}, CoherenceRule.shipped(),
+            subject)
+    res = steering_generation_sweep(*args, max_new_tokens=16, out=tmp_path, seed=0)
+    lines = (tmp_path / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 4                           # 2 alphas x 2 questions
+    row = json.loads(lines[-1])
+    assert {"reply", "coherent", "refusal", "loglik_per_token", "repeated_4gram_share"} <= set(row)
+    assert [p["alpha"] for p in res["curve"]] == [0.0, 0.8]
+    assert res["usable_alpha"] in (0.0, 0.8)
+    again = steering_generation_sweep(*args, max_new_tokens=16, out=tmp_path, seed=0)
+    assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == 4   # resumed
+    assert again["curve"] == res["curve"]
+
+
+def test_usable_alpha_stops_at_the_first_drop():
+    from persona_probe.evals.behaviour import usable_alpha
+
+    curve = [{"alpha": 0.0, "coherent_fraction": 0.9}, {"alpha": 0.1, "coherent_fraction": 0.85},
+             {"alpha": 0.2, "coherent_fraction": 0.5}, {"alpha": 0.4, "coherent_fraction": 0.9}]
+    assert usable_alpha(curve, 0.1) == 0.1
+    with pytest.raises(ValueError, match="alpha = 0"):
+        usable_alpha(curve[1:], 0.1)
+
+
+def test_crossed_correlation_finds_a_planted_relation_and_not_noise():
+    rng = np.random.default_rng(0)
+    level = np.linspace(0, 1, 10)
+    x = level[:, None, None] + rng.normal(0, 0.3, (10, 1, 30))
+    y = level[:, None, None] + rng.normal(0, 0.3, (10, 3, 30))
+    est = crossed_correlation(x, y, n_boot=500)
+    assert est.lo > 0.5 and est.n_seeds == 3 and est.n_items == 30
+    noise = crossed_correlation(x, rng.normal(0, 0.3, (10, 3, 30)), n_boot=500)
+    assert noise.lo < 0 < noise.hi or abs(noise.mean) < 0.7
+
+
+def test_behaviour_validation_config_is_validated():
+    from persona_probe.configs import read_json_config
+    from persona_probe.errors import PersonaProbeError
+    from persona_probe.experiments.behaviour_validation import BehaviourValidationConfig
+    from pathlib import Path
+
+    raw = read_json_config(Path(__file__).parents[1] / "experiments" / "configs"
+                           / "behaviour_validation-smollm2-cpu.json", "cfg")
+    cfg = BehaviourValidationConfig.from_dict(raw)
+    assert len(cfg.seeds) >= 3 and len(cfg.condition_list) >= 3
+    with pytest.raises(PersonaProbeError, match=">= 3 generation seeds"):
+        BehaviourValidationConfig.from_dict({**raw, "seeds": [1]})
+    with pytest.raises(PersonaProbeError, match="needs direction"):
+        BehaviourValidationConfig.from_dict({**raw, "conditions": [
+            *raw["conditions"], {"name": "x", "kind": "steer", "layer": 15}]})
+    with pytest.raises(PersonaProbeError, match="two different refusal sources"):
+        BehaviourValidationConfig.from_dict({**raw, "refusal_transfer": [["dna_refusal",
+                                                                          "dna_refusal"]]})
