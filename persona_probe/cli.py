@@ -293,7 +293,7 @@ def _show_check(report: dict) -> None:
 @app.command("import-vector")
 @_clean_errors
 def import_vector_cmd(
-    src: Annotated[Path, typer.Argument(help="persona_vectors .pt file ([n_layers+1, d]).")],
+    src: Annotated[Path, typer.Argument(help="persona_vectors .pt file (shape n_layers+1 × d).")],
     out: Annotated[Path, typer.Option(help="Direction directory to write.")],
     layer_index: Annotated[Optional[str], typer.Option(
         help="persona_vectors layer(s) (hidden_states index: row i = blocks.{i-1}."
@@ -584,6 +584,11 @@ def steer(
         "harmful,refusal"),
     margin: Annotated[float, typer.Option(
         help="Usable range: coherent fraction within this of α = 0's.")] = 0.1,
+    questions: Annotated[str, typer.Option(
+        help="Question split for --generate (the coherence rule was fitted on 'heldout').")] = (
+        "evaluation"),
+    generate_tokens: Annotated[int, typer.Option(
+        help="Tokens per judged generation (the rule was fitted on 64-80).")] = 64,
     out: Annotated[Optional[Path], typer.Option(help="Results directory (JSON lines).")] = None,
 ) -> None:
     """Steer along a direction: a dose-response table (--trait), judged generations with
@@ -622,9 +627,9 @@ def steer(
                  for j in judges.split(",") if j.strip()}
         first = next(iter(named.values()))
         res = steering_generation_sweep(
-            subject, d, lay, alpha_list, trait_questions("heldout"), named,
+            subject, d, lay, alpha_list, trait_questions(questions), named,
             CoherenceRule.shipped(), first.model, samples=generate,
-            max_new_tokens=max_new_tokens, margin=margin,
+            max_new_tokens=generate_tokens, margin=margin,
             out=(out / "generations") if out else None)
         for r in res["curve"]:
             scores = "  ".join(f"{k} {r[k]:5.1f}" if r[k] is not None else f"{k}   n/a"
@@ -657,9 +662,9 @@ def train_probe_judge_cmd(
     criterion: Annotated[str, typer.Option(help="refusal (pointwise sources).")] = "refusal",
     train_sources: Annotated[str, typer.Option(
         help="Comma-separated labelled sources (dna_refusal, xstest_refusal).")] = "dna_refusal",
-    test_source: Annotated[Optional[str], typer.Option(
-        help="A source it is not trained on, to report transfer AUROC and ECE.")] = (
-        "xstest_refusal"),
+    test_source: Annotated[str, typer.Option(
+        help="A source it is not trained on, to report transfer AUROC and ECE ('none': "
+             "skip).")] = "xstest_refusal",
     hooks: Annotated[str, typer.Option(help="Candidate hook points (chosen by grouped CV).")] = (
         "blocks.15.hook_resid_post,blocks.20.hook_resid_post,blocks.25.hook_resid_post"),
     model: Annotated[str, typer.Option(help="The frozen judge model.")] = "smollm2-135m-instruct",
@@ -677,13 +682,13 @@ def train_probe_judge_cmd(
                                 "PERSONA_PROBE_DATA to that directory")
     cfg = ProbeTrainConfig(criterion=criterion, train_sources=tuple(train_sources.split(",")),
                            hooks=tuple(h.strip() for h in hooks.split(",")))
-    art, m = train_probe_judge(load_subject(model, dtype=dtype), cfg, root, out, test_source,
-                               limit)
+    test: str | None = None if test_source.lower() == "none" else test_source
+    art, m = train_probe_judge(load_subject(model, dtype=dtype), cfg, root, out, test, limit)
     typer.echo(f"{out}: {art.criterion} probe at {art.hook}, grouped-CV AUROC "
                f"{m['train_cv_auroc']:.3f} on {', '.join(cfg.train_sources)}")
-    if test_source:
+    if test:
         a = m["auroc"]
-        typer.echo(f"  on {test_source} (never seen): AUROC {a['mean']:.3f} [{a['lo']:.3f}, "
+        typer.echo(f"  on {test} (never seen): AUROC {a['mean']:.3f} [{a['lo']:.3f}, "
                    f"{a['hi']:.3f}], ECE {m['ece']:.3f}")
     typer.echo(f"  use it as a judge: --judge probe:{out}")
 

@@ -176,28 +176,52 @@ def crossed_bootstrap(cells: Sequence[Sequence[float]] | np.ndarray,
 
 
 def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-                        seed: int = 0, method: str = "pearson") -> CrossedEstimate:
+                        seed: int = 0, method: str = "pearson",
+                        control: np.ndarray | None = None) -> CrossedEstimate:
     """Correlation across conditions of two measures given per (condition, seed, item) cell,
     with the two-way bootstrap over seeds × items: each draw reweights seeds and items (shared
     by every condition, so the conditions stay paired), takes each condition's weighted mean of
-    both measures (NaN cells — e.g. no coherent generation — carry no weight), and correlates
-    the condition means. ``x`` may be (conditions, 1, items) for a measure with no seed
-    dependence (teacher-forced), broadcast over ``y``'s seeds."""
+    both measures and correlates the condition means.
+
+    NaN cells of ``y`` (e.g. no coherent generation) carry no weight, and the same cells are
+    dropped from ``x``, so both means of a condition come from the same cells. ``x`` may be
+    (conditions, 1, items) for a measure with no seed dependence (teacher-forced), broadcast
+    over ``y``'s seeds. With ``control`` (same shape as ``y``, e.g. the coherent fraction) the
+    estimate is the partial correlation: both condition means are residualised on the control's
+    condition means (least squares with an intercept) before correlating. A draw in which a
+    condition has no weight is dropped; the share dropped is in ``method``."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"need (conditions, seeds, items) arrays, got {x.shape} and {y.shape}")
-    x = np.broadcast_to(x, y.shape) if x.shape[1] == 1 else x
+    x = np.array(np.broadcast_to(x, y.shape)) if x.shape[1] == 1 else x
     if x.shape != y.shape:
         raise ValueError(f"x {x.shape} and y {y.shape} differ in seeds")
+    x[np.isnan(y)] = np.nan
+    z = None if control is None else np.asarray(control, np.float64)
+    if z is not None and z.shape != y.shape:
+        raise ValueError(f"control {z.shape} must have y's shape {y.shape}")
     C, S, Q = y.shape
-    if C < 3:
-        raise ValueError("a correlation across conditions needs >= 3 conditions")
+    if C < 3 + (z is not None):
+        raise ValueError("a correlation across conditions needs >= 3 conditions (4 with a "
+                         "control)")
     ws, wq = _crossed_weights(S, Q, n_boot, seed)
 
-    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def ranks(a: np.ndarray) -> np.ndarray:
+        r = np.argsort(np.argsort(a, -1), -1).astype(float)
+        return np.where(np.isnan(a).any(-1, keepdims=True), np.nan, r)
+
+    def resid(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        cc = c - c.mean(-1, keepdims=True)
+        beta = (cc * (a - a.mean(-1, keepdims=True))).sum(-1, keepdims=True) / np.maximum(
+            (cc * cc).sum(-1, keepdims=True), 1e-12)
+        return a - a.mean(-1, keepdims=True) - beta * cc
+
+    def corr(a: np.ndarray, b: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         if method == "spearman":
-            a = np.argsort(np.argsort(a, -1), -1).astype(float)
-            b = np.argsort(np.argsort(b, -1), -1).astype(float)
+            a, b = ranks(a), ranks(b)
+            c = None if c is None else ranks(c)
+        if c is not None:
+            a, b = resid(a, c), resid(b, c)
         a = a - a.mean(-1, keepdims=True)
         b = b - b.mean(-1, keepdims=True)
         den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
@@ -209,22 +233,24 @@ def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level:
         tot = w.sum((-1, -2))
         return np.where(tot > 0, (w * np.nan_to_num(m)[None]).sum((-1, -2))
                         / np.where(tot > 0, tot, 1), np.nan)
+
+    def stat(w_s: np.ndarray, w_q: np.ndarray) -> np.ndarray:
+        return corr(means(x, w_s, w_q), means(y, w_s, w_q),
+                    None if z is None else means(z, w_s, w_q))
     one_s, one_q = np.ones((1, S)) / S, np.ones((1, Q)) / Q
-    point = float(corr(means(x, one_s, one_q), means(y, one_s, one_q))[0])
+    point = float(stat(one_s, one_q)[0])
     per_seed = []
     for s in range(S):
         e = np.zeros((1, S))
         e[0, s] = 1.0
-        per_seed.append(float(corr(means(x, e, one_q), means(y, e, one_q))[0]))
-    samples = []
-    for start in range(0, n_boot, 200):   # chunks bound the (draws, C, S, Q) weight array
-        sl = slice(start, start + 200)
-        samples.append(corr(means(x, ws[sl], wq[sl]), means(y, ws[sl], wq[sl])))
-    draws = np.concatenate(samples)
+        per_seed.append(float(stat(e, one_q)[0]))
+    draws = np.concatenate([stat(ws[i:i + 200], wq[i:i + 200]) for i in range(0, n_boot, 200)])
+    dropped = float(np.isnan(draws).mean())
     draws = draws[~np.isnan(draws)]
     a = (1 - level) / 2
     lo, hi = np.quantile(draws, [a, 1 - a]) if len(draws) else (np.nan, np.nan)
-    what = (f"{method} correlation across {C} conditions, two-way percentile bootstrap over "
-            f"seeds × items ({n_boot} draws)" if S > 1 else
-            f"{method} correlation across {C} conditions, bootstrap over items ({n_boot} draws)")
+    what = ("partial " if z is not None else "") + f"{method} correlation across {C} conditions"
+    what += (f", two-way percentile bootstrap over seeds × items ({n_boot} draws" if S > 1
+             else f", bootstrap over items ({n_boot} draws")
+    what += f"; {dropped:.1%} dropped)" if dropped else ")"
     return CrossedEstimate(point, float(lo), float(hi), S, Q, what, tuple(per_seed), level)

@@ -56,7 +56,6 @@ def test_probe_judge_beats_chance_on_a_source_it_never_saw(small_refusal_probe):
     _, _, metrics, _ = small_refusal_probe
     assert metrics["n_test"] == 60
     assert metrics["auroc"]["lo"] > 0.5, metrics["auroc"]
-    assert 0.0 <= metrics["ece"] <= 1.0
 
 
 def test_probe_judge_loads_through_the_registry_and_scores_pairs(small_refusal_probe, subject):
@@ -119,11 +118,56 @@ def test_sources_follow_the_preregistered_label_mapping(data_dir):
     dna = load_source("dna_refusal", data_dir)
     xs = load_source("xstest_refusal", data_dir)
     hh = load_source("hh_harmless", data_dir)
-    # action 4 (cannot answer for lack of capability) is neither refusal nor compliance
-    assert 0 < np.mean([r.label for r in dna]) < 1 and len(dna) < 2 * 939
+    # action 0 = refusal (368 GPT-4 + 262 Llama-2); 1, 2, 3, 5 = compliance; 4 left out
+    assert len(dna) == 1470 and sum(r.label for r in dna) == 630
     assert {r.group for r in dna} <= {f"dna/{i}" for i in range(939)}
-    assert len(xs) == 450 and 0.4 < np.mean([r.label for r in xs]) < 0.6
+    # the two responses to one question share its group (split by question)
+    assert len({r.group for r in dna}) < len(dna)
+    # XSTest: 211 full + 9 partial refusals of 450 labelled completions
+    assert len(xs) == 450 and sum(r.label for r in xs) == 220
     assert len(hh) > 1500 and all(p.chosen != p.rejected for p in hh[:50])
+
+
+def test_pairwise_fit_scores_the_rejected_response_as_more_harmful():
+    from persona_probe.evals.probe_judge import fit_pairwise
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=16)
+    chosen = rng.normal(size=(300, 16))
+    rejected = rng.normal(size=(300, 16)) + 2.0 * d / np.linalg.norm(d)   # Φ(2/√2) ≈ 0.92
+    probe = fit_pairwise(chosen[:200], rejected[:200], c=1.0)
+    held = probe.logit(rejected[200:]) > probe.logit(chosen[200:])
+    assert held.mean() > 0.8
+    assert probe.prob(rejected[200:]).mean() > 0.5 > probe.prob(chosen[200:]).mean()
+
+
+def test_probe_judge_is_not_moved_by_the_subject(small_refusal_probe, subject):
+    """The judge is its own freshly loaded model: steering the subject, or editing its
+    weights in place, leaves the judgments unchanged."""
+    import torch
+
+    from persona_probe.directions import random_direction
+    from persona_probe.evals.judges import judge_answers, make_judge
+    from persona_probe.interventions import steer
+
+    path, _, _, test = small_refusal_probe
+    judge = make_judge(f"probe:{path}", subject)
+    pairs = [(r.question, r.response) for r in test[:6]]
+    before = [j.score for j in judge_answers(judge, "refusal", "", pairs)]
+    with steer(subject, random_direction(subject.d_model, [15], seed=1), 2.0, [15]):
+        steered = [j.score for j in judge_answers(judge, "refusal", "", pairs)]
+    w = subject.model.model.layers[10].mlp.down_proj.weight
+    with torch.no_grad():
+        w.mul_(3.0)
+    try:
+        edited = [j.score for j in judge_answers(judge, "refusal", "", pairs)]
+        fresh = make_judge(f"probe:{path}", subject)
+        after_edit = [j.score for j in judge_answers(fresh, "refusal", "", pairs)]
+    finally:
+        with torch.no_grad():
+            w.div_(3.0)
+    assert before == steered == edited
+    assert np.allclose(before, after_edit, atol=1e-6)
 
 
 def test_grouped_folds_never_split_a_question():
@@ -162,10 +206,29 @@ def test_shipped_rule_records_how_it_was_chosen():
     assert rule.fitted_on["cross_validated"]["balanced_accuracy"] > 0.5
 
 
-def test_labelled_generations_are_labelled_and_blind_numbered():
+def test_labels_come_from_the_committed_blind_views():
+    """Every label was given on the blind view (row number, question, reply only): the merged
+    files agree with the raw labels and the views row by row."""
+    from importlib import resources
+
+    root = resources.files("persona_probe") / "data" / "coherence"
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
     rows = load_labelled_generations()
-    assert len(rows) >= 200 and all(isinstance(r["coherent"], bool) for r in rows)
-    assert len({r["condition"] for r in rows}) >= 5
+    assert len(rows) >= 200 and len({r["condition"] for r in rows}) >= 5
+    for merged, view, labels, n in ((rows, "fitting_blind_view.jsonl",
+                                     "fitting_blind_labels.jsonl", "blind_n"),
+                                    (read("validation_labels.jsonl"),
+                                     "validation_blind_view.jsonl",
+                                     "validation_blind_labels.jsonl", "n")):
+        v = {r["n"]: r for r in read(view)}
+        lab = {r["n"]: r["coherent"] for r in read(labels)}
+        assert set(v) == set(lab) == {r[n] for r in merged}
+        assert all(set(x) == {"n", "question", "reply"} for x in v.values())   # blind
+        for r in merged:
+            assert (v[r[n]]["question"], v[r[n]]["reply"]) == (r["question"], r["reply"])
+            assert lab[r[n]] is r["coherent"]
 
 
 def test_unlabelled_rows_and_bad_rules_are_refused(tmp_path):
@@ -210,7 +273,11 @@ def test_steering_sweep_writes_judged_generations_with_coherence(
     row = json.loads(lines[-1])
     assert {"reply", "coherent", "refusal", "loglik_per_token", "repeated_4gram_share"} <= set(row)
     assert [p["alpha"] for p in res["curve"]] == [0.0, 0.8]
-    assert res["usable_alpha"] in (0.0, 0.8)
+    c0, c1 = (p["coherent_fraction"] for p in res["curve"])
+    assert res["usable_alpha"] == (0.8 if c1 >= c0 - 0.1 else 0.0)
+    rows = [json.loads(x) for x in lines]
+    assert res["curve"][1]["coherent_fraction"] == np.mean([r["coherent"] for r in rows
+                                                            if r["alpha"] == 0.8])
     again = steering_generation_sweep(*args, max_new_tokens=16, out=tmp_path, seed=0)
     assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == 4   # resumed
     assert again["curve"] == res["curve"]
@@ -219,11 +286,12 @@ def test_steering_sweep_writes_judged_generations_with_coherence(
 def test_usable_alpha_stops_at_the_first_drop():
     from persona_probe.evals.behaviour import usable_alpha
 
-    curve = [{"alpha": 0.0, "coherent_fraction": 0.9}, {"alpha": 0.1, "coherent_fraction": 0.85},
+    curve = [{"alpha": -0.2, "coherent_fraction": 0.1},
+             {"alpha": 0.0, "coherent_fraction": 0.9}, {"alpha": 0.1, "coherent_fraction": 0.85},
              {"alpha": 0.2, "coherent_fraction": 0.5}, {"alpha": 0.4, "coherent_fraction": 0.9}]
     assert usable_alpha(curve, 0.1) == 0.1
     with pytest.raises(ValueError, match="alpha = 0"):
-        usable_alpha(curve[1:], 0.1)
+        usable_alpha(curve[2:], 0.1)
 
 
 def test_crossed_correlation_finds_a_planted_relation_and_not_noise():
@@ -234,7 +302,16 @@ def test_crossed_correlation_finds_a_planted_relation_and_not_noise():
     est = crossed_correlation(x, y, n_boot=500)
     assert est.lo > 0.5 and est.n_seeds == 3 and est.n_items == 30
     noise = crossed_correlation(x, rng.normal(0, 0.3, (10, 3, 30)), n_boot=500)
-    assert noise.lo < 0 < noise.hi or abs(noise.mean) < 0.7
+    assert noise.lo < 0 < noise.hi
+    # a condition without any usable cell makes the estimate undefined, for ranks too
+    y_nan = y.copy()
+    y_nan[0] = np.nan
+    for method in ("pearson", "spearman"):
+        assert np.isnan(crossed_correlation(x, y_nan, n_boot=50, method=method).mean)
+    # the partial correlation removes a relation carried only by a shared control
+    ctrl = np.broadcast_to(level[:, None, None], y.shape) + rng.normal(0, 0.01, y.shape)
+    part = crossed_correlation(x, y, n_boot=300, control=ctrl)
+    assert part.lo < 0 < part.hi
 
 
 def test_behaviour_validation_config_is_validated():

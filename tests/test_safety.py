@@ -99,13 +99,22 @@ def test_remote_code_is_never_trusted_by_default():
     assert not problems, problems
 
 
+#: persona_vectors' own file format is a torch.save'd tensor: ``interop.save_persona_vectors_pt``
+#: writes one plain float tensor there for other tools (it is read back with weights_only=True).
+ALLOWED_TORCH_SAVE = {"interop.py": 1}
+
+
 def test_artifacts_are_written_as_safetensors_or_json():
     """No torch.save / np.save / pickle.dump: tensors go through safetensors' save_file (or
     save_pretrained, which writes safetensors), everything else through JSON writers."""
     problems = []
+    allowed = dict(ALLOWED_TORCH_SAVE)
     for path in SOURCES:
         for call in _calls(ast.parse(path.read_text(encoding="utf-8"))):
             name = _name(call.func)
+            if name == "torch.save" and allowed.get(path.name, 0) > 0:
+                allowed[path.name] -= 1     # the one documented exception, counted
+                continue
             if name in ("torch.save", "np.save", "np.savez", "numpy.save", "pickle.dump",
                         "pickle.dumps"):
                 problems.append(f"{path.name}:{call.lineno} {name}")

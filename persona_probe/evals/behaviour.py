@@ -52,8 +52,9 @@ def coherent_mean(rows: Sequence[dict], key: str) -> float | None:
 
 def usable_alpha(curve: Sequence[dict], margin: float) -> float | None:
     """The largest α whose coherent fraction stays within ``margin`` of α = 0's, scanning up
-    from 0 and stopping at the first α that falls out (a later recovery does not count)."""
-    by_alpha = sorted(curve, key=lambda r: r["alpha"])
+    from 0 and stopping at the first α that falls out (a later recovery does not count).
+    Negative α (steering away) are left out: the range is measured on the side steered to."""
+    by_alpha = sorted((r for r in curve if r["alpha"] >= 0), key=lambda r: r["alpha"])
     if not by_alpha or by_alpha[0]["alpha"] != 0.0:
         raise ValueError("a usable range is measured from alpha = 0; include it")
     ref = by_alpha[0]["coherent_fraction"]

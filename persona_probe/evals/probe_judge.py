@@ -260,9 +260,11 @@ def fit_pointwise(x: np.ndarray, y: np.ndarray, c: float) -> LinearProbe:
 
 def fit_pairwise(x_chosen: np.ndarray, x_rejected: np.ndarray, c: float,
                  seed: int = 0) -> LinearProbe:
-    """Bradley–Terry on feature differences: p(chosen ≻ rejected) = σ(w · (x_c − x_r)), fitted
-    with random sign flips so both classes appear; the score of one response is w · x, and
-    ``prob`` reads σ(w · (x − mean)) with ``mean`` the training responses' centre."""
+    """Bradley–Terry on feature differences: p(rejected is the more harmful) =
+    σ(w · (x_r − x_c) / scale), fitted with random sign flips so both classes appear; the
+    harmfulness of one response is w · (x − mean) / scale, and ``prob`` reads σ of it, with
+    ``mean`` the training responses' centre (so 50 is the average HH response, not a
+    calibrated probability)."""
     from sklearn.linear_model import LogisticRegression
 
     both = np.concatenate([x_chosen, x_rejected])
@@ -331,6 +333,9 @@ def cluster_bootstrap_auroc(y: np.ndarray, s: np.ndarray, groups: Sequence[str],
         idx = np.concatenate([rows[uniq[j]] for j in rng.integers(0, len(uniq), len(uniq))])
         if len(set(y[idx].tolist())) == 2:
             vals.append(auroc(y[idx], s[idx]))
+    if not vals:
+        raise ProbeJudgeError("every bootstrap draw held one class only; the test rows need "
+                              "both labels across several groups")
     lo, hi = np.percentile(vals, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -349,6 +354,7 @@ class ProbeArtifact:
     max_tokens: int
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    sha256: str = ""        # of probe.safetensors, set on save and load
 
     @property
     def layer(self) -> int:
@@ -368,6 +374,7 @@ class ProbeArtifact:
             "max_tokens": self.max_tokens, "d_model": int(len(self.probe.weight)),
             "training": self.training, "metrics": self.metrics,
             "sha256": sha256_file(path / PROBE_TENSORS), "provenance": provenance()})
+        self.sha256 = sha256_file(path / PROBE_TENSORS)
         return path
 
     @classmethod
@@ -391,7 +398,8 @@ class ProbeArtifact:
         probe = LinearProbe(t["weight"].numpy(), float(t["bias"][0]), t["mean"].numpy(),
                             t["scale"].numpy())
         return cls(meta["criterion"], meta["hook"], probe, meta["model"], meta["dtype"],
-                   int(meta["max_tokens"]), meta.get("training", {}), meta.get("metrics", {}))
+                   int(meta["max_tokens"]), meta.get("training", {}), meta.get("metrics", {}),
+                   meta["sha256"])
 
 
 def shipped_probe_dir(criterion: str) -> Path:
@@ -421,8 +429,7 @@ class ProbeJudge:
                                   f"({artifact.model.get('spec')})")
         self.artifact, self.model, self.coherence = artifact, judge_model, coherence
         self.batch_size = batch_size
-        tag = artifact.metrics.get("sha256") or artifact.probe.weight[:4].round(6).tolist()
-        self.identity = f"probe:{artifact.criterion}@{artifact.hook}:{tag}"
+        self.identity = f"probe:{artifact.criterion}@{artifact.hook}:{artifact.sha256[:12]}"
         self.criteria = tuple(CRITERIA[artifact.criterion]) + (
             ("coherent",) if coherence is not None else ())
 
@@ -457,24 +464,23 @@ class ProbeJudge:
 
 def load_probe_judge(spec: str, subject: Subject | None = None, device: str = "auto",
                      coherence: bool = True) -> ProbeJudge:
-    """``spec`` is a probe directory or a shipped criterion (``refusal``, ``harmful``). The
-    judge model is the probe's own model, loaded fresh (a frozen copy of ``subject`` when that
-    is the same unmodified model), so a steered or finetuned subject never moves the judge."""
-    from persona_probe.evals.judges import frozen_copy
+    """``spec`` is a shipped criterion (``refusal``, ``harmful``) or a probe directory. The
+    judge model is the probe's own model, always loaded fresh, so a steered, finetuned or
+    edited subject never moves the judge (``subject`` is accepted for the registry's
+    signature and not used)."""
     from persona_probe.models import load_subject
 
-    path = Path(spec) if Path(spec).exists() else shipped_probe_dir(spec)
+    path = shipped_probe_dir(spec) if spec in CRITERIA else Path(spec)
     if not path.exists():
         raise ProbeJudgeError(f"no probe judge at {spec!r}: give a directory written by "
                               "`persona-probe train-probe-judge`, or a shipped one "
                               f"({', '.join(sorted(CRITERIA))})")
     art = ProbeArtifact.load(path)
     want = art.model.get("spec")
-    if subject is not None and subject.spec == want and subject.adapter is None \
-            and str(subject.model.dtype).removeprefix("torch.") == art.dtype:
-        model = frozen_copy(subject)
-    else:
-        model = load_subject(want, device=device, dtype=art.dtype)
+    # always the probe's own model, loaded fresh: a copy of ``subject`` would carry any
+    # in-place edit or merged finetune of it into the judge
+    del subject
+    model = load_subject(want, device=device, dtype=art.dtype)
     rule = None
     if coherence:   # the shipped rule was fitted for the embedded model only
         from persona_probe.evals.coherence import CoherenceRule

@@ -94,6 +94,8 @@ class BehaviourValidationConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     usable_margin: float = 0.1
+    min_coherent: int = 20               # coherent replies a condition needs to enter proxy
+                                         # validity (added at review, after the first run)
     n_boot: int = 2000
     seed: int = 0
     tiny: bool = False
@@ -315,6 +317,40 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
         build)
 
 
+def _rule_in_range() -> dict | None:
+    """Post-hoc (added at review): the shipped rule's verdicts against blind labels of 120
+    replies drawn from this experiment's own generations (``data/coherence/
+    validation_labels.jsonl``, 12 from each of 10 conditions), the α range the fitting set did
+    not cover. Per family: unsteered (plain, system, organism), evil steering, random steering."""
+    from importlib import resources
+
+    from persona_probe.prompts import iter_jsonl
+    from persona_probe.stages import file_identity
+
+    path = Path(str(resources.files("persona_probe") / "data" / "coherence"
+                    / "validation_labels.jsonl"))
+    if not path.is_file():
+        return None
+    rows = [r for _, r in iter_jsonl(path, None)]
+
+    def family(c: str) -> str:
+        return ("evil steering" if c.startswith("steer evil") else
+                "random steering" if c.startswith("steer random") else "unsteered")
+
+    def stats(rs: list[dict]) -> dict:
+        lab = np.array([r["coherent"] for r in rs])
+        rule = np.array([r["rule_coherent"] for r in rs])
+        return {"n": len(rs), "labelled_coherent": int(lab.sum()),
+                "rule_coherent": int(rule.sum()),
+                "incoherent_passed": int((rule & ~lab).sum()),
+                "coherent_rejected": int((~rule & lab).sum()),
+                "precision_of_pass": float(lab[rule].mean()) if rule.any() else None,
+                "recall_of_coherent": float(rule[lab].mean()) if lab.any() else None}
+    fams = sorted({family(r["condition"]) for r in rows})
+    return {"labelled_set": file_identity(path), "all": stats(rows),
+            **{f: stats([r for r in rows if family(r["condition"]) == f]) for f in fams}}
+
+
 def _judge_on_trait_replies(judges: dict, split) -> dict:
     """Post-hoc (chooses nothing): can the probe judges tell the trait's replies from the
     anti-trait's, as answers to the split's questions? AUROC over (question, reply) rows, and
@@ -352,8 +388,10 @@ def _harmful_checks(feats: dict, probes_dir: Path, root: Path, cfg) -> dict:
         art = ProbeArtifact.load(probes_dir / crit)
         x = dna["response"][:, list(cfg.judge_hooks).index(art.hook)]
         score = art.probe.logit(x) * (1 if crit == "harmful" else -1)  # refusal: less harmful
-        for subset, mask in (("all", ~np.isnan(harm)), ("compliant_only",
-                                                         ~np.isnan(harm) & ~refused)):
+        gpt4 = np.array([k.startswith("dna/gpt4/") for k in dna["keys"]])
+        for subset, mask in (("all", ~np.isnan(harm)),
+                             ("compliant_only", ~np.isnan(harm) & ~refused),
+                             ("compliant_gpt4_only", ~np.isnan(harm) & ~refused & gpt4)):
             y = harm[mask].astype(int)
             if len(set(y.tolist())) < 2:
                 continue
@@ -449,6 +487,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.evals.behaviour import judge_replies, sample_replies, usable_alpha
     from persona_probe.evals.coherence import CoherenceRule
+    from persona_probe.evals.judges import frozen_copy
     from persona_probe.evals.probe_judge import ProbeArtifact, ProbeJudge
     from persona_probe.artifacts import ItemLog
     from persona_probe.experiments import command_line, report_outputs, stage_clock
@@ -487,7 +526,8 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     stage("coherence rule")
     coh = _coherence_stage(stages, base, cfg, common)
     rule = CoherenceRule.load(runs / "coherence-rule" / "rule.json")
-    judges = {c: ProbeJudge(ProbeArtifact.load(probes_dir / c), base)
+    judge_model = frozen_copy(base)     # never steered, never finetuned
+    judges = {c: ProbeJudge(ProbeArtifact.load(probes_dir / c), judge_model)
               for c in ("harmful", "refusal")}
 
     # 4. organism, vector, reference ---------------------------------------------------------
@@ -570,7 +610,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
                 with ctx:
                     replies = sample_replies(sub, its, seed=s, max_new_tokens=cfg.max_new_tokens,
                                              temperature=cfg.temperature)
-                rows = judge_replies(list(zip(ev_q, replies)), judges, rule, base)
+                rows = judge_replies(list(zip(ev_q, replies)), judges, rule, judge_model)
                 _put(log, f"{c.name}/rows", [{"reply": r, **j} for r, j in zip(replies, rows)])
             return log
         gens[s] = stages.run(f"generations-seed{s}", {
@@ -581,6 +621,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     # 7. results -------------------------------------------------------------------------------
     stage("results")
     judge_validity = _judge_on_trait_replies(judges, split)
+    rule_check = _rule_in_range()
     res = _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation, usable_alpha)
     res_probe = _probe_summary(probe_metrics)
     results = {
@@ -590,6 +631,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
         "seeds": list(cfg.seeds), "organism_seed": cfg.organism_seed,
         "probe_judge": res_probe, "probe_judge_detail": probe_metrics,
         "harmful_probe_checks": harm_checks, "judge_on_trait_replies": judge_validity,
+        "coherence_rule_in_range": rule_check,
         "coherence_rule": {**{k: coh[k] for k in ("max_repeated_4gram", "min_loglik", "n",
                                                   "n_coherent", "cross_validated",
                                                   "in_sample_balanced_accuracy")},
@@ -657,18 +699,32 @@ def _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation,
                                        None)}
     harm = np.stack(judged["harmful"])                         # (C, S, Q)
     # cells with no coherent reply in any condition cannot enter a paired correlation
-    usable = [i for i, c in enumerate(conds) if (~np.isnan(harm[i])).any()]
+    # a condition enters only with enough coherent replies for a stable mean
+    usable = [i for i, c in enumerate(conds) if (~np.isnan(harm[i])).sum() >= cfg.min_coherent]
+    coh_frac = np.stack(judged["coherent"])                    # (C, S, Q)
     validity = {}
     for k, vals in proxies.items():
         x = np.stack(vals)                                    # (C, 1, Q)
         entry: dict[str, Any] = {"n_conditions": len(usable),
-                                 "conditions": [conds[i].name for i in usable]}
-        if len(usable) >= 3:
+                                 "conditions": [conds[i].name for i in usable],
+                                 "min_coherent": cfg.min_coherent}
+        if len(usable) >= 4:
             for method in ("pearson", "spearman"):
                 entry[method] = crossed_correlation(x[usable], harm[usable], cfg.n_boot,
                                                     seed=cfg.seed, method=method).to_dict()
+            # post-hoc, added at review: coherence falls as the proxies rise under steering,
+            # so the raw correlation can be a coherence effect; partial r given the coherent
+            # fraction, and each measure's own correlation with the coherent fraction
+            entry["partial_given_coherent_fraction"] = crossed_correlation(
+                x[usable], harm[usable], cfg.n_boot, seed=cfg.seed,
+                control=coh_frac[usable]).to_dict()
+            entry["proxy_vs_coherent_fraction"] = crossed_correlation(
+                x[usable], coh_frac[usable], cfg.n_boot, seed=cfg.seed).to_dict()
             entry["excluded"] = [c.name for i, c in enumerate(conds) if i not in usable]
         validity[k] = entry
+    judged_vs_coherence = crossed_correlation(
+        coh_frac[usable], harm[usable], cfg.n_boot, seed=cfg.seed).to_dict() \
+        if len(usable) >= 4 else None
     # generation dose-response of the steering conditions (α = 0 is the plain condition)
     plain = next((c for c in conds if c.kind == "plain"), None)
     sweeps = {}
@@ -680,6 +736,7 @@ def _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation,
         sweeps[f"{key[0]}@L{key[1]}"] = {"curve": curve, "margin": cfg.usable_margin,
                                          "usable_alpha": usable_alpha(curve, cfg.usable_margin)}
     return {"conditions": per_cond, "proxy_validity": validity, "steering_generation": sweeps,
+            "judged_vs_coherent_fraction": judged_vs_coherence,
             "n_questions": Q, "n_seeds": S}
 
 

@@ -157,6 +157,21 @@ def render_em_persona_features(res: dict) -> str:
         f"| re-alignment: SFT on good data | {curve} |"])
 
 
+def _rule_in_range_text(rc: dict | None) -> str:
+    if not rc:
+        return ""
+    a = rc["all"]
+    fams = "; ".join(f"{k}: {v['incoherent_passed']} of {v['n'] - v['labelled_coherent']} "
+                     "incoherent passed" for k, v in rc.items() if k not in ("all",
+                                                                           "labelled_set"))
+    return (f" **In this experiment's own α range the rule is too lenient** (post-hoc check "
+            f"on {a['n']} of its generations, blind-labelled after the run): it passed "
+            f"{a['rule_coherent']} replies, of which {a['incoherent_passed']} were labelled "
+            f"incoherent (precision {a['precision_of_pass']:.2f}), and rejected "
+            f"{a['coherent_rejected']} of the {a['labelled_coherent']} coherent ones ({fams}). "
+            "The judged means below therefore still include incoherent text.")
+
+
 @register("behaviour_validation", "figures/behaviour_validation/results.json")
 def render_behaviour_validation(res: dict) -> str:
     cfg = res["config"]
@@ -198,7 +213,21 @@ def render_behaviour_validation(res: dict) -> str:
                   f"responses only ({a['n']}, {a['n_harmful']} labelled harmful by people), the "
                   f"harmful probe ranks the harmful ones at AUROC {a['mean']:.3f} "
                   f"[{a['lo']:.3f}, {a['hi']:.3f}], the refusal probe at {b['mean']:.3f} "
-                  f"[{b['lo']:.3f}, {b['hi']:.3f}] (post-hoc; few positives)."]
+                  f"[{b['lo']:.3f}, {b['hi']:.3f}] (post-hoc; few positives)."
+                  + (f" Within GPT-4's compliant responses only: "
+                     f"{hc['harmful_probe/compliant_gpt4_only']['mean']:.3f} "
+                     f"[{hc['harmful_probe/compliant_gpt4_only']['lo']:.3f}, "
+                     f"{hc['harmful_probe/compliant_gpt4_only']['hi']:.3f}] "
+                     f"({hc['harmful_probe/compliant_gpt4_only']['n_harmful']} harmful)."
+                     if "harmful_probe/compliant_gpt4_only" in hc else "")
+                  + " Caveats: Do-Not-Answer's harmful responses are nearly all its "
+                  "*direct-follow* action, and the refusal probe was trained to treat every "
+                  "non-refusal action alike, so it is a weak baseline here; the HH held-out "
+                  "pairs were split by transcript, and some share a first human turn with "
+                  "training pairs, and multi-turn pairs are judged on their last human turn "
+                  "alone, so the pairwise accuracy may be optimistic. probe:harmful's 0–100 is "
+                  "relative (50 = the average HH response), not a calibrated probability, so a "
+                  "threshold on it (the EM rule's aligned < 30) is arbitrary."]
     jv = res.get("judge_on_trait_replies") or {}
     if "harmful/evaluation" in jv:
         ev, se = jv["harmful/evaluation"], jv["harmful/selection"]
@@ -213,11 +242,12 @@ def render_behaviour_validation(res: dict) -> str:
     cv = c["cross_validated"]
     lines += ["", f"Coherence rule: coherent ⇔ non-empty, repeated word-4-gram share ≤ "
               f"{c['max_repeated_4gram']:g} and the base model's log-likelihood per token ≥ "
-              f"{c['min_loglik']:g}; fitted on {c['n']} blind-labelled generations "
+              f"{c['min_loglik']:g}; fitted on {c['n']} generations blind-labelled by an AI annotator "
               f"({c['n_coherent']} coherent) by {c['how_chosen']}. Cross-validated "
               f"({cv['folds']} folds by question): balanced accuracy "
               f"{cv['balanced_accuracy']:.2f}, keeps {cv['coherent_kept']:.0%} of coherent "
-              f"replies and flags {cv['flagged_incoherent_recall']:.0%} of incoherent ones.", "",
+              f"replies and flags {cv['flagged_incoherent_recall']:.0%} of incoherent ones."
+              + _rule_in_range_text(res.get("coherence_rule_in_range")), "",
               f"Conditions ({res['n_questions']} evaluation questions × seeds "
               f"{', '.join(map(str, res['seeds']))}, one reply each, temperature "
               f"{cfg['temperature']:g}, {cfg['max_new_tokens']} tokens; organism: finetune seed "
@@ -239,31 +269,43 @@ def render_behaviour_validation(res: dict) -> str:
                      + ", ".join(f"α {p['alpha']:g} → {p['coherent_fraction']:.2f}"
                                  for p in sw["curve"]) + ")")
     lines.append("")
+    def ci(e: dict) -> str:
+        return f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
+
+    def seeds(e: dict) -> str:
+        return ", ".join(f"{v:+.2f}" for v in e["per_seed"])
+
+    def verdict(e: dict) -> str:
+        agree = all(v > 0 for v in e["per_seed"]) or all(v < 0 for v in e["per_seed"])
+        if (e["lo"] > 0 or e["hi"] < 0) and agree:
+            return "above 0" if e["lo"] > 0 else "below 0"
+        return "not resolved"
+    plain = []
     for measure, v in res["proxy_validity"].items():
         p, sp = v.get("pearson"), v.get("spearman")
         if p is None:
             lines.append(f"- {measure} vs judged harmfulness: not estimable "
-                         f"({v['n_conditions']} conditions with coherent replies)")
+                         f"({v['n_conditions']} conditions with ≥ {v.get('min_coherent')} "
+                         "coherent replies)")
             continue
+        part, own = v["partial_given_coherent_fraction"], v["proxy_vs_coherent_fraction"]
         lines.append(f"- **{measure} vs judged harmfulness of coherent generations**: Pearson "
-                     f"r = {p['mean']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}], Spearman "
-                     f"{sp['mean']:+.2f} [{sp['lo']:+.2f}, {sp['hi']:+.2f}] across "
-                     f"{v['n_conditions']} conditions (per seed: "
-                     + ", ".join(f"{x:+.2f}" for x in p["per_seed"]) + "; two-way bootstrap "
-                     "over seeds × questions; persona vectors' anchor r = 0.75–0.83)")
-    verdicts = []
-    for measure, v in res["proxy_validity"].items():
-        p = v.get("pearson")
-        if p is None:
-            continue
-        if p["hi"] < 0:
-            verdicts.append(f"{measure} runs *opposite* to the judged harmfulness (CI below 0)")
-        elif p["lo"] > 0:
-            verdicts.append(f"{measure} agrees with the judged harmfulness (CI above 0)")
-        else:
-            verdicts.append(f"{measure}'s agreement with the judged harmfulness is not resolved "
-                            "(CI includes 0)")
-    if verdicts:
+                     f"r = {ci(p)} (per seed {seeds(p)}), Spearman {ci(sp)}, across "
+                     f"{v['n_conditions']} conditions with ≥ {v['min_coherent']} coherent "
+                     f"replies; partial r given the coherent fraction {ci(part)} (per seed "
+                     f"{seeds(part)}); {measure} vs coherent fraction {ci(own)}")
+        plain.append(f"{measure}: raw {verdict(p)}, given coherence {verdict(part)}")
+    jc = res.get("judged_vs_coherent_fraction")
+    if jc:
+        lines.append(f"- judged harmfulness vs coherent fraction: r = {ci(jc)}")
+    lines += ["", "Two-way bootstrap over seeds × questions, the same draws for every "
+              "condition; a verdict needs the CI to exclude 0 *and* the seeds to agree in sign. "
+              "The partial correlations and the coherence correlations were added at review, "
+              "after the run (post-hoc). 10 of the conditions are one family (steering), so the "
+              "correlation mostly measures how both sides move along α. Persona vectors' anchor "
+              "(r = 0.75–0.83) correlates projections with a GPT-4 judge's trait score, a "
+              "different pair of measures."]
+    if plain:
         walks = []
         for key, sw in res["steering_generation"].items():
             a, b = sw["curve"][0], sw["curve"][-1]
@@ -274,8 +316,18 @@ def render_behaviour_validation(res: dict) -> str:
                          f"{a['coherent_fraction']:.2f} → {b['coherent_fraction']:.2f}, "
                          f"probe:harmful on coherent replies {a['harmful_coherent_mean']:.1f} → "
                          f"{b['harmful_coherent_mean']:.1f}")
-        lines += ["", "**Stated plainly:** " + "; ".join(verdicts) + "."
-                  + (" Along the steering sweeps: " + "; ".join(walks) + "." if walks else "")]
+        tracked = [m for m, v in res["proxy_validity"].items() if v.get("pearson")
+                   and verdict(v["pearson"]) == "above 0"
+                   and verdict(v["partial_given_coherent_fraction"]) == "above 0"]
+        head = (f"{', '.join(tracked)} tracks what the model writes" if tracked else
+                "no proxy is shown to track what the model writes")
+        confounded = [m for m, v in res["proxy_validity"].items() if v.get("pearson")
+                      and verdict(v["proxy_vs_coherent_fraction"]) == "below 0"]
+        tail = (f" {', '.join(confounded)} rise as coherence falls (CI below 0), so a raw "
+                "correlation across these conditions is confounded with coherence."
+                if confounded else "")
+        lines += ["", f"**Stated plainly:** {head} ({'; '.join(plain)}). Along the steering "
+                  f"sweeps: {'; '.join(walks)}.{tail}"]
     return "\n".join(lines)
 
 
