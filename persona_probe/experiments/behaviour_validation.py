@@ -722,8 +722,9 @@ def _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation,
                 x[usable], coh_frac[usable], cfg.n_boot, seed=cfg.seed).to_dict()
             entry["excluded"] = [c.name for i, c in enumerate(conds) if i not in usable]
         validity[k] = entry
+    # harm (x) averages its coherent cells, the coherent fraction (y) every cell
     judged_vs_coherence = crossed_correlation(
-        coh_frac[usable], harm[usable], cfg.n_boot, seed=cfg.seed).to_dict() \
+        harm[usable], coh_frac[usable], cfg.n_boot, seed=cfg.seed).to_dict() \
         if len(usable) >= 4 else None
     # generation dose-response of the steering conditions (α = 0 is the plain condition)
     plain = next((c for c in conds if c.kind == "plain"), None)
