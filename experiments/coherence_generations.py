@@ -1,11 +1,11 @@
-"""Write the generations the team labels coherent or not, before any coherence rule is fitted.
+"""Write the generations to be labelled coherent or not, before any coherence rule is fitted.
 
 The embedded model's own replies to the 16 ``heldout`` trait questions (not the ``evaluation``
 questions the proxy-validity run reports on), sampled at temperature 1 under conditions that
 span what the toolkit produces: plain, evil and kind system prompts, steering along the evil
 persona vector and along random directions at several layers and α, and the evil-through-cooking
-organism when its adapter is given. Rows carry ``coherent: null`` until labelled by hand
-(``persona_probe/data/coherence/labelled_generations.jsonl``).
+organism when its adapter is given. Rows carry ``coherent: null`` until labelled from a blind
+view (``persona_probe/data/coherence/labelled_generations.jsonl``; who labelled and how: RUBRIC.md).
 
     python experiments/coherence_generations.py --out runs/coherence/unlabelled.jsonl \
         [--organism runs/persona_latents/organism-seed0/ft-treatment]

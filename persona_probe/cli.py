@@ -585,10 +585,10 @@ def steer(
     margin: Annotated[float, typer.Option(
         help="Usable range: coherent fraction within this of α = 0's.")] = 0.1,
     questions: Annotated[str, typer.Option(
-        help="Question split for --generate (the coherence rule was fitted on 'heldout').")] = (
-        "evaluation"),
+        help="Question split for --generate ('evaluation' is reserved for final numbers; the "
+             "coherence rule was fitted on 'heldout').")] = "extract",
     generate_tokens: Annotated[int, typer.Option(
-        help="Tokens per judged generation (the rule was fitted on 64-80).")] = 64,
+        help="Tokens per judged generation (the rule was fitted on 80-token replies).")] = 80,
     out: Annotated[Optional[Path], typer.Option(help="Results directory (JSON lines).")] = None,
 ) -> None:
     """Steer along a direction: a dose-response table (--trait), judged generations with

@@ -190,7 +190,7 @@ def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level:
     estimate is the partial correlation: both condition means are residualised on the control's
     condition means (least squares with an intercept) before correlating. A draw in which a
     condition has no weight is dropped; the share dropped is in ``method``."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = np.array(x, np.float64), np.asarray(y, np.float64)     # x is copied: masked below
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"need (conditions, seeds, items) arrays, got {x.shape} and {y.shape}")
     x = np.array(np.broadcast_to(x, y.shape)) if x.shape[1] == 1 else x
@@ -207,7 +207,9 @@ def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level:
     ws, wq = _crossed_weights(S, Q, n_boot, seed)
 
     def ranks(a: np.ndarray) -> np.ndarray:
-        r = np.argsort(np.argsort(a, -1), -1).astype(float)
+        from scipy.stats import rankdata   # average ranks: ties share one rank
+
+        r = rankdata(np.nan_to_num(a), axis=-1)
         return np.where(np.isnan(a).any(-1, keepdims=True), np.nan, r)
 
     def resid(a: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -277,8 +277,8 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
                 for _ in range(1000)]
         acc = {"mean": float(correct.mean()), "lo": float(np.percentile(boot, 2.5)),
                "hi": float(np.percentile(boot, 97.5)),
-               "method": "percentile bootstrap over held-out pairs (1000 draws; one pair per "
-                         "question)"}
+               "method": "percentile bootstrap over held-out pairs (1000 draws; pairs split by "
+                         "transcript, not by first human turn)"}
         # an independent check: Do-Not-Answer's human 'harmful' labels on its responses
         dna_harm = _dna_harmful_labels(root, feats["dna_refusal"]["keys"])
         dna_x = feats["dna_refusal"]["response"][:, h]
@@ -317,7 +317,7 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
         build)
 
 
-def _rule_in_range() -> dict | None:
+def _rule_in_range(gens: dict, conds: list) -> dict | None:
     """Post-hoc (added at review): the shipped rule's verdicts against blind labels of 120
     replies drawn from this experiment's own generations (``data/coherence/
     validation_labels.jsonl``, 12 from each of 10 conditions), the α range the fitting set did
@@ -332,6 +332,12 @@ def _rule_in_range() -> dict | None:
     if not path.is_file():
         return None
     rows = [r for _, r in iter_jsonl(path, None)]
+    names = {c.name for c in conds}
+    matches = all(r["condition"] in names and r["seed"] in gens
+                  and _get(gens[r["seed"]], f"{r['condition']}/rows")[r["question_index"]]
+                  ["reply"] == r["reply"] for r in rows)
+    if not matches:
+        return {"labelled_set": file_identity(path), "matches_this_run": False}
 
     def family(c: str) -> str:
         return ("evil steering" if c.startswith("steer evil") else
@@ -347,7 +353,8 @@ def _rule_in_range() -> dict | None:
                 "precision_of_pass": float(lab[rule].mean()) if rule.any() else None,
                 "recall_of_coherent": float(rule[lab].mean()) if lab.any() else None}
     fams = sorted({family(r["condition"]) for r in rows})
-    return {"labelled_set": file_identity(path), "all": stats(rows),
+    return {"labelled_set": file_identity(path), "matches_this_run": True,
+            "n_conditions": len({r["condition"] for r in rows}), "all": stats(rows),
             **{f: stats([r for r in rows if family(r["condition"]) == f]) for f in fams}}
 
 
@@ -621,9 +628,13 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     # 7. results -------------------------------------------------------------------------------
     stage("results")
     judge_validity = _judge_on_trait_replies(judges, split)
-    rule_check = _rule_in_range()
+    rule_check = _rule_in_range(gens, conds)
     res = _aggregate(cfg, conds, tf, gens, crossed_bootstrap, crossed_correlation, usable_alpha)
     res_probe = _probe_summary(probe_metrics)
+    hh_acc = probe_metrics["harmful"]["hh_harmless"]["pairwise_accuracy"]
+    hh_acc["method"] = ("percentile bootstrap over held-out pairs (1000 draws); pairs are split "
+                        "by transcript, not by first human turn (corrected at review: the stage "
+                        "recorded 'one pair per question')")
     results = {
         "experiment": "behaviour_validation", "command": command, "config": asdict(cfg),
         "git_sha": git_sha(), **stages.summary(),

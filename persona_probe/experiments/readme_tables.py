@@ -164,12 +164,17 @@ def _rule_in_range_text(rc: dict | None) -> str:
     fams = "; ".join(f"{k}: {v['incoherent_passed']} of {v['n'] - v['labelled_coherent']} "
                      "incoherent passed" for k, v in rc.items() if k not in ("all",
                                                                            "labelled_set"))
-    return (f" **In this experiment's own α range the rule is too lenient** (post-hoc check "
-            f"on {a['n']} of its generations, blind-labelled after the run): it passed "
+    if rc.get("matches_this_run") is False:
+        return " (The post-hoc check of the rule does not belong to this run's generations.)"
+    return (f" **Checked on this experiment's own generations** (post-hoc: {a['n']} replies "
+            f"from {rc.get('n_conditions', '?')} of its conditions, labelled from a blind view "
+            f"after the run), it passed "
             f"{a['rule_coherent']} replies, of which {a['incoherent_passed']} were labelled "
             f"incoherent (precision {a['precision_of_pass']:.2f}), and rejected "
             f"{a['coherent_rejected']} of the {a['labelled_coherent']} coherent ones ({fams}). "
-            "The judged means below therefore still include incoherent text.")
+            "So \"coherent\" below means *passed by the rule*, the judged means still include "
+            "incoherent text, and a correlation controlled for the rule's coherent fraction "
+            "removes only part of a coherence confound.")
 
 
 @register("behaviour_validation", "figures/behaviour_validation/results.json")
@@ -218,7 +223,11 @@ def render_behaviour_validation(res: dict) -> str:
                      f"{hc['harmful_probe/compliant_gpt4_only']['mean']:.3f} "
                      f"[{hc['harmful_probe/compliant_gpt4_only']['lo']:.3f}, "
                      f"{hc['harmful_probe/compliant_gpt4_only']['hi']:.3f}] "
-                     f"({hc['harmful_probe/compliant_gpt4_only']['n_harmful']} harmful)."
+                     f"({hc['harmful_probe/compliant_gpt4_only']['n_harmful']} harmful; the "
+                     f"refusal probe there "
+                     f"{hc['refusal_probe/compliant_gpt4_only']['mean']:.3f} "
+                     f"[{hc['refusal_probe/compliant_gpt4_only']['lo']:.3f}, "
+                     f"{hc['refusal_probe/compliant_gpt4_only']['hi']:.3f}])."
                      if "harmful_probe/compliant_gpt4_only" in hc else "")
                   + " Caveats: Do-Not-Answer's harmful responses are nearly all its "
                   "*direct-follow* action, and the refusal probe was trained to treat every "
@@ -251,8 +260,9 @@ def render_behaviour_validation(res: dict) -> str:
               f"Conditions ({res['n_questions']} evaluation questions × seeds "
               f"{', '.join(map(str, res['seeds']))}, one reply each, temperature "
               f"{cfg['temperature']:g}, {cfg['max_new_tokens']} tokens; organism: finetune seed "
-              f"{res['organism_seed']}). Judged scores are means over coherent replies only.", "",
-              "| condition | coherent fraction [95% CI] | probe:harmful | probe:refusal | "
+              f"{res['organism_seed']}). Judged scores are means over the replies the coherence "
+              "rule passes.", "",
+              "| condition | fraction the rule passes [95% CI] | probe:harmful | probe:refusal | "
               "would-say | answer contrast |", "|---|---|---|---|---|---|"]
 
     def num(v: float | None, f: str = ".1f") -> str:
@@ -301,7 +311,9 @@ def render_behaviour_validation(res: dict) -> str:
     lines += ["", "Two-way bootstrap over seeds × questions, the same draws for every "
               "condition; a verdict needs the CI to exclude 0 *and* the seeds to agree in sign. "
               "The partial correlations and the coherence correlations were added at review, "
-              "after the run (post-hoc). 10 of the conditions are one family (steering), so the "
+              "after the run (post-hoc). "
+              f"{sum(c['kind'] == 'steer' for c in res['conditions'].values())} of the "
+              f"{len(res['conditions'])} conditions are one family (steering), so the "
               "correlation mostly measures how both sides move along α. Persona vectors' anchor "
               "(r = 0.75–0.83) correlates projections with a GPT-4 judge's trait score, a "
               "different pair of measures."]
