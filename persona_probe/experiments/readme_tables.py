@@ -162,8 +162,8 @@ def _rule_in_range_text(rc: dict | None) -> str:
         return ""
     a = rc["all"]
     fams = "; ".join(f"{k}: {v['incoherent_passed']} of {v['n'] - v['labelled_coherent']} "
-                     "incoherent passed" for k, v in rc.items() if k not in ("all",
-                                                                           "labelled_set"))
+                     "incoherent passed" for k, v in rc.items() if isinstance(v, dict)
+                     and "incoherent_passed" in v and k != "all")
     if rc.get("matches_this_run") is False:
         return " (The post-hoc check of the rule does not belong to this run's generations.)"
     return (f" **Checked on this experiment's own generations** (post-hoc: {a['n']} replies "
