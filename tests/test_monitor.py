@@ -278,7 +278,8 @@ def test_monitored_finetune_reports_lead_time(subject, data_dir, tmp_path):
     evil = load_trait("evil")
     behaviour = trait_preference(evil, trait_questions("heldout")[:2])
     rates = behaviour(base)
-    assert rates.shape == (2 * 6 * 6,) and set(rates) <= {0.0, 1.0}
+    # one value per question (the bootstrap unit), each a share of the 6 x 6 reply pairs
+    assert rates.shape == (2,) and all(float(36 * r).is_integer() and 0 <= r <= 1 for r in rates)
     mon = EarlyWarningMonitor([MonitorTarget.from_direction(_direction(subject))], _probe(),
                               base, every_n_steps=1, rule=ThresholdRule(-math.inf),
                               events=tmp_path / "ev.jsonl")

@@ -20,17 +20,20 @@ from persona_probe.traits import Trait
 
 
 def trait_preference(trait: Trait, questions: Sequence[str]) -> Callable[[Subject], np.ndarray]:
-    """A judge-free behavioural rate for small models: for each held-out question and each
-    (trait reply, anti reply) pair of the trait definition, 1 when the model finds the trait
+    """A judge-free behavioural rate for small models: per held-out question, the share of
+    (trait reply, anti reply) pairs of the trait definition in which the model finds the trait
     reply more likely (per token) than the anti reply. Teacher-forced, so no sampling noise;
-    its mean is the fraction of choices that go the trait's way."""
+    its mean is the fraction of choices that go the trait's way. One value per question, so a
+    bootstrap over the returned values resamples questions, the independent unit (the pairs
+    within a question are not independent draws)."""
     from persona_probe.likelihood import reply_loglik
 
     def rate(subject: Subject) -> np.ndarray:
         prompts = [[{"role": "user", "content": q}] for q in questions]
         ll = reply_loglik(subject, prompts, [*trait.trait_replies, *trait.anti_replies])
         n = len(trait.trait_replies)
-        return (ll[:, :n][:, :, None] > ll[:, n:][:, None, :]).reshape(-1).astype(float)
+        wins = ll[:, :n][:, :, None] > ll[:, n:][:, None, :]      # (questions, trait, anti)
+        return wins.mean((1, 2)).astype(float)
     return rate
 
 
