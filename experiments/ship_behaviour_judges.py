@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from persona_probe.artifacts import read_json
-from persona_probe.evals.coherence import CoherenceRule
+from persona_probe.evals.coherence import CoherenceRule, coherence_data_path
 from persona_probe.evals.probe_judge import ProbeArtifact, shipped_probe_dir
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         tmp.rename(dst)
         print(f"{src} -> {dst}")
     rule = CoherenceRule.load(args.runs / "coherence-rule" / "rule.json")
-    dst = Path(str(shipped_probe_dir("refusal").parents[1])) / "coherence" / "rule.json"
+    dst = coherence_data_path("rule.json")
     rule.save(dst)
     stage = read_json(args.runs / "coherence-rule" / "stage.json")
     print(f"coherence rule (stage at {stage.get('git_sha')}) -> {dst}")

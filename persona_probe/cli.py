@@ -623,8 +623,11 @@ def steer(
         from persona_probe.evals.probe_judge import load_probe_judge
         from persona_probe.traits import trait_questions
 
-        named = {Path(j).name if Path(j).exists() else j: load_probe_judge(j, coherence=False)
-                 for j in judges.split(",") if j.strip()}
+        named: dict = {}
+        for j in (x.strip() for x in judges.split(",") if x.strip()):
+            shared = next(iter(named.values())).model if named else None   # one judge model
+            named[Path(j).name if Path(j).exists() else j] = load_probe_judge(
+                j, coherence=False, judge_model=shared)
         first = next(iter(named.values()))
         res = steering_generation_sweep(
             subject, d, lay, alpha_list, trait_questions(questions), named,

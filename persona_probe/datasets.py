@@ -40,6 +40,17 @@ def verify_provenance(path: Path) -> None:
                              "original file")
 
 
+def read_shared_csv(path: str | Path, error: type[Exception] = PromptSetError) -> list[dict]:
+    """The rows of a CSV file of the shared data, checked against PROVENANCE.tsv first; a
+    missing file raises ``error`` naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist; point $PERSONA_PROBE_DATA at the shared data")
+    verify_provenance(path)
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 

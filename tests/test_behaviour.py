@@ -209,12 +209,11 @@ def test_shipped_rule_records_how_it_was_chosen():
 def test_labels_come_from_the_committed_blind_views():
     """Every label was given on the blind view (row number, question, reply only): the merged
     files agree with the raw labels and the views row by row."""
-    from importlib import resources
-
-    root = resources.files("persona_probe") / "data" / "coherence"
+    from persona_probe.evals.coherence import coherence_data_path
 
     def read(name: str) -> list[dict]:
-        return [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
+        return [json.loads(x) for x in coherence_data_path(name).read_text().splitlines()
+                if x.strip()]
     rows = load_labelled_generations()
     assert len(rows) >= 200 and len({r["condition"] for r in rows}) >= 5
     for merged, view, labels, n in ((rows, "fitting_blind_view.jsonl",

@@ -8,7 +8,6 @@ classifies the same responses; accuracy and Cohen's κ (chance-corrected) get bo
 
 from __future__ import annotations
 
-import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +41,9 @@ def load_labelled(name: str, root: Path) -> list[LabelledResponse]:
     if name not in LABELLED_SETS:
         raise PersonaProbeError(f"unknown labelled set {name!r}; use one of "
                                 + ", ".join(LABELLED_SETS))
-    from persona_probe.datasets import verify_provenance
+    from persona_probe.datasets import read_shared_csv
 
-    path = root / LABELLED_SETS[name]
-    verify_provenance(path)
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_shared_csv(root / LABELLED_SETS[name], PersonaProbeError)
     out = []
     for i, r in enumerate(rows, 2):
         if name.startswith("dna"):

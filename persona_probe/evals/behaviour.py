@@ -16,7 +16,7 @@ import numpy as np
 
 from persona_probe.artifacts import ItemLog
 from persona_probe.evals.coherence import CoherenceRule, coherence_features
-from persona_probe.evals.probe_judge import ProbeJudge
+from persona_probe.evals.probe_judge import ProbeJudge, probe_probabilities
 from persona_probe.generation import generate_responses
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
@@ -37,11 +37,9 @@ def judge_replies(pairs: Sequence[tuple[str, str]], judges: dict[str, ProbeJudge
     coherence measure, and the rule's verdict."""
     feats = coherence_features(coherence_model, pairs)
     rows = [{**f, "coherent": rule.passes(f)} for f in feats]
-    for name, judge in judges.items():
-        crit = judge.artifact.criterion
-        scores = judge.judge_responses(pairs, crit)
-        for r, j in zip(rows, scores):
-            r[name] = j.score
+    for name, p in probe_probabilities(judges, pairs).items():   # each on its own criterion
+        for r, v in zip(rows, p):
+            r[name] = float(100 * v)
     return rows
 
 

@@ -120,13 +120,17 @@ class CoherenceRule:
     @classmethod
     def shipped(cls) -> CoherenceRule:
         """The rule fitted on the team's labelled generations of the embedded model."""
-        return cls.load(Path(str(resources.files("persona_probe") / "data" / "coherence"
-                                 / "rule.json")))
+        return cls.load(coherence_data_path("rule.json"))
+
+
+def coherence_data_path(name: str) -> Path:
+    """A file of the package's coherence data (``persona_probe/data/coherence/``): the
+    shipped rule, the labelled generations, the validation labels, the blind views."""
+    return Path(str(resources.files("persona_probe") / "data" / "coherence" / name))
 
 
 def labelled_generations_path() -> Path:
-    return Path(str(resources.files("persona_probe") / "data" / "coherence"
-                    / "labelled_generations.jsonl"))
+    return coherence_data_path("labelled_generations.jsonl")
 
 
 def load_labelled_generations(path: str | Path | None = None) -> list[dict]:

@@ -25,7 +25,6 @@ sources with sha256, metrics, git sha). ``make_judge("probe:PATH")`` loads it.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 from collections.abc import Callable, Sequence
@@ -117,15 +116,9 @@ def register_source(name: str, criterion: str, files: tuple[str, ...],
 
 
 def _csv(root: Path, rel: str) -> list[dict]:
-    from persona_probe.datasets import verify_provenance
+    from persona_probe.datasets import read_shared_csv
 
-    path = root / rel
-    if not path.is_file():
-        raise ProbeJudgeError(f"{path} does not exist; point $PERSONA_PROBE_DATA at the shared "
-                              "data (it holds harmful_requests/ and hh_rlhf/)")
-    verify_provenance(path)
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return read_shared_csv(root / rel, ProbeJudgeError)
 
 
 _DNA = ("harmful_requests/do_not_answer/annotated_response_GPT4.csv",
@@ -135,17 +128,29 @@ _HH = ("hh_rlhf/harmless_base_test.jsonl.gz",)
 DNA_REFUSAL, DNA_COMPLIANCE = {"0"}, {"1", "2", "3", "5"}
 
 
+def _dna_rows(root: Path):
+    """(row key, CSV row) of both Do-Not-Answer response files."""
+    for rel, tag in zip(_DNA, ("gpt4", "llama2")):
+        for r in _csv(root, rel):
+            yield f"dna/{tag}/{r['id']}", r
+
+
 @register_source("dna_refusal", "refusal", _DNA)
 def _load_dna(root: Path) -> list[LabelledText]:
     out = []
-    for rel, tag in zip(_DNA, ("gpt4", "llama2")):
-        for r in _csv(root, rel):
-            action, resp = r["action"].strip(), (r["response"] or "").strip()
-            if not resp or action not in DNA_REFUSAL | DNA_COMPLIANCE:
-                continue
-            out.append(LabelledText(f"dna/{tag}/{r['id']}", f"dna/{r['id']}", r["question"],
-                                    resp, int(action in DNA_REFUSAL)))
+    for key, r in _dna_rows(root):
+        action, resp = r["action"].strip(), (r["response"] or "").strip()
+        if not resp or action not in DNA_REFUSAL | DNA_COMPLIANCE:
+            continue
+        out.append(LabelledText(key, f"dna/{r['id']}", r["question"], resp,
+                                int(action in DNA_REFUSAL)))
     return out
+
+
+def dna_harmful_labels(root: Path) -> dict[str, float]:
+    """Do-Not-Answer's human ``harmful`` label (1.0 / 0.0) of each response, by the row keys
+    of ``dna_refusal``."""
+    return {key: float(r["harmful"] == "1") for key, r in _dna_rows(root)}
 
 
 @register_source("xstest_refusal", "refusal", _XSTEST)
@@ -283,12 +288,11 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Mean |observed − predicted| over equal-width probability bins, weighted by bin size."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    return float(sum(abs(y[idx == b].mean() - p[idx == b].mean()) * (idx == b).mean()
-                     for b in range(bins) if (idx == b).any()))
+    """Mean |observed − predicted| over the reliability curve's equal-width bins, weighted by
+    bin size."""
+    curve = reliability_curve(y, p, bins)
+    return float(sum(b["n"] * abs(b["observed"] - b["predicted"]) for b in curve)
+                 / sum(b["n"] for b in curve))
 
 
 def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]:
@@ -434,13 +438,7 @@ class ProbeJudge:
             ("coherent",) if coherence is not None else ())
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        if not pairs:
-            return np.zeros(0)
-        feats = response_features(self.model, [(q, a if a.strip() else "(no reply)")
-                                               for q, a in pairs],
-                                  [self.artifact.hook], self.batch_size,
-                                  self.artifact.max_tokens)[:, 0].numpy()
-        return self.artifact.probe.prob(feats)
+        return probe_probabilities({"_": self}, pairs)["_"]
 
     def judge_responses(self, pairs: Sequence[tuple[str, str]],
                         criterion: str) -> list[Judgment]:
@@ -462,12 +460,33 @@ class ProbeJudge:
                          "criterion, template, pairs)")
 
 
+def probe_probabilities(judges: dict[str, ProbeJudge],
+                        pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """Each judge's p(label) for every (question, answer). Judges reading the same model
+    (with the same batch size and length cap) share one forward pass over all their hooks."""
+    rows = [(q, a if a.strip() else "(no reply)") for q, a in pairs]
+    groups: dict[tuple, list[str]] = {}
+    for name, j in judges.items():
+        groups.setdefault((id(j.model), j.batch_size, j.artifact.max_tokens), []).append(name)
+    out: dict[str, np.ndarray] = {}
+    for (_, batch_size, max_tokens), names in groups.items():
+        if not rows:
+            out.update({n: np.zeros(0) for n in names})
+            continue
+        hooks = sorted({judges[n].artifact.hook for n in names})
+        feats = response_features(judges[names[0]].model, rows, hooks, batch_size,
+                                  max_tokens).numpy()
+        for n in names:
+            out[n] = judges[n].artifact.probe.prob(feats[:, hooks.index(judges[n].artifact.hook)])
+    return out
+
+
 def load_probe_judge(spec: str, subject: Subject | None = None, device: str = "auto",
-                     coherence: bool = True) -> ProbeJudge:
+                     coherence: bool = True, judge_model: Subject | None = None) -> ProbeJudge:
     """``spec`` is a shipped criterion (``refusal``, ``harmful``) or a probe directory. The
-    judge model is the probe's own model, always loaded fresh, so a steered, finetuned or
-    edited subject never moves the judge (``subject`` is accepted for the registry's
-    signature and not used)."""
+    judge model is the probe's own model, loaded fresh, so a steered, finetuned or edited
+    subject never moves the judge (``subject`` is accepted for the registry's signature and
+    not used); ``judge_model`` reuses another probe judge's model when it is the same one."""
     from persona_probe.models import load_subject
 
     path = shipped_probe_dir(spec) if spec in CRITERIA else Path(spec)
@@ -480,7 +499,9 @@ def load_probe_judge(spec: str, subject: Subject | None = None, device: str = "a
     # always the probe's own model, loaded fresh: a copy of ``subject`` would carry any
     # in-place edit or merged finetune of it into the judge
     del subject
-    model = load_subject(want, device=device, dtype=art.dtype)
+    model = (judge_model if judge_model is not None and judge_model.spec == want
+             and str(judge_model.model.dtype).removeprefix("torch.") == art.dtype
+             else load_subject(want, device=device, dtype=art.dtype))
     rule = None
     if coherence:   # the shipped rule was fitted for the embedded model only
         from persona_probe.evals.coherence import CoherenceRule
@@ -524,31 +545,29 @@ class ProbeTrainConfig:
             raise ProbeJudgeError("need ≥ 1 hook, ≥ 1 C and ≥ 2 folds")
 
 
+def _select(n_hooks: int, config: ProbeTrainConfig, score: Callable[[int, float], float],
+            metric: str) -> tuple[int, float, list[dict]]:
+    """The (hook index, C) of the grid with the best CV score (ties: earlier hook, smaller C),
+    and the whole table."""
+    table = {(h, c): score(h, c) for h in range(n_hooks) for c in config.c_grid}
+    h, c = max(table, key=lambda k: (table[k], -k[0], -k[1]))
+    return h, c, [{"hook": config.hooks[k[0]], "C": k[1], metric: v} for k, v in table.items()]
+
+
 def select_and_fit(x: np.ndarray, y: np.ndarray, groups: Sequence[str],
                    config: ProbeTrainConfig) -> tuple[int, float, LinearProbe, dict]:
     """Choose (hook, C) by grouped CV AUROC on the training rows, then refit on all of them.
     ``x`` is (n, hooks, d). Returns (hook index, C, probe, the CV table)."""
-    table = {}
-    for h in range(x.shape[1]):
-        for c in config.c_grid:
-            table[(h, c)] = cross_validated_auroc(x[:, h], y, groups, c, config.folds,
-                                                  config.seed)[0]
-    h, c = max(table, key=lambda k: (table[k], -k[0], -k[1]))
-    cv = [{"hook": config.hooks[k[0]], "C": k[1], "cv_auroc": v} for k, v in table.items()]
+    h, c, cv = _select(x.shape[1], config, lambda h, c: cross_validated_auroc(
+        x[:, h], y, groups, c, config.folds, config.seed)[0], "cv_auroc")
     return h, c, fit_pointwise(x[:, h], y, c), {"selection": cv}
 
 
 def select_and_fit_pairwise(xc: np.ndarray, xr: np.ndarray, groups: Sequence[str],
                             config: ProbeTrainConfig) -> tuple[int, float, LinearProbe, dict]:
     """The pairwise analogue, choosing by grouped CV pairwise accuracy."""
-    table = {}
-    for h in range(xc.shape[1]):
-        for c in config.c_grid:
-            table[(h, c)] = pairwise_cv_accuracy(xc[:, h], xr[:, h], groups, c, config.folds,
-                                                 config.seed)[0]
-    h, c = max(table, key=lambda k: (table[k], -k[0], -k[1]))
-    cv = [{"hook": config.hooks[k[0]], "C": k[1], "cv_pairwise_accuracy": v}
-          for k, v in table.items()]
+    h, c, cv = _select(xc.shape[1], config, lambda h, c: pairwise_cv_accuracy(
+        xc[:, h], xr[:, h], groups, c, config.folds, config.seed)[0], "cv_pairwise_accuracy")
     return h, c, fit_pairwise(xc[:, h], xr[:, h], c, config.seed), {"selection": cv}
 
 

@@ -100,23 +100,14 @@ def keyword_refusal(text: str) -> bool:
     return bool(_REFUSAL_PATTERNS.search(text or ""))
 
 
-def _csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise SafetyError(f"{path} does not exist; point $PERSONA_PROBE_DATA at the shared data")
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _shared(rel: str) -> Path:
-    from persona_probe.datasets import shared_data_dir, verify_provenance
+def _shared_csv(rel: str) -> list[dict]:
+    from persona_probe.datasets import read_shared_csv, shared_data_dir
 
     root = shared_data_dir()
     if root is None:
         raise SafetyError(f"this prompt source needs ../shared/data/{rel} (or "
                           "$PERSONA_PROBE_DATA); it is not present")
-    path = root / rel
-    verify_provenance(path)
-    return path
+    return read_shared_csv(root / rel, SafetyError)
 
 
 def load_safety_prompts(source: str) -> list[SafetyPrompt]:
@@ -127,12 +118,12 @@ def load_safety_prompts(source: str) -> list[SafetyPrompt]:
                              it.messages[-1]["content"], "builtin")
                 for it in load_builtin("harmful_requests")]
     if source == "do_not_answer":
-        rows = _csv_rows(_shared("harmful_requests/do_not_answer/do_not_answer_en.csv"))
+        rows = _shared_csv("harmful_requests/do_not_answer/do_not_answer_en.csv")
         return [SafetyPrompt(f"dna/{r['id']}", r["types_of_harm"], r["question"],
                              "do_not_answer") for r in rows]
     if source in ("xstest:safe", "xstest:unsafe"):
         label = source.split(":")[1]
-        rows = _csv_rows(_shared("harmful_requests/xstest/xstest_prompts.csv"))
+        rows = _shared_csv("harmful_requests/xstest/xstest_prompts.csv")
         return [SafetyPrompt(f"xstest/{r['id']}", r["type"], r["prompt"], "xstest")
                 for r in rows if r["label"] == label]
     path = Path(source)

@@ -322,16 +322,13 @@ def _rule_in_range(gens: dict, conds: list) -> dict | None:
     replies drawn from this experiment's own generations (``data/coherence/
     validation_labels.jsonl``, 12 from each of 10 conditions), the α range the fitting set did
     not cover. Per family: unsteered (plain, system, organism), evil steering, random steering."""
-    from importlib import resources
-
-    from persona_probe.prompts import iter_jsonl
+    from persona_probe.evals.coherence import coherence_data_path, load_labelled_generations
     from persona_probe.stages import file_identity
 
-    path = Path(str(resources.files("persona_probe") / "data" / "coherence"
-                    / "validation_labels.jsonl"))
+    path = coherence_data_path("validation_labels.jsonl")
     if not path.is_file():
         return None
-    rows = [r for _, r in iter_jsonl(path, None)]
+    rows = load_labelled_generations(path)
     names = {c.name for c in conds}
     matches = all(r["condition"] in names and r["seed"] in gens
                   and _get(gens[r["seed"]], f"{r['condition']}/rows")[r["question_index"]]
@@ -411,15 +408,9 @@ def _harmful_checks(feats: dict, probes_dir: Path, root: Path, cfg) -> dict:
 
 def _dna_harmful_labels(root: Path, keys: list[str]) -> np.ndarray:
     """Do-Not-Answer's human ``harmful`` label for each dna_refusal row key."""
-    import csv
+    from persona_probe.evals.probe_judge import dna_harmful_labels
 
-    from persona_probe.evals.probe_judge import _DNA
-
-    lab = {}
-    for rel, tag in zip(_DNA, ("gpt4", "llama2")):
-        with open(root / rel, encoding="utf-8", newline="") as fh:
-            for r in csv.DictReader(fh):
-                lab[f"dna/{tag}/{r['id']}"] = float(r["harmful"] == "1")
+    lab = dna_harmful_labels(root)
     return np.array([lab.get(k, np.nan) for k in keys])
 
 
