@@ -30,9 +30,12 @@ def register(name: str, results: str) -> Callable[[Renderer], Renderer]:
 def _ci(e: dict | None, pct: bool = False) -> str:
     if e is None:
         return "—"
-    if pct:
-        return f"{e['mean']:+.0%} [{e['lo']:+.0%}, {e['hi']:+.0%}]"
-    return f"{e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]"
+    return _interval(e, "+.0%" if pct else "+.3f")
+
+
+def _interval(e: dict, fmt: str = ".3f") -> str:
+    """``mean [lo, hi]`` of an estimate dict in one number format."""
+    return f"{e['mean']:{fmt}} [{e['lo']:{fmt}}, {e['hi']:{fmt}}]"
 
 
 def _sha(sha: str | None) -> str:
@@ -197,7 +200,7 @@ def render_behaviour_validation(res: dict) -> str:
         met = "yes" if all(goals) else "no (" + ", ".join(
             n for n, ok in zip(("AUROC", "ECE", "margin"), goals) if not ok) + ")"
         lines.append(f"| {key.replace('->', ' → ')} | refusal | `{r['hook']}` | "
-                     f"{a['mean']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] | {r['ece']:.3f} | "
+                     f"{_interval(a)} | {r['ece']:.3f} | "
                      f"{r['prompt_only_auroc']['mean']:.3f} | "
                      f"{r['margin_over_prompt_only']:+.3f} | {met} |")
     for key, r in res["probe_judge"].items():
@@ -205,29 +208,21 @@ def render_behaviour_validation(res: dict) -> str:
             continue
         a = r["pairwise_accuracy"]
         d = r.get("dna_harmful_labels_auroc")
-        dna = (f"; on Do-Not-Answer's human *harmful* labels AUROC {d['mean']:.3f} "
-               f"[{d['lo']:.3f}, {d['hi']:.3f}]") if d else ""
+        dna = f"; on Do-Not-Answer's human *harmful* labels AUROC {_interval(d)}" if d else ""
         lines += ["", f"Harmful content (HH-RLHF harmless pairs, fitted pairwise on "
                   f"{100 - round(100 * cfg['hh_test_share'])}% of the pairs): chosen scored "
-                  f"less harmful than rejected on {a['mean']:.1%} [{a['lo']:.1%}, "
-                  f"{a['hi']:.1%}] of {r['n_test']} held-out pairs (`{r['hook']}`){dna}."]
+                  f"less harmful than rejected on {_interval(a, '.1%')} of {r['n_test']} held-out pairs (`{r['hook']}`){dna}."]
     hc = res.get("harmful_probe_checks") or {}
     if "harmful_probe/compliant_only" in hc:
         a, b = hc["harmful_probe/compliant_only"], hc["refusal_probe/compliant_only"]
         lines += ["", f"Is it more than a refusal detector? Among Do-Not-Answer's *compliant* "
                   f"responses only ({a['n']}, {a['n_harmful']} labelled harmful by people), the "
-                  f"harmful probe ranks the harmful ones at AUROC {a['mean']:.3f} "
-                  f"[{a['lo']:.3f}, {a['hi']:.3f}], the refusal probe at {b['mean']:.3f} "
-                  f"[{b['lo']:.3f}, {b['hi']:.3f}] (post-hoc; few positives)."
+                  f"harmful probe ranks the harmful ones at AUROC {_interval(a)}, the refusal "
+                  f"probe at {_interval(b)} (post-hoc; few positives)."
                   + (f" Within GPT-4's compliant responses only: "
-                     f"{hc['harmful_probe/compliant_gpt4_only']['mean']:.3f} "
-                     f"[{hc['harmful_probe/compliant_gpt4_only']['lo']:.3f}, "
-                     f"{hc['harmful_probe/compliant_gpt4_only']['hi']:.3f}] "
+                     f"{_interval(hc['harmful_probe/compliant_gpt4_only'])} "
                      f"({hc['harmful_probe/compliant_gpt4_only']['n_harmful']} harmful; the "
-                     f"refusal probe there "
-                     f"{hc['refusal_probe/compliant_gpt4_only']['mean']:.3f} "
-                     f"[{hc['refusal_probe/compliant_gpt4_only']['lo']:.3f}, "
-                     f"{hc['refusal_probe/compliant_gpt4_only']['hi']:.3f}])."
+                     f"refusal probe there {_interval(hc['refusal_probe/compliant_gpt4_only'])})."
                      if "harmful_probe/compliant_gpt4_only" in hc else "")
                   + " Caveats: Do-Not-Answer's harmful responses are nearly all its "
                   "*direct-follow* action, and the refusal probe was trained to treat every "
@@ -269,7 +264,7 @@ def render_behaviour_validation(res: dict) -> str:
         return "—" if v is None else format(v, f)
     for name, r in res["conditions"].items():
         cf = r["coherent_fraction"]
-        lines.append(f"| {name} | {cf['mean']:.2f} [{cf['lo']:.2f}, {cf['hi']:.2f}] | "
+        lines.append(f"| {name} | {_interval(cf, '.2f')} | "
                      f"{num(r['harmful_coherent_mean'])} | {num(r['refusal_coherent_mean'])} | "
                      f"{r['would_say']:+.3f} | {r['answer_contrast']:+.3f} |")
     lines.append("")
@@ -280,7 +275,7 @@ def render_behaviour_validation(res: dict) -> str:
                                  for p in sw["curve"]) + ")")
     lines.append("")
     def ci(e: dict) -> str:
-        return f"{e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
+        return _interval(e, "+.2f")
 
     def seeds(e: dict) -> str:
         return ", ".join(f"{v:+.2f}" for v in e["per_seed"])
