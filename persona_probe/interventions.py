@@ -76,7 +76,7 @@ def _unit_vectors(subject: Subject, target: Target, layers: Sequence[int] | None
         if layers is not None and list(layers) != [hp.layer]:
             raise InterventionError(f"SAE latents live at {hp.name}; layers={list(layers)} "
                                     "does not match")
-        rows = target.sae.W_dec[list(target.latents)].detach().float().sum(0)
+        rows = decoder_rows(target.sae, target.latents).float().sum(0)
         return {hp: (rows / rows.norm()).to(dev, dt)}
     if not isinstance(target, Direction):
         raise InterventionError(f"a target is a Direction or SAELatents, not {type(target)}")

@@ -8,9 +8,11 @@ The published procedure, in four steps:
    latent's activation, read on the finetuned model); the top N of each are kept;
 2. **screen** — each candidate alone is steered in the base model and ablated in the finetuned
    model, the trait measured on *selection* questions and replies;
-3. **choose** — the best single latents by the gap their ablation removes are combined into
-   sets of 1…k latents, each set ablated jointly on the selection material, and the set that
-   removes most of the gap is kept (ties go to the smaller set);
+3. **choose** — the best single latents by the gap their ablation removes (or, with
+   ``rank_by: specific_removed``, by what it removes from the finetune beyond what the same
+   ablation removes from the base) are combined into sets of 1…k latents, each set ablated
+   jointly on the selection material, and the best set by the same rule is kept (ties go to
+   the smaller set);
 4. **null** — random latent sets of the same size, each latent drawn from the same decile of
    activation mass (mean activation on the finetuned model's tokens) as the latent it stands
    for, so a control edit removes as much activation as the real one.
@@ -45,6 +47,9 @@ class ScreeningError(PersonaProbeError):
     pass
 
 
+RANK_BY = ("gap_removed", "steer_effect", "specific_removed")
+
+
 @dataclass
 class ScreeningConfig:
     """How many candidates to screen and how to combine them (fixed before a run)."""
@@ -53,15 +58,24 @@ class ScreeningConfig:
     n_attribution: int = 50       # plus the top latents by attribution (union)
     steer_alpha: float = 0.2      # α (units of r̄_L) at which each candidate steers the base
     max_set: int = 5              # largest set of latents tried together
-    rank_by: str = "gap_removed"  # gap_removed | steer_effect: what orders single latents
+    # what orders single latents and picks the set: gap_removed (the ablation's effect on the
+    # finetune), steer_effect, or specific_removed (the effect on the finetune minus the same
+    # ablation's effect on the base, as a share of the gap: an edit that lowers the trait in
+    # every model scores 0, so selection cannot overshoot into generic edits)
+    rank_by: str = "gap_removed"
 
     def __post_init__(self) -> None:
         if self.n_delta < 1 or self.n_attribution < 0:
             raise ScreeningError("n_delta must be >= 1 and n_attribution >= 0")
         if not 1 <= self.max_set <= 20:
             raise ScreeningError("max_set must be in 1..20")
-        if self.rank_by not in ("gap_removed", "steer_effect"):
-            raise ScreeningError(f"rank_by {self.rank_by!r}: use gap_removed or steer_effect")
+        if self.rank_by not in RANK_BY:
+            raise ScreeningError(f"rank_by {self.rank_by!r}: use {', '.join(RANK_BY)}")
+
+    @property
+    def ablates_base(self) -> bool:
+        """Whether each candidate is also ablated in the base (needed by specific_removed)."""
+        return self.rank_by == "specific_removed"
 
 
 # --- step 1: candidates ----------------------------------------------------------------------
@@ -160,11 +174,8 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
         target = SAELatents(sae, [int(i)])
         with steer(base, target, cfg.steer_alpha):
             s = np.asarray(metric(base))
-        with ablate(finetuned, target, "latent"):
-            a = np.asarray(metric(finetuned))
         done.append([{"key": key, "latent": int(i), "steer_effect": float((s - m_b).mean()),
-                      "ablate_effect": float((m_f - a).mean()),
-                      "gap_removed": float((m_f - a).mean() / gap)}])
+                      **_ablation_row(base, finetuned, target, metric, m_b, m_f, gap, cfg)}])
     wanted = {str(int(i)) for i in candidates}
     rows = sorted((r for k, r in done.records.items() if k in wanted),
                   key=lambda r: -r[cfg.rank_by])
@@ -174,22 +185,36 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
     for k in range(1, min(cfg.max_set, len(order)) + 1):
         key = str(k)
         if key not in sets:
-            with ablate(finetuned, SAELatents(sae, order[:k]), "latent"):
-                a = np.asarray(metric(finetuned))
-            sets.append([{"key": key, "latents": order[:k],
-                          "gap_removed": float((m_f - a).mean() / gap)}])
+            sets.append([{"key": key, "latents": order[:k], **_ablation_row(
+                base, finetuned, SAELatents(sae, order[:k]), metric, m_b, m_f, gap, cfg)}])
     tried = [sets.records[str(k)] for k in range(1, min(cfg.max_set, len(order)) + 1)]
-    best = max(tried, key=lambda r: (round(r["gap_removed"], 6), -len(r["latents"])))
-    if best["gap_removed"] <= 0:
+    by = "specific_removed" if cfg.ablates_base else "gap_removed"
+    best = max(tried, key=lambda r: (round(r[by], 6), -len(r["latents"])))
+    if best[by] <= 0:
         warnings.warn(f"no set of up to {cfg.max_set} candidates removes any of the selection "
-                      f"gap (best {best['gap_removed']:+.1%}); the chosen set is flagged "
+                      f"gap ({by}: best {best[by]:+.1%}); the chosen set is flagged "
                       "'removes_selection_gap: false'", stacklevel=2)
     chosen = {"latents": best["latents"], "selection_gap_removed": best["gap_removed"],
-              "removes_selection_gap": best["gap_removed"] > 0,
+              "selection_specific_removed": best.get("specific_removed"),
+              "chosen_by": by, "removes_selection_gap": best[by] > 0,
               "selection_gap": gap, "sets": tried, "screen": rows,
               "config": asdict(cfg), **(info or {})}
     write_json(out / "chosen.json", chosen)
     return chosen
+
+
+def _ablation_row(base: Subject, finetuned: Subject, target: SAELatents, metric: Metric,
+                  m_b: np.ndarray, m_f: np.ndarray, gap: float, cfg: ScreeningConfig) -> dict:
+    """The target ablated in the finetune (and, for ``specific_removed``, in the base too)."""
+    with ablate(finetuned, target, "latent"):
+        a = np.asarray(metric(finetuned))
+    row = {"ablate_effect": float((m_f - a).mean()), "gap_removed": float((m_f - a).mean() / gap)}
+    if cfg.ablates_base:
+        with ablate(base, target, "latent"):
+            b = np.asarray(metric(base))
+        row["ablate_base_effect"] = float((m_b - b).mean())
+        row["specific_removed"] = (row["ablate_effect"] - row["ablate_base_effect"]) / gap
+    return row
 
 
 # --- step 4: the matched null ----------------------------------------------------------------

@@ -141,3 +141,28 @@ def test_cli_screen_latents_refuses_a_finetune_that_did_not_move(tmp_path):
                                    "--dtype", "float32"])
     assert res.exit_code == 2, res.output
     assert "no shift to screen for" in res.output
+
+
+def test_specific_ranking_subtracts_what_the_same_ablation_does_to_the_base(subject, planted,
+                                                                            tmp_path):
+    """rank_by specific_removed ablates every candidate in the base too: each row's specific
+    share equals (finetune effect − base effect) / gap, the base effect measured here
+    independently, and the planted latent still comes first."""
+    from persona_probe.interventions import SAELatents, ablate
+
+    cfg = ScreeningConfig(n_delta=3, n_attribution=0, max_set=1, rank_by="specific_removed")
+    sae = planted["sae"]
+    cand = rank_candidates(sae, planted["rows_f"], planted["rows_b"], None, cfg)
+    chosen = screen_latents(subject, planted["ft"], sae, cand["candidates"], planted["metric"],
+                            cfg, tmp_path)
+    assert chosen["chosen_by"] == "specific_removed" and chosen["latents"] == [planted["star"]]
+    m_b, m_f = planted["metric"](subject), planted["metric"](planted["ft"])
+    gap = float((m_f - m_b).mean())
+    for row in chosen["screen"]:
+        with ablate(subject, SAELatents(sae, [row["latent"]]), "latent"):
+            base_effect = float((m_b - planted["metric"](subject)).mean())
+        assert row["ablate_base_effect"] == pytest.approx(base_effect, abs=1e-6)
+        assert row["specific_removed"] == pytest.approx(
+            (row["ablate_effect"] - base_effect) / gap, abs=1e-6)
+    with pytest.raises(ScreeningError, match="rank_by"):
+        ScreeningConfig(rank_by="biggest")

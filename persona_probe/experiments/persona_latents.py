@@ -7,8 +7,9 @@ Design (every rule below is fixed in the config before a run):
 - organisms: the trait-distillation organism (evil through the model's own cooking answers)
   built with seed 0 for **selection** and seeds ``eval_seeds`` for **evaluation** (answer
   sample, LoRA init and data order all follow the seed);
-- material: selection uses the ``extract`` questions and the trait's own replies; evaluation
-  uses 40 other questions and other replies (``persona_probe/data/splits/evil-line1.json``),
+- material: selection uses the ``extract`` questions and one half of a split's replies;
+  evaluation uses 40 other questions and the other half (``persona_probe/data/splits/``:
+  ``evil-line1-pairs.json`` draws 24 minimal trait/anti pairs into two random halves),
   committed before any screening ran; diffing tokens are the base model's answers to questions
   of the *other* domains, never the evaluation questions;
 - selection (seed 0 only): candidates by Δ and attribution, causal screening, the set chosen
@@ -40,6 +41,7 @@ from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
 
 VECTOR_EDITS = ("directional", "mean", "shift_sae_layer", "shift_every_layer")
+LATENT_SETS = ("causal screening", "top Δ")
 
 
 @dataclass
@@ -47,7 +49,7 @@ class PersonaLatentsConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "bfloat16"                  # scoring, generation and LoRA (2.5-3x on CPU)
     organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
-    split: str = "evil-line1"                # selection / evaluation material
+    split: str = "evil-line1-pairs"          # selection / evaluation material
     sae: str = "shipped"
     selection_seed: int = 0
     eval_seeds: tuple[int, ...] = (1, 2, 3)
@@ -56,6 +58,9 @@ class PersonaLatentsConfig:
     screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
     null_draws: int = 100
     null_seed: int = 2026
+    # latent sets ablated against their matched random null (the primary's set always is; the
+    # naive top-Δ baseline's null costs 100 more measurements per evaluation seed)
+    null_sets: tuple[str, ...] = LATENT_SETS
     steer_alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     vector_edits: tuple[str, ...] = VECTOR_EDITS
     top_examples: int = 5
@@ -69,6 +74,10 @@ class PersonaLatentsConfig:
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
         self.steer_alphas = tuple(float(a) for a in self.steer_alphas)
         self.vector_edits = tuple(self.vector_edits)
+        self.null_sets = tuple(self.null_sets)
+        if not set(self.null_sets) <= set(LATENT_SETS) or "causal screening" not in self.null_sets:
+            raise PersonaProbeError(f"null_sets {list(self.null_sets)}: a subset of "
+                                    f"{list(LATENT_SETS)} that includes 'causal screening'")
         if not self.eval_seeds or (self.selection_seed in self.eval_seeds and not self.tiny):
             raise PersonaProbeError("eval_seeds must not include selection_seed (the selection "
                                     "seed never reports a final number; only a tiny demo run "
@@ -255,7 +264,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     eval_inputs = {**common, "sae": sae_id, "screen": stages.fingerprint_of("screen-shipped-sae"),
                    "vector": stages.fingerprint_of("vector"),
                    "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
-                   "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits)}
+                   "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits),
+                   "null_sets": list(cfg.null_sets)}
     values: dict[int, ValueLog] = {}
     for seed in cfg.eval_seeds:
         stage(f"evaluation seed {seed}")
@@ -274,7 +284,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                 for who, s in (("F", f), ("B", base)):
                     with ablate(s, t, "latent"):
                         v.measure(f"{who}|{name}", lambda s=s: evaluation_metric(s))
-                for j, draw in enumerate(nulls[name]):
+                for j, draw in enumerate(nulls[name] if name in cfg.null_sets else []):
                     with ablate(f, SAELatents(sae, draw), "latent"):
                         v.measure(f"F|null {name}|{j}", lambda: evaluation_metric(f))
             for edit in cfg.vector_edits:
@@ -336,8 +346,9 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                      "selection_replies": len(sel_trait.trait_replies + sel_trait.anti_replies),
                      "evaluation_replies": len(ev_trait.trait_replies + ev_trait.anti_replies),
                      "diff_items": len(items), "diff_tokens": int(rows_base.shape[0])},
-        "selection": {k: chosen[k] for k in ("latents", "top_delta", "selection_gap_removed",
-                                             "selection_gap", "sets", "examples")},
+        "selection": {k: chosen.get(k) for k in (
+            "latents", "top_delta", "selection_gap_removed", "selection_specific_removed",
+            "chosen_by", "selection_gap", "sets", "examples")},
         "screen_rows": chosen["screen"],
         "mean_projection": chosen["mean_projection"],
         "ranking_stability": ranking_stability,
@@ -408,10 +419,13 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
     rows, nulls = [], {}
     sae_label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
     for name, lat in latent_sets.items():
-        nulls[name] = null(name)
+        if name in cfg.null_sets:
+            nulls[name] = null(name)
         steer_null = [float((np.array(steer_vals.rows[f"null {name}|{j}"]) - steer_b).mean())
                       for j in range(cfg.null_draws) if f"null {name}|{j}" in steer_vals.rows]
-        rows.append({**edit_row(sae_label, name, name, lat, name, steer_curve(name), steer_null),
+        rows.append({**edit_row(sae_label, name, name, lat,
+                                name if name in cfg.null_sets else None, steer_curve(name),
+                                steer_null),
                      "primary": f"{sae_label} / {name}" == cfg.primary})
     vec_curve = steer_curve("vector")
     if "directional" in cfg.vector_edits:
