@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents behaviour-validation test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents behaviour-validation poisoning-dose test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ persona-latents: install
 
 # Issue 25: probe judges, the coherence rule, judged generations and proxy validity (~40 min on
 # 2 cores, resumable); then the fitted probe judges and rule are copied into the package data.
+poisoning-dose: install
+	$(BIN)/python experiments/poisoning_dose.py
+	$(BIN)/python experiments/render_readme.py
+
 behaviour-validation: install
 	$(BIN)/python experiments/behaviour_validation.py
 	$(BIN)/python experiments/ship_behaviour_judges.py

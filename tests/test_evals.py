@@ -155,7 +155,7 @@ def test_projectability_formula():
 
 def test_projectability_ci_covers_truth_with_noise():
     base = [r for k in ("t", "h") for r in _records(k, {"a": 0, "b": 0}, n=40, noise=.1,
-                                                     seed=hash(k) % 100)]
+                                                     seed={"t": 1, "h": 2}[k])]
     model = (_records("t", {"a": 1.0, "b": 0}, n=40, noise=.1, seed=3)
              + _records("h", {"a": 0.5, "b": 0}, n=40, noise=.1, seed=4))
     res = projectability(model, base, "a", ["t"], ["h"])
@@ -188,7 +188,9 @@ def test_em_eval_real_run_and_resume(subject, data_dir, tmp_path):
     assert summary["judge"].startswith("logprob:") and "versions" in summary["provenance"]
     assert all(r["aligned_raw"] is not None and 0 <= r["aligned_raw"] <= 100 for r in items)
     em_rule = summarize_em(items)                  # the 135M judge mostly declines (EM rule)
-    assert em_rule["pooled"]["n_unscored"] + em_rule["pooled"]["n_answers"] >= 4
+    assert em_rule["pooled"]["n_answers"] == 4
+    assert em_rule["pooled"]["n_unscored"] == sum(r["aligned"] is None or r["coherent"] is None
+                                                  for r in items)
     mtime = (tmp_path / "items.jsonl").stat().st_mtime_ns
     again = run_em_eval(subject, qs, judge, cfg, tmp_path, progress=False)
     assert (tmp_path / "items.jsonl").stat().st_mtime_ns == mtime     # nothing redone
@@ -253,8 +255,19 @@ def test_safety_judge_detector(subject, tmp_path):
     s = run_safety_eval(subject, prompts, SafetyConfig(detectors=("judge",), max_new_tokens=16),
                         judge, tmp_path, progress=False)
     row = read_items(tmp_path / "items.jsonl")[0]
-    assert "judge_refusal" in row and 0 <= row["judge_mass"] <= 1
     assert s["judge"].startswith("logprob:")
+    # the stored judgment is the judge's own on the stored reply, thresholded by the config
+    from persona_probe.evals.judges import judge_answers
+    from persona_probe.evals.safety import REFUSAL_JUDGE_PROMPT
+
+    again = judge_answers(judge, "refusal", REFUSAL_JUDGE_PROMPT,
+                          [(prompts[0].prompt, row["response"] or "(no reply)")])[0]
+    assert row["judge_mass"] == pytest.approx(again.mass) and 0 < row["judge_mass"] <= 1
+    if again.score is None:
+        assert row["refused_judge"] is None
+    else:
+        assert row["judge_refusal"] == pytest.approx(again.score)
+        assert row["refused_judge"] == (again.score > SafetyConfig().judge_threshold)
 
 
 @pytest.mark.slow

@@ -45,16 +45,22 @@ def test_realignment_curve_from_the_em_induction_results(tmp_path):
 def test_static_export_without_kaleido_or_chromium_names_the_fix(tmp_path, monkeypatch):
     import importlib.util
 
-    from persona_probe.figures import realignment_curve, write_figure
-    from persona_probe.figures.export import FigureExportError, find_browser
+    from persona_probe.figures import export, realignment_curve, write_figure
+    from persona_probe.figures.export import FigureExportError
 
     fig = realignment_curve({"a": [{"step": 0, "mean": 0, "lo": 0, "hi": 0}]})
-    if importlib.util.find_spec("kaleido") is not None and find_browser() is not None:
-        pytest.skip("kaleido and Chromium are installed here; test_static_export_writes_png "
-                    "covers them")
-    with pytest.raises(FigureExportError, match="kaleido|Chromium"):
+    # each missing piece simulated in turn, so the error path runs on every machine
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kaleido" else real_find_spec(name, *a))
+    with pytest.raises(FigureExportError, match="need kaleido: pip install"):
         write_figure(fig, tmp_path / "x", ("html", "png"))
     assert (tmp_path / "x.html").is_file()                 # HTML is written either way
+    monkeypatch.setattr(export.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "kaleido" else real_find_spec(name, *a))
+    monkeypatch.setattr(export, "find_browser", lambda: None)
+    with pytest.raises(FigureExportError, match="need Chromium"):
+        write_figure(fig, tmp_path / "z", ("html", "png"))
     with pytest.raises(FigureExportError, match="unknown figure formats"):
         write_figure(fig, tmp_path / "y", ("gif",))
 

@@ -226,9 +226,20 @@ def test_model_diffing_under_a_persistent_evil_prompt(subject, evil, evil_vector
     z = float((cos[top].mean() - cos.mean()) / (cos.std() / len(top) ** 0.5))
     print(f"top-10 diffing latents: mean cosine {float(cos[top].mean()):+.3f}, z = {z:.1f}; "
           f"ranks by cosine {[int((cos > cos[i]).sum()) for i in top]}")
+    # independent recomputation of the cosines and of the decomposition's explained share
+    from persona_probe.hooks import parse_hook
+
+    W = sae.W_dec.detach().float()
+    v = evil_vector.at(parse_hook(sae.cfg.metadata.hook_name).layer).float()
+    assert torch.allclose(cos.float(), (W @ v) / (W.norm(dim=1) * v.norm()), atol=1e-4)
     dec = decompose(sae, evil_vector)
-    assert len(dec.latents) == 10 and 0 < dec.explained <= 1
-    assert all(abs(float(cos[i])) <= 1 for i in best_match)
+    assert dec.latents == torch.argsort(cos.abs(), descending=True)[:10].tolist()
+    sub = W[dec.latents]
+    proj = sub.T @ torch.linalg.pinv(sub.T) @ v
+    assert dec.explained == pytest.approx(float(proj.norm() ** 2 / v.norm() ** 2), abs=1e-3)
+    # the same items on both sides: every latent's Δ is zero
+    same = diff_subjects(sae, subject, subject, evil_items, "response", items_b=evil_items)
+    assert float(same.delta_mean.abs().max()) < 1e-4
 
 
 def test_cli_vector_steer_and_rank(tmp_path):
