@@ -58,8 +58,18 @@ bench: install
 	$(BIN)/python benchmarks/steer_generate.py
 	$(BIN)/python benchmarks/report.py
 
+# The SAE benchmark reads real activations: the shipped SAE's store when `make shipped-sae` has
+# built it, otherwise a small store of 500 chats of the same corpus captured here (~1 min).
+BENCH_STORE := $(if $(wildcard runs/sae-l15/store/meta.json),runs/sae-l15/store,runs/bench-sae/store)
+
 bench-sae: install
-	$(BIN)/python benchmarks/sae_train.py
+	@if [ "$(BENCH_STORE)" = runs/bench-sae/store ] && [ ! -f runs/bench-sae/store/meta.json ]; then \
+	  echo "bench-sae: no shipped-SAE store (make shipped-sae, ~45 min); capturing a 500-chat store"; \
+	  $(BIN)/persona-probe corpus saes/recipes/chat-mix-v1.json --out runs/bench-sae/corpus.jsonl && \
+	  $(BIN)/persona-probe capture --prompts runs/bench-sae/corpus.jsonl --limit 500 \
+	    --hooks $(SAE_HOOK) --positions all --max-tokens 512 --on-overflow truncate \
+	    --out runs/bench-sae/store --resume; fi
+	$(BIN)/python benchmarks/sae_train.py --store $(BENCH_STORE)
 	$(BIN)/python benchmarks/report.py
 
 bench-crosscoder: install

@@ -41,7 +41,13 @@ D_IN, WIDTH, K, BATCH = 576, 8 * 576, 32, 4096
 
 
 def real_batches(store_path: Path, n: int, device: str) -> list[torch.Tensor]:
+    if not (store_path / "meta.json").is_file():
+        raise SystemExit(f"error: no activation store at {store_path}; run `make bench-sae` "
+                         "(it captures a small one) or `make shipped-sae` (~45 min)")
     store = ActivationStore(store_path)
+    if store.n_rows < n * BATCH:
+        raise SystemExit(f"error: {store_path} holds {store.n_rows} rows; {n} steps of {BATCH} "
+                         "need more (capture more chats, or pass --steps)")
     rows = np.sort(np.random.default_rng(0).choice(store.n_rows, n * BATCH, replace=False))
     x = store.rows(HOOK, rows).float()
     x = x * (D_IN ** 0.5 / x.norm(dim=-1).mean())
