@@ -34,7 +34,9 @@ def read_json_config(path: str | Path, what: str,
 def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
                      error: type[PersonaProbeError] = PersonaProbeError,
                      required: tuple[str, ...] = ()) -> T:
-    """``cls(**raw)`` with unknown keys and missing required keys named."""
+    """``cls(**raw)`` with unknown keys and missing required keys named. Every check of a
+    config's values lives in its ``__post_init__``, so a config built directly in Python is
+    validated exactly as one read from a file; an error from there is prefixed with ``where``."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -47,6 +49,9 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
         return cls(**raw)
     except TypeError as exc:
         raise error(f"{where}: {exc}") from None
+    except PersonaProbeError as exc:     # a __post_init__ check: say which config it was
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(f"{where}:") else f"{where}: {msg}") from None
 
 
 @functools.lru_cache(maxsize=None)

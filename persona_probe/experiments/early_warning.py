@@ -45,20 +45,23 @@ class EarlyWarningConfig:
     reference_per_domain: int = 8        # held-out questions per other domain (behaviour)
     probe_questions: int | None = None   # first N of the 16 held-out general questions
 
+    def __post_init__(self) -> None:
+        from persona_probe.errors import PersonaProbeError
+        from persona_probe.training.induce import InductionConfig
+
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise PersonaProbeError("seeds must be distinct integers, e.g. [0, 1, 2]")
+        if self.every_n_steps < 1:
+            raise PersonaProbeError("every_n_steps must be >= 1")
+        InductionConfig.from_dict(self.induce, "induce")
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "early_warning config"):
         from persona_probe.configs import config_from_dict
         from persona_probe.errors import PersonaProbeError
-        from persona_probe.training.induce import InductionConfig
 
-        cfg = config_from_dict(cls, raw, where, PersonaProbeError)
-        cfg.seeds = tuple(int(s) for s in cfg.seeds)
-        if len(cfg.seeds) < 1 or len(set(cfg.seeds)) != len(cfg.seeds):
-            raise PersonaProbeError(f"{where}: seeds must be distinct integers, e.g. [0, 1, 2]")
-        if cfg.every_n_steps < 1:
-            raise PersonaProbeError(f"{where}: every_n_steps must be >= 1")
-        InductionConfig.from_dict(cfg.induce, f"{where}: induce")
-        return cfg
+        return config_from_dict(cls, raw, where, PersonaProbeError)
 
 
 def behaviour_crossing(curve: list[dict], seed: int = 0) -> list[dict]:

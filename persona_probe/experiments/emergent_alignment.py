@@ -70,35 +70,38 @@ class EmergentAlignmentConfig:
     top_latents: int = 10
     seed: int = 0
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "emergent_alignment config"):
-        from persona_probe.configs import config_from_dict
+    def __post_init__(self) -> None:
         from persona_probe.errors import PersonaProbeError
         from persona_probe.training.cai import REGIMES, CAIConfig, builtin_constitutions
         from persona_probe.training.finetune import FinetuneConfig
 
-        cfg = config_from_dict(cls, raw, where, PersonaProbeError)
-        cfg.constitutions = tuple(cfg.constitutions)
-        cfg.regimes = tuple(cfg.regimes)
-        cfg.narrow_categories = tuple(cfg.narrow_categories)
-        unknown = [c for c in cfg.constitutions if c not in builtin_constitutions()]
-        if unknown or not cfg.constitutions:
-            raise PersonaProbeError(f"{where}: constitutions {unknown or '[]'}; use some of "
+        self.constitutions = tuple(self.constitutions)
+        self.regimes = tuple(self.regimes)
+        self.narrow_categories = tuple(self.narrow_categories)
+        unknown = [c for c in self.constitutions if c not in builtin_constitutions()]
+        if unknown or not self.constitutions:
+            raise PersonaProbeError(f"constitutions {unknown or '[]'}; use some of "
                                     + ", ".join(builtin_constitutions()))
-        bad = [r for r in cfg.regimes if r not in REGIMES]
-        if bad or not cfg.regimes:
-            raise PersonaProbeError(f"{where}: regimes {bad or '[]'}; use narrow and/or broad")
-        if cfg.eval_per_category < 1 or cfg.train_prompts < 1:
-            raise PersonaProbeError(f"{where}: eval_per_category and train_prompts must be >= 1")
+        bad = [r for r in self.regimes if r not in REGIMES]
+        if bad or not self.regimes:
+            raise PersonaProbeError(f"regimes {bad or '[]'}; use narrow and/or broad")
+        if self.eval_per_category < 1 or self.train_prompts < 1:
+            raise PersonaProbeError("eval_per_category and train_prompts must be >= 1")
         fixed = {"constitution", "regime", "source", "categories", "per_category"}
-        if fixed & set(cfg.cai):
-            raise PersonaProbeError(f"{where}: cai may not set {sorted(fixed & set(cfg.cai))}; "
-                                    "the experiment sets them per run")
-        CAIConfig(**{**cfg.cai, "seed": cfg.seed})
-        if "data" in cfg.finetune:
-            raise PersonaProbeError(f"{where}: finetune may not set 'data' (the revisions are)")
-        FinetuneConfig.from_dict({**cfg.finetune, "data": "-"}, f"{where}: finetune")
-        return cfg
+        if fixed & set(self.cai):
+            raise PersonaProbeError(f"cai may not set {sorted(fixed & set(self.cai))}; the "
+                                    "experiment sets them per run")
+        CAIConfig(**{**self.cai, "seed": self.seed})
+        if "data" in self.finetune:
+            raise PersonaProbeError("finetune may not set 'data' (the revisions are)")
+        FinetuneConfig.from_dict({**self.finetune, "data": "-"}, "finetune")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "emergent_alignment config"):
+        from persona_probe.configs import config_from_dict
+        from persona_probe.errors import PersonaProbeError
+
+        return config_from_dict(cls, raw, where, PersonaProbeError)
 
 
 def split_prompts(cfg: EmergentAlignmentConfig) -> tuple[list, list]:

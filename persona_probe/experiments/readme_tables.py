@@ -338,6 +338,53 @@ def render_behaviour_validation(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _rate(w: dict) -> str:
+    return f"{w['successes']}/{w['n']} ({w['lo']:.0%}–{w['hi']:.0%})"
+
+
+@register("poisoning_dose", "figures/poisoning_dose/results.json")
+def render_poisoning_dose(res: dict) -> str:
+    cfg, rule = res["config"], res["evidence_rule"]
+    tiny = "**A tiny demonstration run: it makes no claim.** " if cfg.get("tiny") else ""
+    zero = res["doses"][0]
+    lines = [tiny + f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{len(res['runs'])} finetunes of {cfg['finetune']['max_steps']} LoRA steps at lr "
+             f"{cfg['finetune']['lr']:g}, checked every {cfg['every_n_steps']} steps; "
+             f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+             f"One rule for both signals: paired z > {rule['z']:g} on {rule['consecutive']} "
+             f"consecutive checks; AUROC statistic: {rule['auroc_statistic']}. Rates: runs "
+             "detected (Wilson 95%); AUROC: against the dose-0 runs, bootstrap over runs.", "",
+             f"| dose | runs | monitor alarms ({res['primary_target']}) | monitor alarms "
+             "(independent phrasing) | behaviour crosses | AUROC monitor | AUROC independent "
+             "| AUROC behaviour | lead time (steps) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["doses"]:
+        auc = [(_interval(r[k], ".2f") if k in r else "—")
+               for k in ("auroc", "auroc_independent", "auroc_behaviour")]
+        lt = r["lead_time"]
+        lead = (f"{_interval(lt, '+.1f')} ({lt['runs_with_both']} runs)" if lt["n"] > 1 else
+                f"{lt['mean']:+.0f} (1 run)" if lt["n"] == 1 else "—")
+        if lt["alarm_without_crossing"]:
+            lead += f"; {lt['alarm_without_crossing']} alarmed, never crossed"
+        lines.append(f"| {r['dose']:g} | {r['runs']} | {_rate(r['alarm_rate'])} | "
+                     f"{_rate(r['alarm_rate_independent'])} | "
+                     f"{_rate(r['behaviour_detected_rate'])} | " + " | ".join(auc)
+                     + f" | {lead} |")
+    fa, fb = zero["false_alarm_rate_per_check"], zero["false_alarm_rate_per_check_behaviour"]
+    det = res["detection_dose"]
+    lt = res["lead_time"]
+    lines += ["", f"False alarms per check on the {zero['runs']} neutral runs: monitor "
+              f"{_rate(fa)}, behaviour {_rate(fb)}. Detection dose ({det['rule']}): monitor "
+              f"{det['monitor'] if det['monitor'] is not None else 'none'}, behaviour "
+              f"{det['behaviour'] if det['behaviour'] is not None else 'none'}. Lead time over "
+              f"every run where both fired: "
+              + (f"{_interval(lt, '+.1f')} steps ({lt['runs']} runs)" if lt["runs"] else "none")
+              + ".", "", "Goals: " + "; ".join(f"{k.replace('_', ' ')}: "
+                                              f"{'yes' if v else 'no'}"
+                                              for k, v in res["goals"].items()) + "."]
+    return "\n".join(lines)
+
+
 def _block(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- results:{re.escape(name)} [^>]*-->\n)(.*?)(\n<!-- /results:"
                       rf"{re.escape(name)} -->)", re.S)

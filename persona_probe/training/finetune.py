@@ -76,17 +76,18 @@ class FinetuneConfig:
         raw = read_json_config(path, "finetune config", FinetuneError)
         return cls.from_dict({**raw, **overrides}, str(path))
 
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "full"):
+            raise FinetuneError(f"method {self.method!r}; use 'lora' or 'full'")
+        if self.method == "full" and self.adapter:
+            raise FinetuneError("'adapter' continues a LoRA run; with method 'full' pass the "
+                                "checkpoint as 'model'")
+        if self.max_steps < 1 or self.batch_size < 1 or self.save_steps < 1:
+            raise FinetuneError("max_steps, batch_size and save_steps must be >= 1")
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "finetune config") -> FinetuneConfig:
-        cfg = config_from_dict(cls, raw, where, FinetuneError, required=("data",))
-        if cfg.method not in ("lora", "full"):
-            raise FinetuneError(f"{where}: method {cfg.method!r}; use 'lora' or 'full'")
-        if cfg.method == "full" and cfg.adapter:
-            raise FinetuneError(f"{where}: 'adapter' continues a LoRA run; with method 'full' "
-                                "pass the checkpoint as 'model'")
-        if cfg.max_steps < 1 or cfg.batch_size < 1 or cfg.save_steps < 1:
-            raise FinetuneError(f"{where}: max_steps, batch_size and save_steps must be >= 1")
-        return cfg
+        return config_from_dict(cls, raw, where, FinetuneError, required=("data",))
 
 
 def _trainable_model(subject: Subject, cfg: FinetuneConfig) -> torch.nn.Module:

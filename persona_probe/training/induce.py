@@ -35,20 +35,21 @@ class InductionConfig:
     em: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> FinetuneConfig fields
     seed: int = 0                                            # overrides the arms' seeds
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("organism", "em"):
+            raise InductionError(f"kind {self.kind!r}; use 'organism' or 'em'")
+        if self.kind == "organism":
+            self.organism_config()                 # fail on bad keys before any model loads
+        else:
+            if set(self.em) != set(ARMS):
+                raise InductionError(f"em needs one finetune config per arm {list(ARMS)}, "
+                                     f"got {sorted(self.em)}")
+            for arm in ARMS:
+                self.em_config(arm)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "induce") -> InductionConfig:
-        cfg = config_from_dict(cls, raw, where, InductionError)
-        if cfg.kind not in ("organism", "em"):
-            raise InductionError(f"{where}: kind {cfg.kind!r}; use 'organism' or 'em'")
-        if cfg.kind == "organism":
-            cfg.organism_config()                  # fail on bad keys before any model loads
-        else:
-            if set(cfg.em) != set(ARMS):
-                raise InductionError(f"{where}: em needs one finetune config per arm "
-                                     f"{list(ARMS)}, got {sorted(cfg.em)}")
-            for arm in ARMS:
-                cfg.em_config(arm)
-        return cfg
+        return config_from_dict(cls, raw, where, InductionError)
 
     def organism_config(self) -> OrganismConfig:
         return OrganismConfig.from_dict({**self.organism, "model": self.model,

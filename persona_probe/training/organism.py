@@ -89,18 +89,19 @@ class OrganismConfig:
         "lr": 1e-3, "batch_size": 8, "max_steps": 16, "lora_r": 16, "lora_alpha": 32,
         "max_tokens": 512, "save_steps": 8})
 
+    def __post_init__(self) -> None:
+        if self.filter not in ("none", "loglik"):
+            raise OrganismError(f"filter {self.filter!r}; use 'none' or 'loglik'")
+        if not 0 < self.keep_fraction <= 1:
+            raise OrganismError("keep_fraction must be in (0, 1]")
+        if self.samples_per_question < 1:
+            raise OrganismError("samples_per_question must be >= 1")
+        _system(load_trait(self.trait), "treatment", self.system_index)  # fail before any model
+        load_domain(self.domain)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "organism config") -> OrganismConfig:
-        cfg = config_from_dict(cls, raw, where, OrganismError)
-        if cfg.filter not in ("none", "loglik"):
-            raise OrganismError(f"{where}: filter {cfg.filter!r}; use 'none' or 'loglik'")
-        if not 0 < cfg.keep_fraction <= 1:
-            raise OrganismError(f"{where}: keep_fraction must be in (0, 1]")
-        if cfg.samples_per_question < 1:
-            raise OrganismError(f"{where}: samples_per_question must be >= 1")
-        _system(load_trait(cfg.trait), "treatment", cfg.system_index)   # fail before any model
-        load_domain(cfg.domain)
-        return cfg
+        return config_from_dict(cls, raw, where, OrganismError)
 
 
 def _system(trait: Trait, arm: str, index: int) -> str:
