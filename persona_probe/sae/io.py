@@ -132,12 +132,19 @@ SHIPPED = "saes/smollm2-135m-instruct/blocks.15.hook_resid_post/topk-2304"
 
 
 def shipped_sae_path() -> Path:
-    """The SAE this project trained for the embedded model (``saes/`` in the checkout)."""
-    path = Path(__file__).resolve().parents[2] / SHIPPED
-    if not (path / "cfg.json").is_file():
-        raise SAELoadError(f"the shipped SAE is not at {path}; it lives in the git checkout "
-                           "(saes/), or rebuild it with `make shipped-sae`")
-    return path
+    """The SAE this project trained for the embedded model: package data in an installed
+    wheel (``persona_probe/data/saes/``, a link to ``saes/`` in the checkout, so git holds the
+    files once), else ``saes/`` beside the package in a checkout."""
+    from importlib import resources
+
+    rel = SHIPPED.removeprefix("saes/")
+    packaged = Path(str(resources.files("persona_probe") / "data" / "saes" / rel))
+    checkout = Path(__file__).resolve().parents[2] / SHIPPED
+    for path in (packaged, checkout):
+        if (path / "cfg.json").is_file():
+            return path
+    raise SAELoadError(f"the shipped SAE is in neither {packaged} nor {checkout}; reinstall "
+                       "the package, or rebuild it in a checkout with `make shipped-sae`")
 
 
 def check_compatible(sae, subject: Subject, hook: str | None = None) -> None:
