@@ -17,6 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "configs" / "persona_latents-demo-smollm2-cpu.json"
 COMMITTED = ROOT / "figures" / "persona_latents" / "results.json"
 
+def describe(res: dict) -> str:
+    """What a results file was made from, read from the file itself."""
+    cfg = res["config"]
+    return (f"selection seed {res['seeds']['selection']}, evaluation seeds "
+            f"{', '.join(map(str, res['seeds']['evaluation']))}, split {cfg['split']}, "
+            f"ranked by {cfg['screening'].get('rank_by', 'gap_removed')}, "
+            f"{cfg['null_draws']}-draw nulls")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo")
@@ -28,11 +37,12 @@ if __name__ == "__main__":
         live = run(cfg, args.runs, args.out, str(CONFIG.relative_to(ROOT)), args.overwrite)
     except PersonaProbeError as exc:
         raise SystemExit(f"error: {exc}") from None
-    print("\n=== LIVE, reduced (this run; one organism seed screened AND evaluated, 10-draw "
-          "nulls: a demonstration, no claim) ===\n")
+    print(f"\n=== LIVE, reduced (this run; one organism seed screened AND evaluated, "
+          f"{describe(live)}: a demonstration, no claim) ===\n")
     print(render_persona_latents(live))
     if COMMITTED.is_file():
-        print("\n=== COMMITTED, full experiment (figures/persona_latents/results.json: selection "
-              "seed 0, evaluation seeds 1-3, 100-draw nulls) ===\n")
-        print(render_persona_latents(json.loads(COMMITTED.read_text())))
+        full = json.loads(COMMITTED.read_text())
+        print(f"\n=== COMMITTED, full experiment (figures/persona_latents/results.json: "
+              f"{describe(full)}) ===\n")
+        print(render_persona_latents(full))
     print(f"\nlive results: {args.out / 'results.json'}; figures: {args.out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from persona_probe.errors import PersonaProbeError
 from persona_probe.evals.conscience_readers import (ReaderError, make_reader, paired_auroc,
                                                     reader_validity, require_valid)
 
@@ -56,3 +57,33 @@ def test_every_reader_runs_and_is_gated_by_its_validity(subject, evil_vector):
     require_valid(chance, allow_invalid=True)
     require_valid({"reader": "token", "auroc": {"mean": 0.9, "lo": 0.8, "hi": 1.0}})
     print({k: round(v["auroc"]["mean"], 3) for k, v in rows.items()})
+
+
+def test_training_stops_below_validity_unless_overridden(subject, tmp_path):
+    """The gate inside conscience DPO: the reader's validity is measured on held-out questions
+    and stored; a reader whose AUROC CI includes chance stops the run (planted here on the
+    stored record), and allow_invalid_reader trains anyway, on record."""
+    import dataclasses
+    import json
+
+    from persona_probe.evals.judges import frozen_copy
+    from persona_probe.training.conscience import ConscienceDPOConfig, conscience_reader
+
+    cfg = ConscienceDPOConfig(validity_questions=3, max_new_tokens=16)
+    conscience = frozen_copy(subject)
+    try:
+        conscience_reader(cfg, conscience, tmp_path)
+    except ReaderError:
+        pass                              # the measured reader may already fail its gate
+    stored = json.loads((tmp_path / "validity.json").read_text())
+    assert stored["checked"] and stored["reader"] == "token" and stored["n_asked"] == 3
+    assert 0 <= stored["auroc"]["lo"] <= stored["auroc"]["hi"] <= 1
+    stored["auroc"] = {"mean": 0.5, "lo": 0.2, "hi": 0.8}
+    (tmp_path / "validity.json").write_text(json.dumps(stored))
+    with pytest.raises(ReaderError, match="includes 0.5"):
+        conscience_reader(cfg, conscience, tmp_path)
+    reader, v = conscience_reader(dataclasses.replace(cfg, allow_invalid_reader=True),
+                                  conscience, tmp_path)
+    assert v["auroc"]["lo"] == 0.2 and reader.name == "token"
+    with pytest.raises(PersonaProbeError, match="baseline"):
+        ConscienceDPOConfig(reader="persona")

@@ -224,7 +224,7 @@ def test_conscience_dpo_pairs_and_loss(tmp_path):
     from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
 
     cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=4,
-                              batch_size=2, lr=2e-4)
+                              batch_size=2, lr=2e-4, validity_questions=0)  # gate: own test
     adapter = online_conscience_dpo(cfg, tmp_path)
     pairs = [json.loads(line) for line in (tmp_path / "round-0/pairs.jsonl").read_text()
              .splitlines()]

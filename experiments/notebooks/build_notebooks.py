@@ -284,10 +284,16 @@ for a, s in zip(answers, conscience_scores(conscience, [request] * 2, answers)):
     ("md", "## 2. One online round: sample, judge, DPO (TRL, LoRA)"),
     ("code", """from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
 
+# The validity gate asks first whether the conscience approves the model's kind answers over
+# its evil ones on held-out questions; at tiny settings (4 questions) it cannot pass, so this
+# demonstration trains anyway and the record says so (allow_invalid_reader).
 cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=2, batch_size=2,
-                          lr=2e-4)
+                          lr=2e-4, validity_questions=4, allow_invalid_reader=True)
 adapter = online_conscience_dpo(cfg, RUNS / "dpo")
 meta = json.loads((RUNS / "dpo" / "persona_probe.json").read_text())
+v = meta["validity"]
+print(f"{v['reader']} reader validity: AUROC {v['auroc']['mean']:.2f} "
+      f"[{v['auroc']['lo']:.2f}, {v['auroc']['hi']:.2f}] on {len(v['questions'])} questions")
 r = meta["rounds"][0]
 print(f"{r['pairs']} pairs; DPO loss on them {r['pair_loss_before']:.4f} -> {r['pair_loss_after']:.4f}")
 pair = json.loads((RUNS / "dpo" / "round-0" / "pairs.jsonl").read_text().splitlines()[0])

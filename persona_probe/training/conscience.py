@@ -54,9 +54,10 @@ def conscience_scores(conscience: Subject, prompts: list[str], answers: list[str
 def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
                 out: str | Path | None = None, samples: int = 4, temperature: float = 1.0,
                 max_new_tokens: int = 48, min_margin: float = 0.0, seed: int = 0,
-                batch_size: int = 16) -> list[dict]:
+                batch_size: int = 16, reader=None) -> list[dict]:
     """One preference pair per prompt (chosen = most approved sample, rejected = least),
-    kept when the conscience's margin exceeds ``min_margin``; appended to ``out/pairs.jsonl``."""
+    kept when the conscience's margin exceeds ``min_margin``; appended to ``out/pairs.jsonl``.
+    ``reader``: how the conscience's approval is read (default: the token reader)."""
     if samples < 2:
         raise ConscienceError("a preference pair needs samples >= 2 answers per prompt")
     log = ItemLog(Path(out) / "pairs.jsonl" if out else None)
@@ -70,8 +71,8 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
             by_prompt.setdefault(it.id.rsplit("#", 1)[0], []).append(it.messages[-1]["content"])
         flat = [(pid, a) for pid, answers in by_prompt.items() for a in answers]
         user = {p.id: p.messages[-1]["content"] for p in todo}
-        scores = conscience_scores(conscience, [user[pid] for pid, _ in flat],
-                                   [a for _, a in flat], batch_size)
+        reader = reader or TokenReader(conscience, batch_size)
+        scores = reader.scores([user[pid] for pid, _ in flat], [a for _, a in flat])
         positions: dict[str, list[int]] = {}
         for i, (pid, _) in enumerate(flat):
             positions.setdefault(pid, []).append(i)
@@ -108,6 +109,72 @@ class ConscienceDPOConfig:
     lora_alpha: int = 32
     rounds: int = 1                        # > 1: online (resample from the current policy)
     seed: int = 0
+    reader: str = "token"                  # how the conscience's verdict is read (registry)
+    # the validity gate: before training, the reader must approve the starting model's
+    # anti-trait-prompted answers over its trait-prompted ones on this many held-out general
+    # questions (AUROC CI above 0.5); 0 skips the gate, and the run records that it did
+    validity_questions: int = 16
+    validity_trait: str = "evil"
+    allow_invalid_reader: bool = False     # train anyway below validity (recorded)
+    reader_layer: int = 15                 # the activation reader's layer
+
+    def __post_init__(self) -> None:
+        from persona_probe.evals.conscience_readers import READERS
+
+        if self.reader not in READERS:
+            raise ConscienceError(f"reader {self.reader!r}; use one of {', '.join(READERS)}")
+        if self.reader == "persona":
+            raise ConscienceError("the persona reader is a validity baseline, not a conscience "
+                                  "(it is built from the trait prompts the gate contrasts); use "
+                                  "token or activation")
+        if self.validity_questions == 1 or self.validity_questions < 0:
+            raise ConscienceError("validity_questions must be 0 (no gate) or >= 2")
+
+
+def conscience_reader(cfg: ConscienceDPOConfig, conscience: Subject, out: Path):
+    """The configured reader on the frozen conscience (the activation reader calibrated on the
+    conscience's own answers to the ``extract`` questions), and its validity gate: the reader
+    must approve the starting model's anti-trait-prompted answers over its trait-prompted ones
+    to held-out questions, or the run stops here (``allow_invalid_reader`` trains anyway).
+    Writes ``out/validity.json`` once; a resumed run reads it back."""
+    from persona_probe.evals.conscience_readers import (make_reader, reader_validity,
+                                                        require_valid)
+    from persona_probe.traits import load_trait, question_items, trait_questions
+    from persona_probe.training.organism import make_reference
+
+    cal: tuple = ()
+    if cfg.reader == "activation":
+        qs = trait_questions("extract")
+        got = generate_responses(conscience, question_items(qs), cfg.max_new_tokens,
+                                 temperature=0.0, seed=cfg.seed, progress=False)
+        cal = ([it.messages[0]["content"] for it in got], [it.messages[-1]["content"]
+                                                           for it in got])
+    reader = make_reader(cfg.reader, conscience, layer=cfg.reader_layer, calibration=cal)
+    path = out / "validity.json"
+    if cfg.validity_questions == 0:
+        validity = {"reader": cfg.reader, "checked": False}
+    elif path.is_file() and _same_gate(json.loads(path.read_text()), cfg):
+        validity = json.loads(path.read_text())
+    else:
+        qs = trait_questions("heldout")[:cfg.validity_questions]
+        ref = make_reference(conscience, load_trait(cfg.validity_trait), qs,
+                             cfg.max_new_tokens, seed=cfg.seed)
+        v = reader_validity(reader, ref.questions, ref.anti_answers, ref.trait_answers,
+                            seed=cfg.seed)
+        validity = {"checked": True, "trait": cfg.validity_trait, "questions": ref.questions,
+                    "n_asked": cfg.validity_questions,
+                    **{k: v[k] for k in ("reader", "auroc", "mean_diff")}}
+        write_json(path, validity)
+    if validity["checked"]:
+        require_valid(validity, cfg.allow_invalid_reader)
+    return reader, validity
+
+
+def _same_gate(stored: dict, cfg: ConscienceDPOConfig) -> bool:
+    """A stored validity.json answers this config's gate (same reader, trait, questions)."""
+    return (stored.get("reader") == cfg.reader and stored.get("trait") == cfg.validity_trait
+            and len(stored.get("questions", ())) <= cfg.validity_questions
+            and stored.get("n_asked") == cfg.validity_questions)
 
 
 def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
@@ -170,7 +237,11 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
                               f"({cfg_path}); use a new --out or delete it")
     start = [cfg.adapter] if cfg.adapter else []
     conscience = frozen_copy(load_subject(cfg.model, adapter=start))
-    write_json(cfg_path, asdict(cfg))      # only once the model loads: a refused run writes nothing
+    out.mkdir(parents=True, exist_ok=True)
+    reader, validity = conscience_reader(cfg, conscience, out)   # refuses below validity
+    # only once the model loads and the reader passed its gate: a refused run leaves only its
+    # validity.json (the reason), so a re-run with allow_invalid_reader starts cleanly
+    write_json(cfg_path, asdict(cfg))
     adapter: Path | None = None
     rounds = []
     for r in range(cfg.rounds):
@@ -182,7 +253,7 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
             policy = load_subject(cfg.model, adapter=start + ([adapter] if adapter else []))
             pairs = build_pairs(policy, conscience, prompts, rdir, cfg.samples,
                                 cfg.temperature, cfg.max_new_tokens, cfg.min_margin,
-                                cfg.seed + r)
+                                cfg.seed + r, reader=reader)
             del policy
             info = {"round": r, **{k: v for k, v in _dpo_round(
                 cfg, pairs, rdir / "adapter", adapter).items() if k != "log"}}
@@ -197,6 +268,7 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
         "config": asdict(cfg), "rounds": rounds,
         "judge": "frozen copy of the starting model" + (f" ({cfg.adapter} merged)"
                                                        if cfg.adapter else ""),
+        "reader": cfg.reader, "validity": validity,
         "introspective_question": INTROSPECTIVE_QUESTION, "approve": APPROVE,
         "reject": REJECT, "provenance": provenance(cfg.seed)})
     return final
