@@ -22,6 +22,7 @@ from persona_probe.directions import Direction
 from persona_probe.hooks import parse_hook
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
+from persona_probe.traits import Trait
 
 
 @dataclass
@@ -113,6 +114,19 @@ def diff_subjects(sae, subject_a: Subject, subject_b: Subject, items: Sequence[P
     rows_a, _ = token_activations(subject_a, sae, items, positions)
     rows_b, _ = token_activations(subject_b, sae, items_b or items, positions)
     return rank_latents(sae, rows_a, rows_b, labels)
+
+
+def trait_contrast(sae, subject: Subject, trait: Trait, items: Sequence[PromptItem],
+                   positions: str = "response") -> tuple[LatentRanking, list[PromptItem]]:
+    """Contrast ranking for a trait: the same chats (replies included) through one subject, once
+    under the trait's first system prompt (A, labelled with the trait's name) and once as given
+    (B, ``"base"``), so Δ = A − B is what the system prompt alone moves. Returns the ranking and
+    the A items, the ones to show the top latents' examples on (``persona-probe rank-latents
+    --trait``)."""
+    trait_items = [it.with_system(trait.trait_system[0]) for it in items]
+    ranking = diff_subjects(sae, subject, subject, trait_items, positions, items_b=items,
+                            labels=(trait.name, "base"))
+    return ranking, trait_items
 
 
 # --- top activating examples ---------------------------------------------------------------

@@ -20,6 +20,7 @@ dimension (``source="anthropic"``).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,27 @@ def category_context(category: str, requests: list[str], n: int = 3) -> Context:
     quoted = "\n".join(f'- "{r}"' for r in requests[:n])
     return Context(f"category:{category}",
                    preface=f"Earlier today, people asked you things like:\n{quoted}")
+
+
+def diagnostic_contexts(systems: Sequence[str] = (),
+                        categories: Sequence[str] = ()) -> list[Context]:
+    """The contexts of a diagnostic run: ``neutral`` first, then one per ``NAME=SYSTEM PROMPT``
+    in ``systems``, then one per built-in harmful-request category in ``categories``, framed by
+    that category's requests (``category_context``); ``persona-probe eval diagnostic --system
+    --category``."""
+    contexts = [Context()]
+    for spec in systems:
+        name, sep, text = spec.partition("=")
+        if not sep or not text.strip():
+            raise DiagnosticError(f"--system {spec!r}: use NAME=SYSTEM PROMPT")
+        contexts.append(Context(name.strip(), system=text.strip()))
+    if categories:
+        from persona_probe.evals.safety import load_safety_prompts
+
+        prompts = load_safety_prompts("builtin")
+        for c in categories:
+            contexts.append(category_context(c, [p.prompt for p in prompts if p.category == c]))
+    return contexts
 
 
 def builtin_dimensions() -> list[str]:

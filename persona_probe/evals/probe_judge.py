@@ -512,6 +512,18 @@ def load_probe_judge(spec: str, subject: Subject | None = None, device: str = "a
     return ProbeJudge(art, model, rule)
 
 
+def load_probe_judges(specs: Sequence[str], coherence: bool = True) -> dict[str, ProbeJudge]:
+    """Several probe judges (``load_probe_judge`` specs) keyed by name: a directory's own name,
+    or the shipped criterion. Each reuses the first judge's model when its probe was fitted on
+    the same one (``judge_model``), so judges of one model load it once."""
+    named: dict[str, ProbeJudge] = {}
+    for spec in specs:
+        shared = next(iter(named.values())).model if named else None   # one judge model
+        named[Path(spec).name if Path(spec).exists() else spec] = load_probe_judge(
+            spec, coherence=coherence, judge_model=shared)
+    return named
+
+
 # ----------------------------------------------------------------------------- training
 
 @dataclass(frozen=True)

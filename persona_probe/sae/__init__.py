@@ -8,11 +8,12 @@ from persona_probe.sae.crosscoder import (Crosscoder, CrosscoderConfig, Crosscod
                                           paired_latent_ablation, save_crosscoder,
                                           train_crosscoder)
 from persona_probe.sae.io import SAELoadError, SAEMismatchError, check_compatible, load_sae
-from persona_probe.sae.metrics import evaluate_sae, format_metrics
+from persona_probe.sae.metrics import evaluate_sae, format_metrics, subject_of_sae
 from persona_probe.sae.train import SAETrainingError, train_sae
 
 __all__ = ["Crosscoder", "CrosscoderConfig", "CrosscoderConfigError", "CrosscoderError",
            "CrosscoderLoadError", "SAEConfigError", "SAELoadError", "SAEMismatchError",
            "SAETrainConfig", "SAETrainingError", "build_training_sae", "check_compatible",
            "evaluate_sae", "format_metrics", "load_crosscoder", "load_sae",
-           "paired_latent_ablation", "save_crosscoder", "train_crosscoder"]
+           "paired_latent_ablation", "save_crosscoder", "train_crosscoder", "train_sae",
+           "subject_of_sae"]

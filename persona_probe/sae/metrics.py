@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from persona_probe.artifacts import read_json, write_json
 from persona_probe.batching import pad_batch
+from persona_probe.errors import PersonaProbeError
 from persona_probe.hooks import parse_hook, residual_hooks
 from persona_probe.models import Subject
 from persona_probe.store import ActivationStore
@@ -161,6 +162,24 @@ def downstream_metrics(subject: Subject, sae, hook: str, chats: list[list[dict]]
 def heldout_chats(store: ActivationStore, item_numbers: list[int], limit: int) -> list[list[dict]]:
     chats = read_json(store.root / "chats.json")
     return [chats[i]["messages"] for i in item_numbers[:limit]]
+
+
+def subject_of_sae(sae_dir: str | Path) -> Subject:
+    """The subject an SAE directory records it was trained on (``persona_probe.json``'s model and
+    adapter), loaded for the CE/KL metrics of ``evaluate_sae``; a directory that does not say is
+    an error (the command line's way round it is ``--ce-chats 0``)."""
+    from persona_probe.models import load_subject
+
+    sae_dir = Path(sae_dir)
+    info = read_json(sae_dir / "persona_probe.json") if (sae_dir / "persona_probe.json").is_file() \
+        else {}
+    model = info.get("model", {})
+    if isinstance(model, str):            # imported SAEs record the model id alone
+        model = {"model": model}
+    if not model.get("model"):
+        raise PersonaProbeError(f"{sae_dir} does not say which model it was trained on; pass "
+                                "--ce-chats 0 to skip the CE/KL metrics")
+    return load_subject(model["model"], adapter=model.get("adapter"))
 
 
 def evaluate_sae(sae_dir: str | Path, store: ActivationStore | str | Path | None = None,
