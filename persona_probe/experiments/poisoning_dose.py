@@ -62,7 +62,7 @@ class PoisoningDoseConfig:
     runs_at_zero: int = 8
     runs_per_dose: int = 4
     finetune: dict[str, Any] = field(default_factory=lambda: {
-        "lr": 3e-4, "batch_size": 8, "max_steps": 24, "lora_r": 16, "lora_alpha": 32,
+        "lr": 3e-4, "batch_size": 8, "max_steps": 16, "lora_r": 16, "lora_alpha": 32,
         "max_tokens": 512})
     every_n_steps: int = 2
     layer: int = 15
