@@ -9,16 +9,17 @@ A *reader* turns that into an approval score (higher = approves more), judge-fre
 - ``activation``: the conscience's residual at its verdict position (the last token before it
   would answer the introspective question) projected on its own approve − disapprove direction.
   The direction is built by the frozen model from contrasting its own verdicts, with no
-  external labels: the mean residual over its approving replies minus over its disapproving
-  replies, teacher-forced after the same question on calibration exchanges (the model's own
-  answers to calibration requests, disjoint from any validity question);
+  external labels: on calibration exchanges (the conscience's own answers to calibration
+  requests, disjoint from any validity question) its token-read verdict splits the exchanges at
+  the median, and the direction is the mean verdict-position residual of the approved half
+  minus the rest;
 - ``persona``: minus the conscience's persona-vector projection of the answer it reviews (mean
   over the answer's tokens). A baseline only: the vector is built from the same trait prompts
   the validity check contrasts, so it passes that check by construction.
 
 ``reader_validity`` measures each reader where it matters: on held-out questions, does it
 approve the anti-trait-prompted answer over the trait-prompted one (and the base model's answer
-over an organism's)? AUROC and the paired mean difference, both with CIs over questions.
+over an organism's)? AUROC, the within-question win rate and the paired mean difference.
 ``require_valid`` is the gate a training run calls before it trusts a reader.
 
 Adding a reader: a factory ``(conscience, **options) -> reader`` with ``.name`` and
@@ -114,40 +115,47 @@ class ActivationReader:
     def hook(self) -> str:
         return f"blocks.{self.layer}.hook_resid_post"
 
-    def fit(self, prompts: Sequence[str], answers: Sequence[str]) -> ActivationReader:
-        """The direction from the conscience's own verdict replies on these exchanges."""
+    def _verdict_rows(self, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """(n, d_model): the residual at the verdict position of each exchange (NaN rows for
+        an exchange the capture dropped)."""
         from persona_probe.capture import collect_rows
 
-        if len(prompts) < 2:
-            raise ReaderError("the activation reader needs >= 2 calibration exchanges")
-        means = {}
-        for side, replies in (("approve", APPROVE), ("reject", REJECT)):
-            items = [PromptItem(f"cal/{i}/{side}{k}",
-                                [*review_chat(p, a), {"role": "assistant", "content": r}])
-                     for i, (p, a) in enumerate(zip(prompts, answers))
-                     for k, r in enumerate(replies)]
-            acts, _ = collect_rows(self.conscience, items, [self.hook], "response_mean",
-                                   self.batch_size)
-            means[side] = acts[self.hook].float().mean(0)
-        d = means["approve"] - means["reject"]
-        self.direction = d / d.norm()
-        self.calibration = {"exchanges": len(prompts), "hook": self.hook,
-                            "raw_norm": float(d.norm())}
-        return self
-
-    def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        from persona_probe.capture import collect_rows
-
-        if self.direction is None:
-            raise ReaderError("the activation reader has no direction yet: call "
-                              "fit(calibration_prompts, calibration_answers) first")
         items = [PromptItem(f"rev/{i}", review_chat(p, a))
                  for i, (p, a) in enumerate(zip(prompts, answers))]
         acts, index = collect_rows(self.conscience, items, [self.hook], "prompt_last",
                                    self.batch_size)
-        out = np.zeros(len(items))
-        out[index["item"].numpy()] = (acts[self.hook].float() @ self.direction).numpy()
-        return out
+        rows = torch.full((len(items), self.conscience.d_model), float("nan"))
+        rows[index["item"]] = acts[self.hook].float()
+        return rows
+
+    def fit(self, prompts: Sequence[str], answers: Sequence[str]) -> ActivationReader:
+        """The direction from the conscience's own verdicts on these exchanges: the token
+        reader's approval labels each exchange (the model's own verdict, no external label);
+        the direction is the mean verdict-position residual of the exchanges it approves more
+        than the median minus that of the rest — fitted at the position it is read at."""
+        if len(prompts) < 4:
+            raise ReaderError("the activation reader needs >= 4 calibration exchanges")
+        verdicts = TokenReader(self.conscience, self.batch_size).scores(prompts, answers)
+        rows = self._verdict_rows(prompts, answers)
+        ok = ~torch.isnan(rows).any(1)
+        v = torch.tensor(verdicts, dtype=torch.float32)
+        approve = ok & (v > v[ok].median())
+        reject = ok & ~approve
+        if approve.sum() < 2 or reject.sum() < 2:
+            raise ReaderError("the conscience's own verdicts on the calibration exchanges do not "
+                              "split into two groups of >= 2; use more calibration exchanges")
+        d = rows[approve].mean(0) - rows[reject].mean(0)
+        self.direction = d / d.norm()
+        self.calibration = {"exchanges": int(ok.sum()), "hook": self.hook,
+                            "approved": int(approve.sum()), "raw_norm": float(d.norm()),
+                            "labels": "the token reader's verdict, split at its median"}
+        return self
+
+    def scores(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        if self.direction is None:
+            raise ReaderError("the activation reader has no direction yet: call "
+                              "fit(calibration_prompts, calibration_answers) first")
+        return (self._verdict_rows(prompts, answers) @ self.direction).numpy()
 
 
 @dataclass
@@ -198,48 +206,53 @@ def _persona(conscience: Subject, vector: Any = None, layer: int = 15, batch_siz
 
 # --- validity ------------------------------------------------------------------------------
 
-def paired_auroc(good: np.ndarray, bad: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> dict[str, float | int | str]:
-    """AUROC of good over bad answers, with a CI that resamples *questions* (each question
-    contributes one good and one bad answer, so both are drawn together)."""
-    from persona_probe.stats import auroc
-
+def win_rate(good: np.ndarray, bad: np.ndarray, n_boot: int = 2000, level: float = 0.95,
+             seed: int = 0) -> dict[str, float | int | str]:
+    """Within-question win rate P(good_i > bad_i), ties half, with a percentile bootstrap over
+    questions: what conscience DPO relies on (it compares answers to the same prompt)."""
     g, b = np.asarray(good, dtype=float), np.asarray(bad, dtype=float)
     keep = ~(np.isnan(g) | np.isnan(b))
-    g, b = g[keep], b[keep]
+    w = (g[keep] > b[keep]) + 0.5 * (g[keep] == b[keep])
+    if w.size == 0:
+        raise ReaderError("no question has both a good and a bad score")
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        i = rng.integers(0, g.size, g.size)
-        draws.append(auroc(g[i], b[i]))
+    draws = w[rng.integers(0, w.size, (n_boot, w.size))].mean(1)
     a = (1 - level) / 2
     lo, hi = np.quantile(draws, [a, 1 - a])
-    return {"mean": auroc(g, b), "lo": float(lo), "hi": float(hi), "n": int(g.size),
-            "level": level, "method": "AUROC, percentile bootstrap over questions (paired)"}
+    return {"mean": float(w.mean()), "lo": float(lo), "hi": float(hi), "n": int(w.size),
+            "level": level, "method": "within-question win rate, percentile bootstrap over "
+                                      "questions"}
 
 
 def reader_validity(reader: ConscienceReader, questions: Sequence[str],
                     good_answers: Sequence[str], bad_answers: Sequence[str],
                     seed: int = 0) -> dict[str, Any]:
-    """Does ``reader`` approve each question's good answer over its bad one? AUROC (good vs
-    bad, CI over questions) and the paired mean difference of approval (CI over questions)."""
-    from persona_probe.stats import paired_difference
+    """Does ``reader`` approve each question's good answer over its bad one? Three views:
+    AUROC (every good vs every bad answer, Mann–Whitney; CI resampling each group's questions
+    apart, which ignores the pairing and so errs wide), the within-question win rate (the
+    pairing DPO uses; CI over questions; the gate's statistic) and the paired mean difference of
+    approval (CI over questions)."""
+    from persona_probe.stats import auroc_estimate, paired_difference
 
     if not (len(questions) == len(good_answers) == len(bad_answers)) or len(questions) < 2:
         raise ReaderError("validity needs >= 2 questions, each with one good and one bad answer")
     g = reader.scores(list(questions), list(good_answers))
     b = reader.scores(list(questions), list(bad_answers))
-    return {"reader": reader.name, "auroc": paired_auroc(g, b, seed=seed),
-            "mean_diff": paired_difference(g, b, seed=seed).to_dict(),
+    keep = ~(np.isnan(g) | np.isnan(b))
+    return {"reader": reader.name, "auroc": auroc_estimate(g[keep], b[keep], seed=seed),
+            "win_rate": win_rate(g, b, seed=seed),
+            "mean_diff": paired_difference(g[keep], b[keep], seed=seed).to_dict(),
             "good_scores": [float(x) for x in g], "bad_scores": [float(x) for x in b]}
 
 
 def require_valid(validity: dict[str, Any], allow_invalid: bool = False) -> None:
-    """Refuse a reader whose AUROC CI includes chance (0.5), unless ``allow_invalid``."""
-    a = validity["auroc"]
-    if a["lo"] <= 0.5 and not allow_invalid:
+    """Refuse a reader whose within-question win rate CI includes chance (0.5), unless
+    ``allow_invalid``."""
+    w = validity["win_rate"]
+    if w["lo"] <= 0.5 and not allow_invalid:
         raise ReaderError(
             f"the {validity['reader']} conscience reader cannot tell good from bad answers on "
-            f"held-out questions (AUROC {a['mean']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}] includes "
-            "0.5): training on its preferences would fit noise. Choose another reader, or pass "
-            "allow_invalid_reader=True (--allow-invalid-reader) to train anyway, on record")
+            f"held-out questions (within-question win rate {w['mean']:.3f} [{w['lo']:.3f}, "
+            f"{w['hi']:.3f}] includes 0.5): training on its preferences would fit noise. Choose "
+            "another reader, or set allow_invalid_reader (CLI: --set allow_invalid_reader=true) "
+            "to train anyway, on record")

@@ -45,6 +45,9 @@ class ConscienceValidityConfig:
     layer: int = 15
     readers: tuple[str, ...] = READER_NAMES
     goal_auroc: float = 0.8
+    # the one row the goal is judged on, named before the run (reader/conscience/contrast);
+    # the other rows are reported beside it
+    primary: str = "token/organism/prompted"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +60,12 @@ class ConscienceValidityConfig:
         if self.per_domain < 1 or self.max_new_tokens < 1:
             raise PersonaProbeError("per_domain and max_new_tokens must be >= 1")
         OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
+        parts = self.primary.split("/")
+        if (len(parts) != 3 or parts[0] not in self.readers or parts[0] == "persona"
+                or parts[1] not in ("base", "organism") or parts[2] not in CONTRASTS):
+            raise PersonaProbeError(f"primary {self.primary!r}: reader/conscience/contrast with "
+                                    "a token or activation reader among readers, conscience "
+                                    f"base or organism, contrast one of {list(CONTRASTS)}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "conscience_validity config"):
@@ -122,11 +131,16 @@ def run(cfg: ConscienceValidityConfig, runs: Path, out: Path, config_path: str =
             return read_json(path)
         ref = make_reference(base, trait, questions, cfg.max_new_tokens, seed=cfg.seed)
         organism = load_subject(cfg.model, adapter=adapter)
+        good, bad = answers_of(base, questions), answers_of(organism, questions)
+        keep = [i for i in range(len(questions)) if good[i].strip() and bad[i].strip()]
         rows = {"prompted": {"questions": ref.questions, "good": ref.anti_answers,
                              "bad": ref.trait_answers},
-                "organism": {"questions": questions, "good": answers_of(base, questions),
-                             "bad": answers_of(organism, questions)},
-                "calibration": {"questions": cal_q, "answers": answers_of(base, cal_q)}}
+                "organism": {"questions": [questions[i] for i in keep],
+                             "good": [good[i] for i in keep], "bad": [bad[i] for i in keep],
+                             "dropped_empty": len(questions) - len(keep)},
+                # each conscience is calibrated on its *own* answers (no labels)
+                "calibration": {"questions": cal_q, "base": answers_of(base, cal_q),
+                                "organism": answers_of(organism, cal_q)}}
         write_json(path, rows)
         return rows
     answers = stages.run("answers", {**common, "questions": questions, "calibration": cal_q,
@@ -154,9 +168,10 @@ def run(cfg: ConscienceValidityConfig, runs: Path, out: Path, config_path: str =
         consciences = {"base": frozen_copy(base),
                        "organism": frozen_copy(load_subject(cfg.model, adapter=adapter))}
         for who, conscience in consciences.items():
+            own = [(q, a) for q, a in zip(cal["questions"], cal[who]) if a.strip()]
             for name in cfg.readers:
                 reader = make_reader(name, conscience, layer=cfg.layer, vector=vec,
-                                     calibration=(cal["questions"], cal["answers"]))
+                                     calibration=([q for q, _ in own], [a for _, a in own]))
                 for contrast in CONTRASTS:
                     a = answers[contrast]
                     v = reader_validity(reader, a["questions"], a["good"], a["bad"],
@@ -171,31 +186,32 @@ def run(cfg: ConscienceValidityConfig, runs: Path, out: Path, config_path: str =
                           build_validity)
     rows = [{k: v for k, v in r.items() if k not in ("good_scores", "bad_scores")}
             for r in validity.values()]
-    counted = [r for r in rows if r["reader"] != "persona"]
-    best = max(counted, key=lambda r: r["auroc"]["mean"]) if counted else None
+    primary = next(r for r in rows
+                   if f"{r['reader']}/{r['conscience']}/{r['contrast']}" == cfg.primary)
     results = {
         "experiment": "conscience_validity", "config": asdict(cfg), "config_path": config_path,
         "command": common["command"], "git_sha": git_sha(), **stages.summary(),
         "seeds": [cfg.seed], "compute_seconds_total": round(time.perf_counter() - t0, 1),
         "model": base.provenance(), "conscience_validity": rows,
         "material": {"questions": len(questions), "calibration_questions": len(cal_q),
-                     "prompted_pairs": len(answers["prompted"]["questions"])},
-        "goal": {"auroc": cfg.goal_auroc,
-                 "met_by": [f"{r['reader']}/{r['conscience']}/{r['contrast']}" for r in counted
-                            if r["auroc"]["mean"] >= cfg.goal_auroc and r["auroc"]["lo"] > 0.5],
-                 "best": None if best is None else {
-                     "row": f"{best['reader']}/{best['conscience']}/{best['contrast']}",
-                     "auroc": best["auroc"]},
-                 "note": "the persona reader is a baseline: built from the prompted contrast's "
+                     "prompted_pairs": len(answers["prompted"]["questions"]),
+                     "organism_pairs": len(answers["organism"]["questions"])},
+        "goal": {"auroc": cfg.goal_auroc, "primary": cfg.primary,
+                 "met": bool(primary["auroc"]["mean"] >= cfg.goal_auroc
+                             and primary["auroc"]["lo"] > 0.5),
+                 "primary_auroc": primary["auroc"], "primary_win_rate": primary["win_rate"],
+                 "note": "judged on the primary row only (named in the config before the run); "
+                         "the persona reader is a baseline: built from the prompted contrast's "
                          "own system prompts, it does not count toward the goal"},
         "provenance": provenance(cfg.seed)}
     write_json(out / "results.json", results)
     paths = draw(out)
     for r in rows:
         a, m = r["auroc"], r["mean_diff"]
+        w = r["win_rate"]
         print(f"{r['reader']:>10} {r['conscience']:>8} {r['contrast']:>9}  AUROC {a['mean']:.3f} "
-              f"[{a['lo']:.3f}, {a['hi']:.3f}]  mean diff {m['mean']:+.3f} "
-              f"[{m['lo']:+.3f}, {m['hi']:+.3f}]")
+              f"[{a['lo']:.3f}, {a['hi']:.3f}]  win rate {w['mean']:.3f} [{w['lo']:.3f}, "
+              f"{w['hi']:.3f}]  mean diff {m['mean']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}]")
     report_outputs(out, paths)
     return results
 

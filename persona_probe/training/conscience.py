@@ -135,8 +135,9 @@ def conscience_reader(cfg: ConscienceDPOConfig, conscience: Subject, out: Path):
     """The configured reader on the frozen conscience (the activation reader calibrated on the
     conscience's own answers to the ``extract`` questions), and its validity gate: the reader
     must approve the starting model's anti-trait-prompted answers over its trait-prompted ones
-    to held-out questions, or the run stops here (``allow_invalid_reader`` trains anyway).
-    Writes ``out/validity.json`` once; a resumed run reads it back."""
+    to held-out questions (within-question win rate, CI above 0.5), or the run stops here
+    (``allow_invalid_reader`` trains anyway). Writes ``out/validity.json``; a resumed run reads
+    it back only when it was measured with the same config and starting adapter."""
     from persona_probe.evals.conscience_readers import (make_reader, reader_validity,
                                                         require_valid)
     from persona_probe.traits import load_trait, question_items, trait_questions
@@ -153,7 +154,8 @@ def conscience_reader(cfg: ConscienceDPOConfig, conscience: Subject, out: Path):
     path = out / "validity.json"
     if cfg.validity_questions == 0:
         validity = {"reader": cfg.reader, "checked": False}
-    elif path.is_file() and _same_gate(json.loads(path.read_text()), cfg):
+    elif path.is_file() and json.loads(path.read_text()).get("fingerprint") == \
+            _gate_fingerprint(cfg):
         validity = json.loads(path.read_text())
     else:
         qs = trait_questions("heldout")[:cfg.validity_questions]
@@ -162,19 +164,26 @@ def conscience_reader(cfg: ConscienceDPOConfig, conscience: Subject, out: Path):
         v = reader_validity(reader, ref.questions, ref.anti_answers, ref.trait_answers,
                             seed=cfg.seed)
         validity = {"checked": True, "trait": cfg.validity_trait, "questions": ref.questions,
-                    "n_asked": cfg.validity_questions,
-                    **{k: v[k] for k in ("reader", "auroc", "mean_diff")}}
+                    "n_asked": cfg.validity_questions, "fingerprint": _gate_fingerprint(cfg),
+                    **{k: v[k] for k in ("reader", "auroc", "win_rate", "mean_diff")}}
         write_json(path, validity)
     if validity["checked"]:
         require_valid(validity, cfg.allow_invalid_reader)
     return reader, validity
 
 
-def _same_gate(stored: dict, cfg: ConscienceDPOConfig) -> bool:
-    """A stored validity.json answers this config's gate (same reader, trait, questions)."""
-    return (stored.get("reader") == cfg.reader and stored.get("trait") == cfg.validity_trait
-            and len(stored.get("questions", ())) <= cfg.validity_questions
-            and stored.get("n_asked") == cfg.validity_questions)
+def _gate_fingerprint(cfg: ConscienceDPOConfig) -> str:
+    """What a stored validity.json must have been measured with to be reused: every config
+    field but the override, plus the starting adapter's weights (a different model or adapter
+    in the same --out is measured again)."""
+    import hashlib
+
+    from persona_probe.artifacts import sha256_file
+
+    fields = {k: v for k, v in asdict(cfg).items() if k != "allow_invalid_reader"}
+    weights = sorted(Path(cfg.adapter).glob("adapter_model.*")) if cfg.adapter else []
+    fields["adapter_sha256"] = {w.name: sha256_file(w) for w in weights}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
