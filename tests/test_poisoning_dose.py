@@ -24,6 +24,12 @@ def test_auroc_and_wilson_against_known_values():
     assert auroc([2, 3], [1, 2.5]) == pytest.approx(0.75)     # 3 of 4 pairs ordered
     est = auroc_estimate([2, 3, 4, 5], [0, 1, 2.5, 3.5, 1, 0, 2, 1])
     assert est["lo"] <= est["mean"] <= est["hi"] and est["n_negative"] == 8
+    # perfect separation: the bootstrap collapses to [1, 1]; the exact permutation p-value
+    # is 1 / C(12, 4) = 1/495, the best 4 vs 8 runs can do
+    sep = auroc_estimate([5, 6, 7, 8], [0, 1, 2, 3, 0, 1, 2, 1], exact=True)
+    assert sep["lo"] == sep["hi"] == 1.0 and sep["p_exact"] == pytest.approx(1 / 495)
+    with pytest.raises(ValueError, match="successes"):
+        wilson(5, 4)
     # Wilson 95%: 0/8 -> [0, 0.324]; 4/4 -> [0.510, 1]; 5/10 symmetric about 0.5
     assert wilson(0, 8)["hi"] == pytest.approx(0.3244, abs=1e-3) and wilson(0, 8)["lo"] == 0
     assert wilson(4, 4)["lo"] == pytest.approx(0.5101, abs=1e-3)
@@ -61,8 +67,9 @@ def test_one_rule_fires_on_a_planted_shift_and_not_on_noise():
     drift = [base + 0.5 * t + rng.normal(scale=0.05, size=16) for t in range(5)]
     quiet, moved = rule_series(cfg.rule, noise, steps), rule_series(cfg.rule, drift, steps)
     assert moved["first_step"] == 4                  # z > 3 at steps 2 and 4: two consecutive
-    assert quiet["checks"] == 4 and quiet["z"][0] is None and quiet["first_step"] is None
-    assert moved["max_z"] > 10 and moved["checks_firing"] == 3
+    assert quiet["eligible_checks"] == 3       # 4 after the baseline; the first cannot fire
+    assert quiet["z"][0] is None and quiet["first_step"] is None and not quiet["onset"]
+    assert moved["max_z"] > 10 and moved["checks_firing"] == 3 and moved["onset"]
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -71,6 +78,8 @@ def test_one_rule_fires_on_a_planted_shift_and_not_on_noise():
     ({"doses": [0.0, 0.5, 0.25]}, "increasing"),
     ({"primary_target": "latent"}, "primary_target"),
     ({"z": 0}, "z must be > 0"),
+    ({"finetune": {"seed": 3}}, "may not set"),
+    ({"doses": [0.0, 0.001, 1.0]}, "at least one"),
 ])
 def test_configs_that_would_break_the_design_are_refused(bad, match):
     with pytest.raises(PersonaProbeError, match=match):
@@ -82,7 +91,12 @@ def test_committed_config_validates():
 
     raw = read_json_config(CONFIG, "cfg")
     cfg = PoisoningDoseConfig.from_dict(raw)
-    assert len([r for r in cfg.runs() if r[0] == 0]) >= 8 and cfg.rule.z == cfg.z
+    runs = cfg.runs()
+    neutral = {s for d, s in runs if d == 0}
+    poisoned = {s for d, s in runs if d > 0}
+    assert len(neutral) >= 8 and cfg.rule.z == cfg.z
+    assert not neutral & poisoned           # the control group shares no seed with any dose
+    assert list(cfg.n_trait(64).values()) == [0, 3, 6, 16, 64]
 
 
 def test_a_neutral_finetune_on_the_real_model_does_not_alarm(subject, evil_vector, tmp_path):
