@@ -8,9 +8,9 @@ The published procedure, in four steps:
    latent's activation, read on the finetuned model); the top N of each are kept;
 2. **screen** — each candidate alone is steered in the base model and ablated in the finetuned
    model, the trait measured on *selection* questions and replies;
-3. **choose** — the best single latents by the gap their ablation removes (or, with
-   ``rank_by: specific_removed``, by what it removes from the finetune beyond what the same
-   ablation removes from the base) are combined into sets of 1…k latents, each set ablated
+3. **choose** — the best single latents by the gap their ablation removes (or by a rule that
+   also ablates them in the base: ``specific_removed`` or ``penalized``, see
+   ``ScreeningConfig.rank_by``) are combined into sets of 1…k latents, each set ablated
    jointly on the selection material, and the best set by the same rule is kept (ties go to
    the smaller set);
 4. **null** — random latent sets of the same size, each latent drawn from the same decile of
@@ -47,7 +47,7 @@ class ScreeningError(PersonaProbeError):
     pass
 
 
-RANK_BY = ("gap_removed", "steer_effect", "specific_removed")
+RANK_BY = ("gap_removed", "steer_effect", "specific_removed", "penalized")
 
 
 @dataclass
@@ -58,10 +58,15 @@ class ScreeningConfig:
     n_attribution: int = 50       # plus the top latents by attribution (union)
     steer_alpha: float = 0.2      # α (units of r̄_L) at which each candidate steers the base
     max_set: int = 5              # largest set of latents tried together
-    # what orders single latents and picks the set: gap_removed (the ablation's effect on the
-    # finetune), steer_effect, or specific_removed (the effect on the finetune minus the same
-    # ablation's effect on the base, as a share of the gap: an edit that lowers the trait in
-    # every model scores 0, so selection cannot overshoot into generic edits)
+    # what orders single latents and picks the set (shares of the selection gap):
+    # - gap_removed: the ablation's effect on the finetune, (m_F − m_F|E) / gap;
+    # - steer_effect: steering the base (orders single latents only);
+    # - specific_removed: (effect on F − effect on B) / gap, the gap removed when the edit is
+    #   applied to *both* models. An edit that lowers the trait equally in both scores 0, but
+    #   one whose ablation *raises* the base's trait scores above its effect on F: it rewards
+    #   moving the base, which the evaluation's base-shift goal penalises;
+    # - penalized: (effect on F − |effect on B|) / gap: any movement of the base counts
+    #   against the edit (the rule to prefer for a new run).
     rank_by: str = "gap_removed"
 
     def __post_init__(self) -> None:
@@ -74,8 +79,8 @@ class ScreeningConfig:
 
     @property
     def ablates_base(self) -> bool:
-        """Whether each candidate is also ablated in the base (needed by specific_removed)."""
-        return self.rank_by == "specific_removed"
+        """Whether each candidate is also ablated in the base (the two base-aware rules)."""
+        return self.rank_by in ("specific_removed", "penalized")
 
 
 # --- step 1: candidates ----------------------------------------------------------------------
@@ -188,7 +193,7 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
             sets.append([{"key": key, "latents": order[:k], **_ablation_row(
                 base, finetuned, SAELatents(sae, order[:k]), metric, m_b, m_f, gap, cfg)}])
     tried = [sets.records[str(k)] for k in range(1, min(cfg.max_set, len(order)) + 1)]
-    by = "specific_removed" if cfg.ablates_base else "gap_removed"
+    by = cfg.rank_by if cfg.ablates_base else "gap_removed"
     best = max(tried, key=lambda r: (round(r[by], 6), -len(r["latents"])))
     if best[by] <= 0:
         warnings.warn(f"no set of up to {cfg.max_set} candidates removes any of the selection "
@@ -214,6 +219,7 @@ def _ablation_row(base: Subject, finetuned: Subject, target: SAELatents, metric:
             b = np.asarray(metric(base))
         row["ablate_base_effect"] = float((m_b - b).mean())
         row["specific_removed"] = (row["ablate_effect"] - row["ablate_base_effect"]) / gap
+        row["penalized"] = (row["ablate_effect"] - abs(row["ablate_base_effect"])) / gap
     return row
 
 

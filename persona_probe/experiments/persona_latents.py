@@ -52,7 +52,7 @@ class PersonaLatentsConfig:
     split: str = "evil-line1-pairs"          # selection / evaluation material
     sae: str = "shipped"
     selection_seed: int = 0
-    eval_seeds: tuple[int, ...] = (1, 2, 3)
+    eval_seeds: tuple[int, ...] = (4, 5, 6)   # 1-3 were the first run's (evil-line1 split)
     diff_per_domain: int = 8                 # diffing questions from each other domain
     diff_max_new_tokens: int = 48
     screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
@@ -247,7 +247,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     latent_sets = {"causal screening": chosen["latents"], "top Δ": chosen["top_delta"]}
     nulls = {name: matched_random_sets(chosen["mass_finetuned"], lat, cfg.null_draws,
                                        cfg.null_seed)
-             for name, lat in latent_sets.items()}
+             for name, lat in latent_sets.items() if name in cfg.null_sets}
     random_dirs = [random_direction(base.d_model, every_layer, seed=cfg.null_seed + j,
                                     name=f"random{j}") for j in range(cfg.null_draws)]
     mu_b = {int(k): v for k, v in chosen["mean_projection"]["base"].items()}
