@@ -25,18 +25,20 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python experiments/demo.py --runs runs/demo --out runs/demo/figures
 
-# The full line-1 experiment behind the README's table (~70 min on 2 cores, resumable stages;
+# The full line-1 experiment behind the README's table (~95 min on 2 cores, resumable stages;
 # --overwrite rebuilds stages whose inputs changed), then the README tables re-rendered.
 persona-latents: install
 	$(BIN)/python experiments/persona_latents.py
 	$(BIN)/python experiments/render_readme.py
 
-# Issue 25: probe judges, the coherence rule, judged generations and proxy validity (~40 min on
-# 2 cores, resumable); then the fitted probe judges and rule are copied into the package data.
+# The early-warning monitor against a poisoning dose: 24 monitored finetunes (~25 min on 2
+# cores, one resumable stage per finetune), then the README tables re-rendered.
 poisoning-dose: install
 	$(BIN)/python experiments/poisoning_dose.py
 	$(BIN)/python experiments/render_readme.py
 
+# Issue 25: probe judges, the coherence rule, judged generations and proxy validity (~40 min on
+# 2 cores, resumable); then the fitted probe judges and rule are copied into the package data.
 behaviour-validation: install
 	$(BIN)/python experiments/behaviour_validation.py
 	$(BIN)/python experiments/ship_behaviour_judges.py
@@ -59,7 +61,8 @@ bench: install
 	$(BIN)/python benchmarks/report.py
 
 # The SAE benchmark reads real activations: the shipped SAE's store when `make shipped-sae` has
-# built it, otherwise a small store of 500 chats of the same corpus captured here (~1 min).
+# built it, otherwise a small store of 500 chats of the same corpus captured here (~1.5 min;
+# prompt-only chats are not answered, so it measures training speed, not the shipped SAE).
 BENCH_STORE := $(if $(wildcard runs/sae-l15/store/meta.json),runs/sae-l15/store,runs/bench-sae/store)
 
 bench-sae: install
