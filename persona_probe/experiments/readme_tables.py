@@ -94,16 +94,23 @@ def render_persona_latents(res: dict) -> str:
               "numerators of seed-independent edits come from the one base model too, so their "
               "seed variation is the gap's. With 3 seeds a bootstrap under-covers the seed "
               "variance (only 10 distinct seed resamples), so read the per-seed values "
-              "(`per_seed` in `results.json`) beside every CI. The 12 scored replies are fixed, not "
-              "resampled."]
+              f"(`per_seed` in `results.json`) beside every CI. The {mat['evaluation_replies']} "
+              "scored evaluation replies are fixed, not resampled."]
     sel = res["selection"]
     stab = res["ranking_stability"]["chosen_in_top10"]
-    lines += ["", f"Selection (seed {seeds['selection']}, selection material only): the "
-              f"selection gap was {sel['selection_gap']:+.3f}; the screened set "
-              f"{', '.join(f'#{i}' for i in sel['latents'])} removed "
-              f"{sel['selection_gap_removed']:+.0%} of it (sets of 1…5: "
-              + ", ".join(f"{x['gap_removed']:+.0%}" for x in sel["sets"])
-              + f"); the top-Δ set of the same size: {', '.join(f'#{i}' for i in sel['top_delta'])}."
+    by = sel.get("chosen_by") or "gap_removed"
+    rule = {"specific_removed": "chosen by *specific* removal (the ablation's effect on the "
+                                "finetune minus its effect on the base, as a share of the gap; "
+                                "a rule that also rewards an ablation that raises the base): ",
+            "penalized": "chosen by *penalized* removal (the effect on the finetune minus the "
+                         "size of the effect on the base): "}.get(by, "")
+    shares = ", ".join(f"{x['gap_removed']:+.0%}" + (f" ({by.split('_')[0]} {x[by]:+.0%})"
+                                                     if rule else "") for x in sel["sets"])
+    lines += ["", f"Selection (seed {seeds['selection']}, selection material only; split "
+              f"`{res['config']['split']}`): the selection gap was {sel['selection_gap']:+.3f}; "
+              f"{rule}the screened set {', '.join(f'#{i}' for i in sel['latents'])} removed "
+              f"{sel['selection_gap_removed']:+.0%} of it (sets of 1…5: {shares}); the top-Δ set "
+              f"of the same size: {', '.join(f'#{i}' for i in sel['top_delta'])}."
               " Share of evaluation seeds whose own top-10 Δ ranking contains each screened "
               "latent: " + ", ".join(f"#{k} {v:.0%}" for k, v in stab.items()) + "."]
     for lat in sel["latents"]:
@@ -113,6 +120,12 @@ def render_persona_latents(res: dict) -> str:
                                for e in ex)
             lines.append(f"- latent #{lat}: {shown}")
     return "\n".join(lines)
+
+
+@register("persona_latents_first", "figures/persona_latents_first/results.json")
+def render_persona_latents_first(res: dict) -> str:
+    """The first line-1 run (split evil-line1, seeds 1-3), kept beside the current one."""
+    return render_persona_latents(res)
 
 
 @register("line1_measures", "figures/line1_measures/results.json")
@@ -359,14 +372,18 @@ def render_poisoning_dose(res: dict) -> str:
              "(independent phrasing) | behaviour crosses | AUROC monitor | AUROC independent "
              "| AUROC behaviour | lead time (steps) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["doses"]:
-        auc = [(_interval(r[k], ".2f") if k in r else "—")
+        auc = [(_interval(r[k], ".2f") + (f", p {r[k]['p_exact']:.3f}" if "p_exact" in r[k]
+                                          else "") if k in r else "—")
                for k in ("auroc", "auroc_independent", "auroc_behaviour")]
         lt = r["lead_time"]
         lead = (f"{_interval(lt, '+.1f')} ({lt['runs_with_both']} runs)" if lt["n"] > 1 else
                 f"{lt['mean']:+.0f} (1 run)" if lt["n"] == 1 else "—")
         if lt["alarm_without_crossing"]:
             lead += f"; {lt['alarm_without_crossing']} alarmed, never crossed"
-        lines.append(f"| {r['dose']:g} | {r['runs']} | {_rate(r['alarm_rate'])} | "
+        if lt.get("crossing_without_alarm"):
+            lead += f"; {lt['crossing_without_alarm']} crossed, never alarmed"
+        lines.append(f"| {r['dose']:g} ({'/'.join(map(str, r['n_trait']))}/"
+                     f"{res['material']['questions']}) | {r['runs']} | {_rate(r['alarm_rate'])} | "
                      f"{_rate(r['alarm_rate_independent'])} | "
                      f"{_rate(r['behaviour_detected_rate'])} | " + " | ".join(auc)
                      + f" | {lead} |")
@@ -377,11 +394,48 @@ def render_poisoning_dose(res: dict) -> str:
               f"{_rate(fa)}, behaviour {_rate(fb)}. Detection dose ({det['rule']}): monitor "
               f"{det['monitor'] if det['monitor'] is not None else 'none'}, behaviour "
               f"{det['behaviour'] if det['behaviour'] is not None else 'none'}. Lead time over "
-              f"every run where both fired: "
-              + (f"{_interval(lt, '+.1f')} steps ({lt['runs']} runs)" if lt["runs"] else "none")
-              + ".", "", "Goals: " + "; ".join(f"{k.replace('_', ' ')}: "
-                                              f"{'yes' if v else 'no'}"
-                                              for k, v in res["goals"].items()) + "."]
+              f"every poisoned run where both fired: "
+              + (f"{_interval(lt, '+.1f')} steps ({lt['runs']} runs)" if lt.get("lo") is not None
+                 else f"{lt['runs']} runs, too few for an interval")
+              + f". The offline rule reproduced the monitor's own alarm step in every run "
+              f"and target: {'yes' if res['offline_online_alarm_mismatches'] == 0 else 'no'}.",
+              "", "Goals: " + "; ".join(
+                  f"{k.replace('_', ' ')}: "
+                  f"{ {True: 'yes', False: 'no', None: 'not testable'}[v]}"
+                  for k, v in res["goals"].items()) + "."]
+    return "\n".join(lines)
+
+
+@register("conscience_validity", "figures/conscience_validity/results.json")
+def render_conscience_validity(res: dict) -> str:
+    mat, goal = res["material"], res["goal"]
+    lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+             f"{mat['questions']} held-out questions of the other domains "
+             f"({mat['prompted_pairs']} prompted pairs and {mat['organism_pairs']} organism pairs "
+             "with both answers non-empty); each conscience's activation reader calibrated on its "
+             f"own answers to {mat['calibration_questions']} other questions. AUROC: every good "
+             "answer against every bad one (CI resampling the two groups apart); win rate: the "
+             "good answer approved over the bad one to the *same* question (CI over questions; "
+             "the gate's statistic); mean difference: approval(good) − approval(bad), paired.",
+             "", "| reader | conscience | contrast (good vs bad) | AUROC [95% CI] | win rate "
+             "[95% CI] | mean difference [95% CI] |", "|---|---|---|---|---|---|"]
+    names = {"prompted": "kind- vs evil-prompted answers", "organism": "base vs organism answers"}
+    for r in res["conscience_validity"]:
+        row = f"{r['reader']}/{r['conscience']}/{r['contrast']}"
+        reader = r["reader"] + (" (baseline)" if r["reader"] == "persona" else "")
+        if row == goal["primary"]:
+            reader = f"**{reader}** (primary)"
+        lines.append(f"| {reader} | {r['conscience']} | {names.get(r['contrast'], r['contrast'])}"
+                     f" | {_interval(r['auroc'])} | {_interval(r['win_rate'])} | "
+                     f"{_ci(r['mean_diff'])} |")
+    lines += ["", f"Goal, on the primary row named in the config before the run "
+              f"(`{goal['primary']}`): AUROC ≥ {goal['auroc']:g} with its CI above 0.5 — "
+              + ("met." if goal["met"] else f"not met (AUROC {_interval(goal['primary_auroc'])})."
+                 ) + " The persona reader is a baseline: its vector is built from the same "
+              "system prompts the prompted contrast uses, so it passes that contrast by "
+              "construction."]
     return "\n".join(lines)
 
 
@@ -414,11 +468,18 @@ def render_readme(root: Path, readme: str = "README.md") -> list[str]:
     return done
 
 
-def check_readme(root: Path, readme: str = "README.md") -> dict[str, bool]:
-    """For each registered block: does the README's text equal what its results render?"""
+def check_readme(root: Path, readme: str = "README.md") -> dict[str, bool | None]:
+    """For each registered block: does the README's text equal what its results render?
+    ``None`` (pending) for an experiment that has not run yet: no results file and no block in
+    the README, so the README claims nothing about it. A results file without its block, or a
+    block without its file, is ``False``."""
     text = (root / readme).read_text(encoding="utf-8")
-    out = {}
-    for name in RENDERERS:
+    out: dict[str, bool | None] = {}
+    for name, (path, _) in RENDERERS.items():
         m = _block(name).search(text)
-        out[name] = m is not None and m.group(2) == rendered(name, root)
+        if m is None and not (root / path).is_file():
+            out[name] = None
+        else:
+            out[name] = (m is not None and (root / path).is_file()
+                         and m.group(2) == rendered(name, root))
     return out
