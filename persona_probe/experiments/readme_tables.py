@@ -434,8 +434,8 @@ def render_conscience_validity(res: dict) -> str:
               f"(`{goal['primary']}`): AUROC ≥ {goal['auroc']:g} with its CI above 0.5 — "
               + ("met." if goal["met"] else f"not met (AUROC {_interval(goal['primary_auroc'])})."
                  ) + " The persona reader is a baseline: its vector is built from the same "
-              "system prompts the prompted contrast uses, so it passes that contrast by "
-              "construction."]
+              "system prompts the prompted contrast uses, so it was expected to pass that "
+              "contrast and does not count toward the goal."]
     return "\n".join(lines)
 
 
