@@ -213,15 +213,12 @@ def win_rate(good: np.ndarray, bad: np.ndarray, n_boot: int = 2000, level: float
     g, b = np.asarray(good, dtype=float), np.asarray(bad, dtype=float)
     keep = ~(np.isnan(g) | np.isnan(b))
     w = (g[keep] > b[keep]) + 0.5 * (g[keep] == b[keep])
+    from persona_probe.stats import bootstrap
+
     if w.size == 0:
         raise ReaderError("no question has both a good and a bad score")
-    rng = np.random.default_rng(seed)
-    draws = w[rng.integers(0, w.size, (n_boot, w.size))].mean(1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(draws, [a, 1 - a])
-    return {"mean": float(w.mean()), "lo": float(lo), "hi": float(hi), "n": int(w.size),
-            "level": level, "method": "within-question win rate, percentile bootstrap over "
-                                      "questions"}
+    return {**bootstrap(w, n_boot, level, seed).to_dict(),
+            "method": "within-question win rate, percentile bootstrap over questions"}
 
 
 def reader_validity(reader: ConscienceReader, questions: Sequence[str],
