@@ -175,6 +175,32 @@ def crossed_bootstrap(cells: Sequence[Sequence[float]] | np.ndarray,
                            tuple(float(v) for v in per_seed), level)
 
 
+def crossed_statistic(tables: Sequence[np.ndarray], fn: Callable[..., np.ndarray],
+                      n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                      what: str = "a function of means") -> CrossedEstimate:
+    """A statistic of several (seeds × items) tables' means that is not a ratio of means (e.g.
+    removal minus the *size* of the base's shift), with the two-way bootstrap: each draw
+    reweights seeds and items once, shared by every table, so the tables stay paired; ``fn``
+    takes one array of means per table (vectorised over draws) and returns the statistic."""
+    arrs = [np.atleast_2d(np.asarray(t, dtype=np.float64)) for t in tables]
+    if not arrs or any(a.shape != arrs[0].shape for a in arrs):
+        raise ValueError(f"tables must share one (seeds, items) shape; got "
+                         f"{[a.shape for a in arrs]}")
+    if any(np.isnan(a).any() for a in arrs):
+        raise ValueError("a crossed design needs every (seed, item) cell; found NaN")
+    S, Q = arrs[0].shape
+    ws, wq = _crossed_weights(S, Q, n_boot, seed)
+    samples = np.asarray(fn(*(np.einsum("bs,sq,bq->b", ws, a, wq) for a in arrs)), np.float64)
+    point = float(np.asarray(fn(*(np.array([a.mean()]) for a in arrs)))[0])
+    per_seed = np.asarray(fn(*(a.mean(1) for a in arrs)), np.float64)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(samples, [a, 1 - a])
+    method = (f"{what}, two-way percentile bootstrap over seeds × items ({n_boot} draws)"
+              if S > 1 else f"{what}, percentile bootstrap over items, one seed ({n_boot} draws)")
+    return CrossedEstimate(point, float(lo), float(hi), S, Q, method,
+                           tuple(float(v) for v in per_seed), level)
+
+
 def crossed_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 2000, level: float = 0.95,
                         seed: int = 0, method: str = "pearson",
                         control: np.ndarray | None = None) -> CrossedEstimate:

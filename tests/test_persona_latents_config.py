@@ -51,7 +51,8 @@ class _Rows:
         self.rows = rows
 
 
-def _synthetic(gap_per_seed, removed=0.5, base_move=0.0, null_removed=0.0, q=40):
+def _synthetic(gap_per_seed, removed=0.5, base_move=0.0, null_removed=0.0, q=40,
+               null_base_removed=None):
     """Per-question values where the finetune sits ``gap`` above the base, the screened edit
     removes ``removed`` of it, and random sets remove ``null_removed``."""
     import numpy as np
@@ -79,17 +80,23 @@ def _synthetic(gap_per_seed, removed=0.5, base_move=0.0, null_removed=0.0, q=40)
             steer[f"{name}|{a}"] = list(B + a)
     for j in range(cfg.null_draws):
         steer[f"null causal screening|{j}"] = list(B + 0.01 * rng.normal(size=q))
-    return cfg, values, _Rows(steer)
+    if null_base_removed is None:
+        return cfg, values, _Rows(steer)
+    # the base-null stage: each random set lowers the base by null_base_removed × mean gap
+    g = float(np.mean(gap_per_seed))
+    base_null = {"B": list(B), **{f"B|null causal screening|{j}": list(
+        B - null_base_removed * g + rng.normal(0, 0.001, q)) for j in range(cfg.null_draws)}}
+    return cfg, values, _Rows(steer), _Rows(base_null)
 
 
-def _aggregate(cfg, values, steer):
+def _aggregate(cfg, values, steer, base_null=None):
     import numpy as np
 
     from persona_probe.experiments.persona_latents import _aggregate as agg
     from persona_probe.stats import bootstrap, crossed_bootstrap
 
     sets = {"causal screening": [1, 2], "top Δ": [3, 4]}
-    return agg(cfg, values, steer, sets, {}, np, crossed_bootstrap, bootstrap)
+    return agg(cfg, values, steer, sets, {}, np, crossed_bootstrap, bootstrap, base_null)
 
 
 def test_aggregate_recovers_a_planted_edit_and_its_null():
@@ -113,3 +120,38 @@ def test_aggregate_says_when_the_gap_is_not_there():
     moved = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6, base_move=-0.15))
     row = next(r for r in moved["screening"] if r["method"] == "causal screening")
     assert abs(row["base_shift"]["mean"] + 0.5) < 0.01 and row["goal"]["met"] is False
+
+
+def test_penalized_null_separates_a_specific_edit_from_random_sets_that_lower_every_model():
+    """Random sets that remove the whole gap from the finetune *and* lower the base as much
+    have a high gap-removed null (the issue's goal fails) but a penalized null near 0, so a
+    specific edit (F only) clears it; without the base-null stage no specificity is claimed."""
+    res = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6, null_removed=1.0,
+                                 null_base_removed=1.0))
+    row = next(r for r in res["screening"] if r["method"] == "causal screening")
+    assert row["null_p95"] > 0.9 and row["goal"]["met"] is False
+    assert abs(row["penalized"]["mean"] - 0.6) < 0.01
+    spec = row["specificity"]
+    assert abs(spec["null_p95"]) < 0.05 and spec["ci_lower_above_null_p95"] is True
+    assert abs(res["nulls"]["causal screening (penalized)"]["base_shift_values"][0] + 1) < 0.05
+    # the same edit moving the base by half the gap loses half of its penalized removal
+    moved = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6, base_move=0.15,
+                                   null_removed=1.0, null_base_removed=1.0))
+    row = next(r for r in moved["screening"] if r["method"] == "causal screening")
+    assert abs(row["penalized"]["mean"] - 0.1) < 0.01
+    plain = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6))
+    assert all("specificity" not in r for r in plain["screening"])
+
+
+def test_crossed_statistic_equals_the_ratio_bootstrap_for_a_ratio():
+    import numpy as np
+
+    from persona_probe.stats import crossed_bootstrap, crossed_statistic
+
+    rng = np.random.default_rng(1)
+    num, den = rng.normal(0.2, 0.1, (3, 30)), rng.normal(1.0, 0.1, (3, 30))
+    a = crossed_bootstrap(num, den)
+    b = crossed_statistic([num, den], lambda x, y: x / y)
+    assert (a.mean, a.lo, a.hi, *a.per_seed) == pytest.approx((b.mean, b.lo, b.hi, *b.per_seed))
+    with pytest.raises(ValueError, match="shape"):
+        crossed_statistic([num, den[:, :5]], lambda x, y: x / y)

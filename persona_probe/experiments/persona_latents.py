@@ -61,6 +61,13 @@ class PersonaLatentsConfig:
     # latent sets ablated against their matched random null (the primary's set always is; the
     # naive top-Δ baseline's null costs 100 more measurements per evaluation seed)
     null_sets: tuple[str, ...] = LATENT_SETS
+    # the screened set's null draws ablated in the base as well (one seed-independent stage,
+    # ~100 measurements): the *penalized* removal, (effect on F − |effect on B|) / gap, then has
+    # a matched null, so a random set that lowers the trait in any model scores ~0 against it
+    base_null: bool = True
+    # 100 random directions ablated at every layer (null of the vector's directional row;
+    # 100 measurements per evaluation seed)
+    directional_null: bool = True
     steer_alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     vector_edits: tuple[str, ...] = VECTOR_EDITS
     top_examples: int = 5
@@ -249,7 +256,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                                        cfg.null_seed)
              for name, lat in latent_sets.items() if name in cfg.null_sets}
     random_dirs = [random_direction(base.d_model, every_layer, seed=cfg.null_seed + j,
-                                    name=f"random{j}") for j in range(cfg.null_draws)]
+                                    name=f"random{j}") for j in range(cfg.null_draws)
+                   ] if cfg.directional_null else []
     mu_b = {int(k): v for k, v in chosen["mean_projection"]["base"].items()}
 
     # 5. evaluation seeds ------------------------------------------------------------------
@@ -265,7 +273,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                    "vector": stages.fingerprint_of("vector"),
                    "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
                    "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits),
-                   "null_sets": list(cfg.null_sets)}
+                   "null_sets": list(cfg.null_sets),
+                   **({} if cfg.directional_null else {"directional_null": False})}
     values: dict[int, ValueLog] = {}
     for seed in cfg.eval_seeds:
         stage(f"evaluation seed {seed}")
@@ -292,7 +301,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                     with vector_edit(s, edit, mu_f):
                         v.measure(f"{who}|vector {edit}", lambda s=s: evaluation_metric(s))
             if "directional" in cfg.vector_edits:
-                for j, r in enumerate(random_dirs):
+                for j, r in enumerate(random_dirs):       # empty without directional_null
                     with ablate(f, r, "directional", every_layer):
                         v.measure(f"F|null vector directional|{j}",
                                   lambda: evaluation_metric(f))
@@ -301,6 +310,23 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         values[seed] = stages.run(f"eval-seed{seed}", {**eval_inputs,
                                                        "organism": organism_fp(seed)},
                                   build_eval)
+
+    # 5b. the screened set's null draws in the base (seed-independent) ---------------------
+    base_null_vals = None
+    if cfg.base_null:
+        stage("null draws in the base")
+
+        def build_base_null(d: Path) -> ValueLog:
+            v = ValueLog(d / "values.jsonl")
+            if (d / "done").is_file():
+                return v
+            v.measure("B", lambda: evaluation_metric(base))
+            for j, draw in enumerate(nulls["causal screening"]):
+                with ablate(base, SAELatents(sae, draw), "latent"):
+                    v.measure(f"B|null causal screening|{j}", lambda: evaluation_metric(base))
+            (d / "done").write_text("complete\n")
+            return v
+        base_null_vals = stages.run("base-null", eval_inputs, build_base_null)
 
     # 6. steering the base model -----------------------------------------------------------
     stage("steering the base model")
@@ -333,7 +359,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     # 7. results ---------------------------------------------------------------------------
     stage("results")
     results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
-                         bootstrap)
+                         bootstrap, base_null_vals)
     ranking_stability = _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned,
                                            token_activations)
     results.update({
@@ -361,7 +387,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
 
 def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,
-               ) -> dict:
+               base_null_vals=None) -> dict:
     """Gap removed, base shift, nulls and steering, every estimate over seeds × questions.
 
     Ratios to the treatment − base gap mean something only when that gap is resolved (its CI
@@ -387,6 +413,31 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
                 "effect_p95": float(np.quantile(effects, 0.95)),
                 "draws": len(effects), "values": ratios}
 
+    def penalized(e_f, e_b, g):
+        return (e_f - np.abs(e_b)) / g
+
+    def penalized_est(key: str) -> dict:
+        """(effect on F − |effect on B|) / gap: any movement of the base counts against it."""
+        from persona_probe.stats import crossed_statistic
+
+        return crossed_statistic([F - table(f"F|{key}"), table(f"B|{key}") - B, gap],
+                                 penalized, what="(effect on F − |effect on B|) / gap").to_dict()
+
+    def penalized_null(prefix: str) -> dict | None:
+        """The same statistic for each random draw, its base effect from the base-null stage
+        (the base is one model, so one measurement serves every seed)."""
+        if base_null_vals is None or f"B|null {prefix}|0" not in base_null_vals.rows:
+            return None
+        bn, g = base_null_vals.rows, float(gap.mean())
+        b0 = np.array(bn["B"])
+        e_b = [float((np.array(bn[f"B|null {prefix}|{j}"]) - b0).mean())
+               for j in range(cfg.null_draws)]
+        e_f = [float((F - table(f"F|null {prefix}|{j}")).mean()) for j in range(cfg.null_draws)]
+        vals = [float(penalized(a, b, g)) for a, b in zip(e_f, e_b)]
+        return {"statistic": "(effect on F − |effect on B|) / gap", "mean": float(np.mean(vals)),
+                "p95": float(np.quantile(vals, 0.95)), "draws": len(vals), "values": vals,
+                "base_shift_values": [b / g for b in e_b]}
+
     steer_b = np.array(steer_vals.rows["B"])
     top = max(cfg.steer_alphas)
 
@@ -408,6 +459,7 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
             "base_shift": crossed_bootstrap(table(f"B|{key}") - B, gap).to_dict(),
             "effect_finetuned": crossed_bootstrap(F - table(f"F|{key}")).to_dict(),
             "effect_base": crossed_bootstrap(table(f"B|{key}") - B).to_dict(),
+            "penalized": penalized_est(key),
             "null_p95": nl["p95"] if nl else None, "null_mean": nl["mean"] if nl else None,
             "null_effect_p95": nl["effect_p95"] if nl else None,
             "steer_effect": curve[-1], "steer_curve": curve,
@@ -427,13 +479,24 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
                                 name if name in cfg.null_sets else None, steer_curve(name),
                                 steer_null),
                      "primary": f"{sae_label} / {name}" == cfg.primary})
+        pn = penalized_null(name) if name in cfg.null_sets else None
+        if pn is not None:
+            nulls[f"{name} (penalized)"] = pn
+            est = rows[-1]["penalized"]
+            # a secondary test named in the config before the run (the issue's goal is above)
+            rows[-1]["specificity"] = {"penalized": est, "null_p95": pn["p95"],
+                                       "null_mean": pn["mean"],
+                                       "ci_lower_above_null_p95": est["lo"] > pn["p95"]}
     vec_curve = steer_curve("vector")
-    if "directional" in cfg.vector_edits:
+    has_dir_null = ("directional" in cfg.vector_edits
+                    and "F|null vector directional|0" in values[seeds[0]].rows)
+    if has_dir_null:
         nulls["vector directional"] = null("vector directional")
     for edit in cfg.vector_edits:
         method = (f"{edit} (every layer)" if edit in ("directional", "mean") else edit)
         rows.append({**edit_row("persona vector", method, f"vector {edit}", None,
-                                "vector directional" if edit == "directional" else None,
+                                "vector directional" if edit == "directional" and has_dir_null
+                                else None,
                                 vec_curve, []),
                      "primary": f"persona vector / {edit}" == cfg.primary})
     for r in rows:

@@ -234,7 +234,11 @@ def _plan_persona_latents(cfg: Any, plan: Plan) -> None:
              f"causal screening of {sae} latents ({cfg.screening or 'defaults'})")
     for seed in cfg.eval_seeds:
         plan.add(f"eval-seed{seed}", f"edits vs {cfg.null_draws} matched nulls on the evaluation "
-                 f"questions; vector edits {', '.join(cfg.vector_edits)}")
+                 f"questions; vector edits {', '.join(cfg.vector_edits)}"
+                 + ("" if cfg.directional_null else " (no random-direction null)"))
+    if cfg.base_null:
+        plan.add("base-null", f"the screened set's {cfg.null_draws} null draws ablated in the "
+                 "base (the penalized null)")
     plan.add("steer-base", f"steer the base model, alphas {list(cfg.steer_alphas)}")
     plan.add("results", "aggregate (two-way bootstrap), results.json and figures")
     from persona_probe.traits import load_split   # the selection / evaluation split exists

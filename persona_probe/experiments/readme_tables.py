@@ -72,10 +72,13 @@ def render_persona_latents(res: dict) -> str:
                "**The gap is not resolved** (its CI includes 0 or the seeds disagree in sign), "
                "so every *share of the gap* below is undefined in practice; read the edits' "
                "raw effects on each model (measure units) against their nulls instead."))
+    pen = all("penalized" in r for r in res["screening"])    # from the third run on
     lines = [head, "", "| dictionary | edit | latents | effect on finetuned m(F) − m(F\\|E) | "
              "effect on base m(B\\|E) − m(B) | null p95 of the effect on F | gap removed | "
-             f"base shift | steer base, α = {res['screening'][0]['steer_alpha']:g} "
-             "(null p95) | goal met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "base shift | " + ("penalized removal (null p95) | " if pen else "")
+             + f"steer base, α = {res['screening'][0]['steer_alpha']:g} "
+             "(null p95) | goal met |", "|---|---|---|---|---|---|---|---|---|---|"
+             + ("---|" if pen else "")]
     for r in res["screening"]:
         lat = ", ".join(f"#{i}" for i in r["latents"]) if r["latents"] else "—"
         null = "—" if r["null_effect_p95"] is None else f"{r['null_effect_p95']:+.3f}"
@@ -84,12 +87,28 @@ def render_persona_latents(res: dict) -> str:
         if r.get("caveat"):
             name += " †"
         met = {True: "yes", False: "no", None: "n/a (no null)"}[r["goal"]["met"]]
+        spec = r.get("specificity")
+        pen_cell = (_ci(r["penalized"], True) + (f" ({spec['null_p95']:+.0%})" if spec else "")
+                    + " | ") if pen else ""
         lines.append(f"| {r['dictionary']} | {name} | {lat} | {_ci(r['effect_finetuned'])} | "
                      f"{_ci(r['effect_base'])} | {null} | {_ci(r['gap_removed'], True)} | "
-                     f"{_ci(r['base_shift'], True)} | {_ci(r['steer_effect'])}{steer_null} | "
-                     f"{met} |")
+                     f"{_ci(r['base_shift'], True)} | {pen_cell}{_ci(r['steer_effect'])}"
+                     f"{steer_null} | {met} |")
     caveats = [f"† {r['method']}: {r['caveat']}." for r in res["screening"] if r.get("caveat")]
     lines += ["", *caveats] if caveats else []
+    for r in res["screening"]:
+        spec = r.get("specificity")
+        if spec:
+            pn = res["nulls"][f"{r['method']} (penalized)"]
+            beyond = sum(v >= spec["penalized"]["mean"] for v in pn["values"])
+            lines += ["", f"**Specificity ({r['method']}; the secondary test named in the config "
+                      "before the run):** penalized removal, (effect on F − |effect on B|) / gap, "
+                      f"{_ci(spec['penalized'], True)} against the same statistic for the "
+                      f"{pn['draws']} matched random sets ablated in both models: mean "
+                      f"{spec['null_mean']:+.0%}, 95th percentile {spec['null_p95']:+.0%}; "
+                      f"{beyond} of {pn['draws']} draws reach the screened set's point estimate. "
+                      "CI lower bound above the null's 95th percentile: "
+                      f"**{'yes' if spec['ci_lower_above_null_p95'] else 'no'}**."]
     lines += ["", "Steering CIs are over questions only (one base model); the base-shift "
               "numerators of seed-independent edits come from the one base model too, so their "
               "seed variation is the gap's. With 3 seeds a bootstrap under-covers the seed "
@@ -120,6 +139,12 @@ def render_persona_latents(res: dict) -> str:
                                for e in ex)
             lines.append(f"- latent #{lat}: {shown}")
     return "\n".join(lines)
+
+
+@register("persona_latents_second", "figures/persona_latents_second/results.json")
+def render_persona_latents_second(res: dict) -> str:
+    """The second line-1 run (split evil-line1-pairs, seeds 4-6, specific_removed)."""
+    return render_persona_latents(res)
 
 
 @register("persona_latents_first", "figures/persona_latents_first/results.json")
