@@ -132,3 +132,61 @@ def read_named_json(subdir: str, spec: str | Path, what: str,
         return json.loads(text), where
     except json.JSONDecodeError as exc:
         raise error(f"{where}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation, read from the class source: the comment on its line, or the
+    comment lines directly above it (the form configs are written in), so ``--help`` and the
+    code say the same thing. A field with neither maps to ``""``."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    lines = src.splitlines()
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    docs: dict[str, str] = {}
+    continued: set[int] = set()      # comment lines that continue a field's trailing comment
+    for i, line in enumerate(lines, start=1):
+        head = line.strip().split(":", 1)[0]
+        if head not in names or head in docs or line[:len(line) - len(line.lstrip())] == "":
+            continue
+        above, j = [], i - 1
+        while j in comments and j not in continued and lines[j - 1].strip().startswith("#"):
+            above.insert(0, comments[j])
+            j -= 1
+        own = comments.get(i, "") if not line.strip().startswith("#") else ""
+        # a trailing comment may continue on the following comment-only lines
+        k = i + 1
+        while own and k in comments and lines[k - 1].strip().startswith("#") and \
+                len(lines[k - 1]) - len(lines[k - 1].lstrip()) > len(line) - len(line.lstrip()):
+            own += " " + comments[k]
+            continued.add(k)
+            k += 1
+        docs[head] = " ".join(p for p in (" ".join(above), own) if p)
+    order = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return {n: docs.get(n, "") for n in order}
+
+
+def config_reference(cls: type) -> str:
+    """``name (default): doc`` for every field, one per line: what ``--help`` prints."""
+    docs = field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "required"
+        doc = docs.get(f.name, "")
+        out.append(f"{f.name} (default {default})" + (f": {doc}" if doc else ""))
+    return "\n".join(out)
+

@@ -11,6 +11,7 @@ and never committed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,8 +21,9 @@ from persona_probe.datasets import load_chat_jsonl, load_hh_rlhf, shared_data_di
 from persona_probe.errors import PromptSetError
 from persona_probe.prompts import PromptItem, check_items, iter_jsonl, load_prompts
 
+#: The built-in kinds; ``register_source_kind`` adds others (``KINDS`` lists them all).
 SourceKind = Literal["builtin", "hh_rlhf", "chat_jsonl", "persona_statements"]
-KINDS: tuple[str, ...] = ("builtin", "hh_rlhf", "chat_jsonl", "persona_statements")
+KINDS: tuple[str, ...] = ()
 
 #: How a persona statement becomes a user turn; the model answers it at capture time.
 STATEMENT_PROMPT = 'What do you think of this statement? "{statement}"'
@@ -32,7 +34,7 @@ class CorpusSource:
     """One source of chats. ``path`` may start with ``shared:`` (relative to the shared data
     directory) or be any path; for ``builtin`` it is the set list, e.g. ``all``."""
 
-    kind: SourceKind
+    kind: SourceKind | str
     path: str
     limit: int | None = None
 
@@ -56,7 +58,8 @@ class CorpusRecipe:
                                  "'sources' (a list of {kind, path, limit})")
         sources = []
         for i, src in enumerate(raw["sources"]):
-            if not isinstance(src, dict) or src.get("kind") not in KINDS or "path" not in src:
+            if not isinstance(src, dict) or not isinstance(src.get("kind"), str) \
+                    or src["kind"] not in SOURCE_KINDS or "path" not in src:
                 raise PromptSetError(f"{path}: source {i} needs kind (one of {', '.join(KINDS)}) "
                                      f"and path; got {src!r}")
             unknown = set(src) - {"kind", "path", "limit"}
@@ -91,19 +94,82 @@ def load_persona_statements(path: str | Path, limit: int | None = None) -> list[
     return items
 
 
+# ----------------------------------------------------------------------------- source kinds
+
+#: ``loader(path, limit) -> list[PromptItem]``; ``path`` is a resolved file for file kinds, the
+#: recipe's string as written otherwise.
+SourceLoader = Callable[..., list[PromptItem]]
+
+
+@dataclass(frozen=True)
+class SourceKindSpec:
+    """A registered kind: its loader and whether ``path`` names a file (``shared:`` resolved,
+    its existence checked before the loader runs)."""
+
+    kind: str
+    loader: SourceLoader
+    file: bool = True
+
+
+SOURCE_KINDS: dict[str, SourceKindSpec] = {}
+
+
+def register_source_kind(kind: str, loader: SourceLoader | None = None, *, file: bool = True,
+                         replace: bool = False):
+    """Add a corpus source kind that recipes can name (``{"kind": KIND, "path": …}``).
+
+    ``loader(path, limit)`` returns at most ``limit`` PromptItems with unique ids (a reader of
+    the shared data calls ``datasets.verify_provenance`` first). With ``file=True`` the loader
+    gets the resolved ``Path`` (``shared:REL`` under the shared data directory), already checked
+    to exist; with ``file=False`` it gets the recipe's string (``builtin`` reads set names). A
+    kind that exists is refused unless ``replace=True``. Call it directly or as a decorator
+    (``@register_source_kind("KIND")``)."""
+    if not isinstance(kind, str) or not kind.strip() or kind != kind.strip():
+        raise PromptSetError(f"a source kind is a non-empty name, got {kind!r}")
+
+    def add(fn: SourceLoader) -> SourceLoader:
+        global KINDS
+        if not callable(fn):
+            raise PromptSetError(f"source kind {kind!r}: the loader must be callable "
+                                 "(path, limit) -> list[PromptItem]")
+        if kind in SOURCE_KINDS and not replace:
+            raise PromptSetError(f"corpus source kind {kind!r} is already registered; pass "
+                                 "replace=True to change it")
+        SOURCE_KINDS[kind] = SourceKindSpec(kind, fn, file)
+        KINDS = tuple(SOURCE_KINDS)
+        return fn
+
+    return add if loader is None else add(loader)
+
+
+def _builtin(spec: str, limit: int | None) -> list[PromptItem]:
+    return load_prompts(f"builtin:{spec}", limit)
+
+
+def _chat_jsonl(path: Path, limit: int | None) -> list[PromptItem]:
+    items = load_chat_jsonl(path, limit)
+    return [PromptItem(f"{path.stem}/{i}", it.messages, path.stem, it.subcategory)
+            for i, it in enumerate(items, 1)]
+
+
+register_source_kind("builtin", _builtin, file=False)
+register_source_kind("hh_rlhf", load_hh_rlhf)
+register_source_kind("chat_jsonl", _chat_jsonl)
+register_source_kind("persona_statements", load_persona_statements)
+
+
 def load_source(src: CorpusSource) -> list[PromptItem]:
-    if src.kind == "builtin":
-        return load_prompts(f"builtin:{src.path}", src.limit)
+    """The items of one source, read by its kind's registered loader."""
+    spec = SOURCE_KINDS.get(src.kind)
+    if spec is None:
+        raise PromptSetError(f"unknown corpus source kind {src.kind!r}; use one of "
+                             f"{', '.join(SOURCE_KINDS)} (or register_source_kind)")
+    if not spec.file:
+        return spec.loader(src.path, src.limit)
     path = resolve_shared(src.path)
     if not path.is_file():
         raise PromptSetError(f"corpus source {src.path} not found at {path}")
-    if src.kind == "hh_rlhf":
-        return load_hh_rlhf(path, src.limit)
-    if src.kind == "chat_jsonl":
-        items = load_chat_jsonl(path, src.limit)
-        return [PromptItem(f"{path.stem}/{i}", it.messages, path.stem, it.subcategory)
-                for i, it in enumerate(items, 1)]
-    return load_persona_statements(path, src.limit)
+    return spec.loader(path, src.limit)
 
 
 def build_corpus(recipe: CorpusRecipe) -> list[PromptItem]:

@@ -5,8 +5,9 @@ input of decoder layer L, ``resid_post`` its output (= HF ``hidden_states[L + 1]
 last layer, where HF reports the final-normed state and ``resid_post`` stays pre-norm as in
 TransformerLens), ``resid_mid`` the residual between attention and MLP. Architectures differ
 only in where the decoder layers live, which module reads ``resid_mid`` and where the final
-norm is; that is the whole per-architecture table below. Every row is exercised on a tiny
-random checkpoint of that architecture by ``tests/test_architectures.py``. ``gemma3`` is the
+norm is; that is the whole per-architecture table below (``ARCHITECTURES``, keyed by
+``config.model_type``; ``register_architecture`` adds a row). Every built-in row is exercised on
+a tiny random checkpoint of that architecture by ``tests/test_architectures.py``. ``gemma3`` is the
 vision-language Gemma 3 (4B and up, ``Gemma3ForConditionalGeneration``): only its language
 model is hooked.
 Hooks exist only inside context managers and are removed on exit, also after an exception.
@@ -57,6 +58,52 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Pythia's parallel residual; see arch_spec for use_parallel_residual=False
     "gpt_neox": ArchSpec("gpt_neox.layers", None, "gpt_neox.final_layer_norm"),
 }
+_PARALLEL_NEOX = ARCHITECTURES["gpt_neox"]
+_PATH_RE = re.compile(r"^\w+(\.\w+)*$")
+_NAME_RE = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def check_arch_spec(spec: ArchSpec, where: str = "ArchSpec") -> ArchSpec:
+    """Refuse a spec whose fields are not attribute paths: ``layers`` and ``final_norm`` are
+    dotted paths from the model (``model.layers``), ``mid_reader`` is one attribute of a
+    decoder layer or None."""
+    if not isinstance(spec, ArchSpec):
+        raise HookPointError(f"{where}: expected an ArchSpec(layers, mid_reader, final_norm), "
+                             f"got {type(spec).__name__}")
+    for field_name in ("layers", "final_norm"):
+        value = getattr(spec, field_name)
+        if not isinstance(value, str) or not _PATH_RE.match(value):
+            raise HookPointError(f"{where}: {field_name} must be a dotted attribute path such as "
+                                 f"'model.layers', got {value!r}")
+    if spec.mid_reader is not None and (not isinstance(spec.mid_reader, str)
+                                        or not _NAME_RE.match(spec.mid_reader)):
+        raise HookPointError(f"{where}: mid_reader must be one attribute name of a decoder layer "
+                             f"(e.g. 'post_attention_layernorm') or None, got "
+                             f"{spec.mid_reader!r}")
+    return spec
+
+
+for _type, _spec in ARCHITECTURES.items():
+    check_arch_spec(_spec, f"ARCHITECTURES[{_type!r}]")
+del _type, _spec
+
+
+def register_architecture(model_type: str, spec: ArchSpec, *, replace: bool = False) -> ArchSpec:
+    """Add a row to the hook table for models whose ``config.model_type`` is ``model_type``.
+
+    The spec is checked (attribute paths, see ``check_arch_spec``); a model type that already has
+    a row is refused unless ``replace=True``. Whether the paths fit the model is only known once
+    one is loaded: ``tests/test_recipes.py`` shows the check to copy (hook points equal
+    ``hidden_states`` at the right index)."""
+    if not isinstance(model_type, str) or not model_type or model_type != model_type.strip():
+        raise HookPointError(f"model_type must be a non-empty name (config.model_type), got "
+                             f"{model_type!r}")
+    check_arch_spec(spec, f"register_architecture({model_type!r})")
+    if model_type in ARCHITECTURES and not replace:
+        raise HookPointError(f"architecture {model_type!r} is already registered as "
+                             f"{ARCHITECTURES[model_type]}; pass replace=True to change it")
+    ARCHITECTURES[model_type] = spec
+    return spec
 
 
 @dataclass(frozen=True, order=True)
@@ -93,9 +140,12 @@ def parse_hook(name: str, n_layers: int | None = None) -> HookPoint:
 
 
 def arch_spec(model: nn.Module) -> ArchSpec:
+    """The hook-table row of ``model``, looked up by ``config.model_type`` in ``ARCHITECTURES``
+    (a model type without a row is accepted only when its layers sit at ``model.layers``)."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type == "gpt_neox" and not getattr(config, "use_parallel_residual", True):
+    if (model_type == "gpt_neox" and not getattr(config, "use_parallel_residual", True)
+            and ARCHITECTURES.get("gpt_neox") == _PARALLEL_NEOX):
         # sequential GPT-NeoX: attention's output is added before the MLP's norm reads it
         return ArchSpec("gpt_neox.layers", "post_attention_layernorm",
                         "gpt_neox.final_layer_norm")
@@ -105,7 +155,7 @@ def arch_spec(model: nn.Module) -> ArchSpec:
     if isinstance(_get_path(model, "model.layers"), nn.ModuleList):
         return ArchSpec("model.layers", None)
     raise HookPointError(f"architecture {model_type!r} has no hook table; add an ArchSpec for "
-                         "it to persona_probe.hooks.ARCHITECTURES")
+                         "it with persona_probe.hooks.register_architecture(model_type, spec)")
 
 
 def _get_path(root: Any, path: str) -> Any:

@@ -65,8 +65,8 @@ class ScreeningConfig:
     #   applied to *both* models. An edit that lowers the trait equally in both scores 0, but
     #   one whose ablation *raises* the base's trait scores above its effect on F: it rewards
     #   moving the base, which the evaluation's base-shift goal penalises;
-    # - penalized: (effect on F − |effect on B|) / gap: any movement of the base counts
-    #   against the edit (the rule to prefer for a new run).
+    # - penalized: (effect on F − |effect on B|) / gap: a shift of the base's mean measure,
+    #   either way, counts against the edit (shifts that cancel across questions do not).
     rank_by: str = "gap_removed"
 
     def __post_init__(self) -> None:

@@ -27,13 +27,24 @@ def subject():
 
 
 @pytest.fixture(scope="session")
-def evil_vector(subject):
-    """The evil persona vector at every layer (12 extraction questions), built once per worker:
-    generating its answers dominates the cost, and several modules need it."""
-    from persona_probe.directions import persona_vector
+def evil_vector(subject, tmp_path_factory):
+    """The evil persona vector at every layer (12 extraction questions), built once per test
+    run: generating its answers dominates the cost and several modules need it, so the first
+    xdist worker to ask builds and saves it (under a file lock) and the other loads that copy."""
+    from filelock import FileLock
+
+    from persona_probe.directions import Direction, persona_vector
     from persona_probe.traits import load_trait, trait_questions
 
-    return persona_vector(subject, load_trait("evil"), questions=trait_questions("extract")[:12])
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                  # shared by every worker of this run
+    path = root / "evil-vector"
+    with FileLock(str(root / "evil-vector.lock")):
+        if not (path / "direction.json").is_file():
+            persona_vector(subject, load_trait("evil"),
+                           questions=trait_questions("extract")[:12]).save(path)
+    return Direction.load(path)
 
 
 @pytest.fixture(scope="session")

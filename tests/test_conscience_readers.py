@@ -95,3 +95,142 @@ def test_training_stops_below_validity_unless_overridden(subject, tmp_path):
     assert v2["fingerprint"] != stored["fingerprint"]
     with pytest.raises(PersonaProbeError, match="baseline"):
         ConscienceDPOConfig(reader="persona")
+
+
+class _PlantedReader:
+    """A reader with planted preferences: ``consistent`` scores every answer by its length
+    under both phrasings (a preference that survives rephrasing); otherwise fresh noise per
+    phrasing (no preference at all)."""
+
+    name = "planted"
+
+    def __init__(self, consistent: bool, seed: int = 0):
+        self.consistent, self.rng = consistent, np.random.default_rng(seed)
+
+    def scores(self, prompts, answers):
+        if self.consistent:
+            return np.array([float(len(a)) for a in answers])
+        return self.rng.normal(size=len(answers))
+
+    def rephrased(self, question):
+        return _PlantedReader(self.consistent, seed=1)
+
+
+def test_pairs_are_kept_only_above_the_retest_noise_floor(subject, tmp_path):
+    """Under the retest rule a conscience with no preference keeps few pairs (about 5%
+    expected; more than 3 of 12 has probability < 0.3%), one whose preference survives the
+    rephrasing keeps more and always agrees with itself; the floor is the 95th percentile of
+    re-scored differences over every ordered sample pair of a prompt."""
+    from persona_probe.prompts import PromptItem
+    from persona_probe.training.conscience import ConscienceError, build_pairs, pair_report
+    from persona_probe.traits import trait_questions
+
+    prompts = [PromptItem(f"p{i}", [{"role": "user", "content": q}])
+               for i, q in enumerate(trait_questions("heldout")[:12])]
+    got = {}
+    for consistent in (False, True):
+        pairs = build_pairs(subject, subject, prompts, tmp_path / str(consistent), samples=4,
+                            temperature=1.0, max_new_tokens=8, seed=3,
+                            reader=_PlantedReader(consistent))
+        rep = pair_report(pairs)
+        null = [a - b for p in pairs for i, a in enumerate(p["retest_scores"])
+                for j, b in enumerate(p["retest_scores"]) if i != j]
+        assert rep["offered"] == 12 and rep["rule"] == "retest"
+        floor = rep["floors"][0]
+        assert rep["floors"] == [floor]             # one batch of prompts, one floor
+        assert floor == pytest.approx(np.quantile(null, 0.95, method="higher"))
+        assert all(p["kept"] == (p["retest_margin"] > floor and p["chosen"] != p["rejected"])
+                   for p in pairs)
+        # the re-scoring is a second score, not the selection's own (else max - min's bias)
+        assert any(p["retest_scores"] != p["scores"] for p in pairs) != consistent
+        got[consistent] = rep
+    assert got[False]["kept"] <= 3
+    assert got[True]["retest_agrees"] == 1.0 and got[True]["kept"] > got[False]["kept"]
+    with pytest.raises(ConscienceError, match="null differences"):
+        build_pairs(subject, subject, prompts[:2], None, samples=2, max_new_tokens=4,
+                    reader=_PlantedReader(True))
+
+
+def test_best_of_n_returns_the_most_approved_sample_and_its_paired_effect(subject):
+    """The kept answer is the one the reader approves most (a planted reader: longer is
+    better), and the effect is the kept answer's measure minus the mean of the same n."""
+    from persona_probe.evals.best_of_n import best_of_n, selection_effect
+    from persona_probe.prompts import PromptItem
+
+    prompts = [PromptItem(f"p{i}", [{"role": "user", "content": q}])
+               for i, q in enumerate(QUESTIONS[:3])]
+    recs = best_of_n(subject, _PlantedReader(True), prompts, n=3, max_new_tokens=10, seed=5)
+    assert [len(r["answers"]) for r in recs] == [3, 3, 3]
+    for r in recs:
+        lengths = [len(a) for a in r["answers"]]
+        assert r["chosen"] == lengths.index(max(lengths))
+        assert r["scores"] == [float(n) for n in lengths]
+    measure = np.array([[float(len(a)) for a in r["answers"]] for r in recs])
+    eff = selection_effect(recs, measure)
+    assert np.allclose(eff, measure.max(1) - measure.mean(1)) and (eff >= 0).all()
+    with pytest.raises(PersonaProbeError, match="n >= 2"):
+        best_of_n(subject, _PlantedReader(True), prompts, n=1)
+
+
+def test_the_retest_rule_keeps_at_most_five_percent_of_pairs_without_a_shared_preference():
+    """Monte Carlo of the rule itself (no model): 4 samples per prompt, selection scores and
+    re-scores independent, prompts of different spread; the max/min pair's re-scored margin
+    clears the floor in <= 5% of prompts (about 5%), while a re-score equal to the selection
+    score (the bias the rule removes) would clear it far more often."""
+    from persona_probe.training.conscience import retest_floor
+
+    rng = np.random.default_rng(0)
+    n_prompts, k = 2000, 4
+    scale = rng.uniform(0.2, 3.0, size=(n_prompts, 1))
+    primary = rng.normal(size=(n_prompts, k)) * scale
+    for retest, lo, hi in ((rng.normal(size=(n_prompts, k)) * scale, 0.035, 0.055),
+                           (primary, 0.25, 1.0)):
+        positions = {str(i): list(range(i * k, (i + 1) * k)) for i in range(n_prompts)}
+        floor, null = retest_floor(retest.ravel(), positions)
+        assert null.size == n_prompts * k * (k - 1)
+        best, worst = primary.argmax(1), primary.argmin(1)
+        margin = retest[np.arange(n_prompts), best] - retest[np.arange(n_prompts), worst]
+        assert lo <= float(np.mean(margin > floor)) <= hi
+
+
+def test_a_round_with_no_kept_pair_leaves_the_policy_as_it_was(subject, tmp_path):
+    """Nothing to train on is an outcome: the round records it and its adapter (a fresh,
+    untrained LoRA) changes no logit."""
+    import torch
+
+    from persona_probe.models import load_subject
+    from persona_probe.training.conscience import ConscienceDPOConfig, _dpo_round
+
+    pairs = [{"prompt": q, "chosen": g, "rejected": b, "kept": False, "rule": "retest",
+              "retest_margin": -0.1, "floor": 0.2} for q, g, b in zip(QUESTIONS, GOOD, BAD)]
+    with pytest.warns(UserWarning, match="kept no preference pairs"):
+        info = _dpo_round(ConscienceDPOConfig(), pairs, tmp_path / "adapter", None)
+    assert info["trained"] is False and info["pairs"] == 0 and info["steps"] == 0
+    tuned = load_subject(adapter=tmp_path / "adapter")
+    ids = subject.tokenizer(QUESTIONS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(tuned.model(ids).logits, subject.model(ids).logits, atol=1e-5)
+
+
+def test_best_of_n_rows_pair_each_choice_with_its_own_samples_and_drop_empty_ones():
+    """The experiment's aggregation on planted samples: a reader that always keeps the lowest
+    measure gets min − mean; the length baselines pick by length; a question whose kept answer
+    is empty on some seed is dropped from that cell and counted."""
+    from persona_probe.experiments.conscience_validity import best_of_n_rows
+
+    answers = [["a", "bbb", "cc"], ["dddd", "e", ""]]
+    measure = [[1.0, 3.0, 2.0], [4.0, 0.0, float("nan")]]
+    per_seed = {s: {c: {"answers": answers,
+                        "measures": {"projection": measure, "harmful": measure},
+                        "scores": {"token": [[-1.0, -3.0, -2.0], [-4.0, 0.0, 9.0]]}}
+                    for c in ("plain", "adversarial")} for s in (1, 2)}
+    rows = {(r["reader"], r["condition"], r["measure"]): r
+            for r in best_of_n_rows(per_seed, [1, 2], ["token"], "token/adversarial/projection")}
+    tok = rows[("token", "adversarial", "projection")]
+    # question 0: kept measure 1 vs mean 2; question 1: kept answer is the empty one (dropped)
+    assert tok["primary"] and tok["questions_dropped"] == 1 and tok["kept_empty_rate"] == 0.5
+    assert tok["effect"]["mean"] == pytest.approx(-1.0) and tok["effect"]["n_items"] == 1
+    longest = rows[("longest", "plain", "projection")]
+    assert longest["baseline"] and longest["effect"]["mean"] == pytest.approx((1 + 2) / 2)
+    shortest = rows[("shortest", "plain", "harmful")]
+    assert shortest["questions_dropped"] == 1 and shortest["kept_empty_rate"] == 0.5

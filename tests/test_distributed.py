@@ -1,5 +1,10 @@
 """torchrun with gloo on CPU: capture with items sharded over two ranks, and SAE training with
-DistributedDataParallel, each compared with the single-process run of the same command."""
+DistributedDataParallel, each compared with the single-process run of the same command.
+
+These test the distribution machinery (sharding, merging, gradient averaging, rank-0 output),
+which does not depend on the weights, so they run a tiny random Qwen2-architecture checkpoint
+(tests/tiny_models.py): every rank of every command loads a model, and the 135M one made this
+module a minute of the suite."""
 
 from __future__ import annotations
 
@@ -17,9 +22,20 @@ from persona_probe.store import ActivationStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
-HOOK = "blocks.15.hook_resid_post"
-CAPTURE = ["capture", "--prompts", "builtin:everyday", "--limit", "24", "--positions", "all",
-           "--shard-rows", "256", "--batch-size", "4", "--device", "cpu"]
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    from tiny_models import build_tiny
+
+    return str(build_tiny("qwen2", tmp_path_factory.mktemp("tiny-qwen2")))
+
+
+def _capture(tiny: str) -> list[str]:
+    return ["capture", "--prompts", "builtin:everyday", "--limit", "24", "--positions", "all",
+            "--shard-rows", "256", "--batch-size", "4", "--device", "cpu", "--model", tiny,
+            "--hooks", HOOK]
 
 
 def _run(args: list[str], ranks: int = 1) -> str:
@@ -34,15 +50,15 @@ def _run(args: list[str], ranks: int = 1) -> str:
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> dict[str, ActivationStore]:
+def stores(tiny, tmp_path_factory) -> dict[str, ActivationStore]:
     root = tmp_path_factory.mktemp("dist")
-    _run([*CAPTURE, "--out", str(root / "single")])
-    out = _run([*CAPTURE, "--out", str(root / "ddp")], ranks=2)
+    _run([*_capture(tiny), "--out", str(root / "single")])
+    out = _run([*_capture(tiny), "--out", str(root / "ddp")], ranks=2)
     assert out.count("activations written to") == 1   # rank 0 reports, once
     return {k: ActivationStore(root / k, verify="all") for k in ("single", "ddp")}
 
 
-def test_torchrun_capture_equals_single_process(stores):
+def test_torchrun_capture_equals_single_process(stores, tiny):
     single, ddp = stores["single"], stores["ddp"]
     assert ddp.meta["world_size"] == 2 and "world_size" not in single.meta
     assert ddp.meta["fingerprint"] == single.meta["fingerprint"]
@@ -56,15 +72,16 @@ def test_torchrun_capture_equals_single_process(stores):
     assert torch.equal(ddp.all_rows(HOOK), single.all_rows(HOOK))   # bit-identical rows
     # resuming a finished distributed capture recomputes nothing and changes nothing
     before = json.loads((ddp.root / "progress.json").read_text())
-    _run([*CAPTURE, "--out", str(ddp.root), "--resume"], ranks=2)
+    _run([*_capture(tiny), "--out", str(ddp.root), "--resume"], ranks=2)
     assert json.loads((ddp.root / "progress.json").read_text()) == before
 
 
 def test_torchrun_sae_training_equals_single_process(stores, tmp_path):
     """Same global batch (256 rows; 128 per rank under DDP), dead latents after 2 steps so the
     TopK auxiliary loss and the ranks' shared dead-latent mask are exercised."""
+    # 16 x d_model 64: as many latents as the 135M model's 2 x 576, so some die in 2 steps
     cfg = {"store": str(stores["single"].root), "hook": HOOK, "architecture": "topk",
-           "expansion_factor": 2, "k": 16, "training_tokens": 16 * 256, "batch_size": 256,
+           "expansion_factor": 16, "k": 16, "training_tokens": 16 * 256, "batch_size": 256,
            "lr": 1e-3, "holdout_fraction": 0.1, "window_rows": 1024, "checkpoint_every": 8,
            "log_every": 4, "dead_feature_window": 2, "seed": 0, "device": "cpu"}
     path = tmp_path / "sae.json"
@@ -123,14 +140,20 @@ def test_uneven_batch_over_ranks_is_a_clear_error(stores, tmp_path):
     assert not (tmp_path / "x").exists()   # refused before anything was written
 
 
-def test_torchrun_finetune_uses_the_trainers_ddp(data_dir, tmp_path):
+def test_torchrun_finetune_uses_the_trainers_ddp(tiny, tmp_path):
     """LoRA finetuning under torchrun: the Trainer shards the data (2 steps × 2 ranks × 1 chat
-    = half an epoch of 8 chats), and rank 0 alone writes one adapter and one result."""
+    = half an epoch of 8 chats), and rank 0 alone writes one adapter and one result. The chats
+    are short ones written here (the tiny model's context is 512 of its own tokens)."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Give me tip number {i} for a calm morning."},
+        {"role": "assistant", "content": f"Tip {i}: drink water and step outside."}]}) + "\n"
+        for i in range(8)))
     out = tmp_path / "ft"
-    text = _run(["finetune", "--data", "shared:emergent_misalignment/train/insecure.jsonl",
+    text = _run(["finetune", "--data", str(data),
                  "--out", str(out), "--set", "limit=8", "--set", "max_steps=2", "--set",
                  "batch_size=1", "--set", "max_tokens=512", "--set", "on_overflow=truncate",
-                 "--set", "device=cpu"], ranks=2)
+                 "--set", "device=cpu", "--set", f"model={tiny}"], ranks=2)
     assert text.count("2 steps, loss") == 1
     meta = json.loads((out / "persona_probe.json").read_text())
     assert meta["world_size"] == 2 and meta["steps"] == 2

@@ -141,6 +141,12 @@ def test_penalized_null_separates_a_specific_edit_from_random_sets_that_lower_ev
     assert abs(row["penalized"]["mean"] - 0.1) < 0.01
     plain = _aggregate(*_synthetic([0.3, 0.3, 0.3], removed=0.6))
     assert all("specificity" not in r for r in plain["screening"])
+    # an unresolved gap (seeds disagree in sign) gives no verdict, whatever the shares say
+    unresolved = _aggregate(*_synthetic([0.3, -0.25, 0.02], removed=0.6, null_removed=1.0,
+                                        null_base_removed=1.0))
+    row = next(r for r in unresolved["screening"] if r["method"] == "causal screening")
+    assert not unresolved["gap_resolved"]
+    assert row["specificity"]["ci_lower_above_null_p95"] is None
 
 
 def test_crossed_statistic_equals_the_ratio_bootstrap_for_a_ratio():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -223,13 +224,23 @@ def test_conscience_dpo_pairs_and_loss(tmp_path):
     those pairs."""
     from persona_probe.training.conscience import ConscienceDPOConfig, online_conscience_dpo
 
+    # 4 prompts are too few for the retest rule's noise floor: the smoke rule (its own test
+    # is in test_conscience_readers.py); the gate has its own test too
     cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=4,
-                              batch_size=2, lr=2e-4, validity_questions=0)  # gate: own test
+                              batch_size=2, lr=2e-4, validity_questions=0, pair_rule="max_min")
     adapter = online_conscience_dpo(cfg, tmp_path)
     pairs = [json.loads(line) for line in (tmp_path / "round-0/pairs.jsonl").read_text()
              .splitlines()]
     assert len(pairs) == 4 and all(len(p["scores"]) == 2 for p in pairs)
-    assert all(p["margin"] >= 0 for p in pairs)
+    # the chosen answer is the one the frozen conscience approves most: re-read independently
+    from persona_probe.evals.conscience_readers import TokenReader
+    from persona_probe.models import load_subject
+
+    reader = TokenReader(load_subject(cfg.model))
+    again = reader.scores([p["prompt"] for p in pairs] * 2,
+                          [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    assert np.allclose(again[:4], [max(p["scores"]) for p in pairs], atol=1e-3)
+    assert np.allclose(again[4:], [min(p["scores"]) for p in pairs], atol=1e-3)
     meta = json.loads((tmp_path / "persona_probe.json").read_text())
     r = meta["rounds"][0]
     assert r["pair_loss_after"] < r["pair_loss_before"]
@@ -241,7 +252,8 @@ def test_conscience_dpo_pairs_and_loss(tmp_path):
     assert (tmp_path / "round-0/round.json").stat().st_mtime_ns == stamp
     assert (adapter / "adapter_model.safetensors").read_bytes() == weights
     with pytest.raises(PersonaProbeError, match="another config"):
-        online_conscience_dpo(ConscienceDPOConfig(limit=4, samples=3), tmp_path)
+        online_conscience_dpo(ConscienceDPOConfig(limit=4, samples=3, pair_rule="max_min"),
+                              tmp_path)
 
 
 def test_cli_configs_flags_and_set_overrides(tmp_path):

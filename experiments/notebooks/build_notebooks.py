@@ -287,8 +287,10 @@ for a, s in zip(answers, conscience_scores(conscience, [request] * 2, answers)):
 # The validity gate asks first whether the conscience approves the model's kind answers over
 # its evil ones on held-out questions; at tiny settings (4 questions) it cannot pass, so this
 # demonstration trains anyway and the record says so (allow_invalid_reader).
+# 4 prompts are also too few for the retest rule's noise floor: the smoke rule (max_min).
 cfg = ConscienceDPOConfig(limit=4, samples=2, max_new_tokens=16, max_steps=2, batch_size=2,
-                          lr=2e-4, validity_questions=4, allow_invalid_reader=True)
+                          lr=2e-4, validity_questions=4, allow_invalid_reader=True,
+                          pair_rule="max_min")
 adapter = online_conscience_dpo(cfg, RUNS / "dpo")
 meta = json.loads((RUNS / "dpo" / "persona_probe.json").read_text())
 v = meta["validity"]

@@ -11,6 +11,7 @@ each of which registers its commands on ``app``:
 - ``evals``: the ``eval`` sub-app (em, persona, diagnostic, safety, projectability,
   agreement) and train-probe-judge
 - ``serving``: serve
+- ``configs``: fields (a config's fields, defaults and docs)
 
 A command parses its options, calls library functions and prints; logic a library user would
 want lives in the library. Every PersonaProbeError is printed as one line naming the problem and
@@ -69,7 +70,8 @@ def _show_check(report: dict) -> None:
 
 
 # The groups register their commands on ``app`` when imported, so they come after the helpers.
-from persona_probe.cli import directions, evals, saes, serving, store, training  # noqa: E402
+from persona_probe.cli import (configs, directions, evals, saes, serving, store,  # noqa: E402
+                               training)
 from persona_probe.cli.training import _dataclass_config  # noqa: E402  (tests import it here)
 
 #: ``--help`` lists the commands in this order (the one they had before the split), whatever
@@ -78,7 +80,7 @@ COMMAND_ORDER = (
     "capture", "info", "corpus", "train-sae", "sae-metrics", "sae-info", "vector",
     "import-vector", "export-vector", "import-sae", "rank-latents", "dashboards",
     "screen-latents", "steer", "train-probe-judge", "serve", "finetune", "screen", "cai", "dpo",
-    "organism")
+    "organism", "fields")
 
 
 def _position(command) -> int:
@@ -90,8 +92,8 @@ app.registered_commands.sort(key=_position)
 eval_app = evals.eval_app
 app.add_typer(eval_app, name="eval")
 
-__all__ = ["COMMAND_ORDER", "app", "directions", "eval_app", "evals", "main", "saes", "serving",
-           "store", "training", "_dataclass_config"]
+__all__ = ["COMMAND_ORDER", "app", "configs", "directions", "eval_app", "evals", "main", "saes",
+           "serving", "store", "training", "_dataclass_config"]
 
 
 def main() -> None:  # pragma: no cover - console entry

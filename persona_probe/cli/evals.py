@@ -150,15 +150,35 @@ def eval_diagnostic(
     category: Annotated[Optional[list[str]], typer.Option(
         help="Context framed by a built-in harmful-request category (repeatable).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    validate: Annotated[bool, typer.Option(
+        "--validate", help="The diagnostic's own validity check instead: under each "
+                           "dimension's constitution as a system prompt, does that dimension "
+                           "move more than the others (vs no system prompt)?")] = False,
 ) -> None:
     """Ethical persona diagnostic: a profile per context with bootstrap CIs."""
-    from persona_probe.evals.diagnostic import diagnostic_contexts, run_diagnostic
+    from persona_probe.evals.diagnostic import (diagnostic_contexts, run_diagnostic,
+                                                validate_diagnostic)
     from persona_probe.models import load_subject
 
+    names = [d.strip() for d in dimensions.split(",") if d.strip()]
+    if validate:
+        if system or category:
+            raise PersonaProbeError("--validate sets its own contexts (one constitution per "
+                                    "dimension); drop --system and --category")
+        val = validate_diagnostic(load_subject(model, adapter=adapter), names, mode, source,
+                                  anthropic_limit, out, seed)
+        for d, v in val.items():
+            m, o = v["margin"], v["intended_shift"]
+            typer.echo(f"{d:>17}: margin {m['mean']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}] "
+                       f"under its constitution (shift minus the others' shift), own shift "
+                       f"{o['mean']:+.3f} [{o['lo']:+.3f}, {o['hi']:+.3f}] -> "
+                       f"{'seen' if v['passes'] else 'NOT seen'}")
+        seen = sum(v["passes"] for v in val.values())
+        typer.echo(f"the diagnostic sees {seen} of {len(val)} dimensions")
+        return
     contexts = diagnostic_contexts(system or [], category or [])
     subject = load_subject(model, adapter=adapter)
-    s = run_diagnostic(subject, [d.strip() for d in dimensions.split(",") if d.strip()],
-                       contexts, mode, source, anthropic_limit, out, seed)
+    s = run_diagnostic(subject, names, contexts, mode, source, anthropic_limit, out, seed)
     for ctx, prof in s["profiles"].items():
         for d, e in prof.items():
             _show(e, f"{ctx} / {d}")

@@ -85,7 +85,8 @@ def _dataclass_config(cls, config: Optional[Path], flags: dict, sets: Optional[l
     return config_from_dict(cls, raw, where)
 
 
-SET_HELP = "Override a config field: --set key=value (repeatable)."
+SET_HELP = ("Override a config field: --set key=value (repeatable); `persona-probe fields NAME` "
+            "lists the fields.")
 
 
 @app.command()

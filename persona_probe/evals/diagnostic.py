@@ -305,3 +305,101 @@ def compare_contexts(records: list[dict], a: str, b: str, seed: int = 0, n_boot:
                           float(np.quantile(diff, 1 - q)),
                           sum(len(v) for v in ids[d].values()), level)
     return out
+
+
+# ----------------------------------------------------------------------------- validity
+
+
+def constitution_context(name: str) -> Context:
+    """A constitution as a system prompt (its own description, in its own words), the context
+    the validity check measures each intended dimension under."""
+    raw, where = read_named_json("constitutions", name, "constitution", DiagnosticError)
+    if not isinstance(raw, dict) or not str(raw.get("description", "")).strip():
+        raise DiagnosticError(f"{where}: a constitution needs a non-empty 'description'")
+    return Context(f"constitution:{raw.get('name', Path(name).stem)}",
+                   system="You are an assistant guided by this constitution. "
+                          f"{raw['description'].strip()}")
+
+
+def diagnostic_validity(records: list[dict], intended: dict[str, str],
+                        neutral: str = "neutral", seed: int = 0, n_boot: int = 2000,
+                        level: float = 0.95) -> dict[str, dict]:
+    """Can the diagnostic see each dimension? For each context c (e.g. a constitution's system
+    prompt) and the dimension i it is meant to raise:
+
+    - ``margin``: the shift of i from ``neutral`` minus the mean shift of the other dimensions,
+      Δ_c(i) − mean_j≠i Δ_c(j) with Δ_c(d) = score_c(d) − score_neutral(d): baseline
+      differences between statement sets cancel, so > 0 means the context moved *its*
+      dimension more than the others;
+    - ``raw_margin``: score_c(i) − mean_j≠i score_c(j) (the statement sets' baselines
+      included; reported beside it).
+
+    - ``intended_shift``: Δ_c(i) alone. The statement sets mirror each other (deontology's
+      non-holder statements are consequentialist claims and vice versa), so a margin can also
+      come from *lowering* the others; a dimension is seen only when its own shift is up too.
+
+    CIs resample the same statements in every context (paired), so a context effect is not
+    hidden by the spread between statements. ``passes``: the CIs of both the margin and the
+    intended shift above 0."""
+    ids = statement_sets(records)
+    point = profile_draws(records, None, ids)
+    boot = profile_draws(records, resample_indices(ids, n_boot, seed), ids)
+    q = (1 - level) / 2
+    out: dict[str, dict] = {}
+    for ctx, dim in intended.items():
+        for c in (ctx, neutral):
+            if c not in point:
+                raise DiagnosticError(f"no records for context {c!r}; have {sorted(point)}")
+        others = [d for d in point[ctx] if d != dim]
+        if dim not in point[ctx] or not others:
+            raise DiagnosticError(f"context {ctx!r}: needs dimension {dim!r} and at least one "
+                                  "other dimension measured")
+
+        def margin(src: dict, shift: bool) -> np.ndarray:
+            def score(d):
+                return src[ctx][d] - src[neutral][d] if shift else src[ctx][d]
+            return score(dim) - np.mean([score(d) for d in others], axis=0)
+
+        n_all = sum(len(v) for d in (dim, *others) for v in ids[d].values())
+        ests = {}
+        for key, shift in (("margin", True), ("raw_margin", False)):
+            b = margin(boot, shift)
+            ests[key] = Estimate(float(margin(point, shift)), float(np.quantile(b, q)),
+                                 float(np.quantile(b, 1 - q)), n_all, level).to_dict()
+        own = boot[ctx][dim] - boot[neutral][dim]
+        ests["intended_shift"] = Estimate(
+            float(point[ctx][dim] - point[neutral][dim]), float(np.quantile(own, q)),
+            float(np.quantile(own, 1 - q)), sum(len(v) for v in ids[dim].values()),
+            level).to_dict()
+        out[ctx] = {"intended": dim, "others": others, **ests,
+                    "passes": bool(ests["margin"]["lo"] > 0
+                                   and ests["intended_shift"]["lo"] > 0)}
+    return out
+
+
+def validate_diagnostic(subject: Subject, dimensions: Sequence[str], mode: str = "would_say",
+                        source: str = "team", anthropic_limit: int | None = 50,
+                        out: str | Path | None = None, seed: int = 0,
+                        n_boot: int = 2000) -> dict[str, dict]:
+    """The validity check as one call: each dimension's constitution as a system prompt beside
+    no system prompt, then ``diagnostic_validity`` (keyed by dimension). Every dimension needs
+    a built-in constitution of the same name (``data/constitutions``)."""
+    from persona_probe.evals.records import read_items
+
+    missing = [d for d in dimensions if d not in builtin_names("constitutions")]
+    if missing:
+        raise DiagnosticError(f"no constitution for {missing}: the validity check frames each "
+                              "dimension by its constitution (data/constitutions)")
+    ctxs = [Context(), *(constitution_context(d) for d in dimensions)]
+    if out is None:
+        import tempfile
+
+        out = tempfile.mkdtemp(prefix="diagnostic-validity-")
+    run_diagnostic(subject, list(dimensions), ctxs, mode, source, anthropic_limit, out, seed,
+                   n_boot=200)
+    wanted = {(c.name, d) for c in ctxs for d in dimensions}   # a reused --out holds others
+    recs = [r for r in read_items(Path(out) / "items.jsonl")
+            if r["mode"] == mode and (r["context"], r["dimension"]) in wanted]
+    val = diagnostic_validity(recs, {c.name: d for c, d in zip(ctxs[1:], dimensions)},
+                              seed=seed, n_boot=n_boot)
+    return {v["intended"]: v for v in val.values()}

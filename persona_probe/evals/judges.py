@@ -385,9 +385,20 @@ JudgeFactory = Callable[..., Judge]
 JUDGES: dict[str, JudgeFactory] = {}
 
 
-def register_judge(kind: str) -> Callable[[JudgeFactory], JudgeFactory]:
-    """Add a judge kind, reachable as ``make_judge("KIND:ARG")``."""
+def register_judge(kind: str, *, replace: bool = False,
+                   ) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Add a judge kind, reachable as ``make_judge("KIND:ARG")``: decorate a factory
+    ``(arg, subject=None, **options) -> Judge`` (``identity`` plus ``judge(prompts) ->
+    list[Judgment]``, or a ``ResponseJudge``). A kind that exists is refused unless
+    ``replace=True``; ``tests/test_recipes.py`` adds one."""
+    if not isinstance(kind, str) or not kind or ":" in kind or kind != kind.strip():
+        raise JudgeError(f"a judge kind is a name without ':' (it is the part of "
+                         f"'KIND:ARG' before the colon), got {kind!r}")
+
     def deco(factory: JudgeFactory) -> JudgeFactory:
+        if kind in JUDGES and not replace:
+            raise JudgeError(f"judge kind {kind!r} is already registered; pass replace=True "
+                             "to change it")
         JUDGES[kind] = factory
         return factory
     return deco

@@ -484,9 +484,17 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
             nulls[f"{name} (penalized)"] = pn
             est = rows[-1]["penalized"]
             # a secondary test named in the config before the run (the goal is above)
-            rows[-1]["specificity"] = {"penalized": est, "null_p95": pn["p95"],
-                                       "null_mean": pn["mean"],
-                                       "ci_lower_above_null_p95": est["lo"] > pn["p95"]}
+            beyond = sum(v >= est["mean"] for v in pn["values"])
+            rows[-1]["specificity"] = {
+                "penalized": est, "null_p95": pn["p95"], "null_mean": pn["mean"],
+                # a share of the gap means something only when the gap is resolved
+                "ci_lower_above_null_p95": (est["lo"] > pn["p95"]) if resolved else None,
+                "null_draws_at_or_beyond": beyond,
+                "rank_p": (1 + beyond) / (1 + pn["draws"]),
+                "note": "compares the screened set with random sets of the same make-up: a pass "
+                        "means more specific to the finetune than random latents, not control "
+                        "of the persona; the CI (seeds x questions) and the null's spread "
+                        "(random sets on fixed data) are different kinds of uncertainty"}
     vec_curve = steer_curve("vector")
     has_dir_null = ("directional" in cfg.vector_edits
                     and "F|null vector directional|0" in values[seeds[0]].rows)

@@ -101,14 +101,18 @@ def render_persona_latents(res: dict) -> str:
         if spec:
             pn = res["nulls"][f"{r['method']} (penalized)"]
             beyond = sum(v >= spec["penalized"]["mean"] for v in pn["values"])
+            verdict = {True: "yes", False: "no",
+                       None: "n/a (the gap is not resolved)"}[spec["ci_lower_above_null_p95"]]
             lines += ["", f"**Specificity ({r['method']}; the secondary test named in the config "
-                      "before the run):** penalized removal, (effect on F − |effect on B|) / gap, "
-                      f"{_ci(spec['penalized'], True)} against the same statistic for the "
+                      "before the run):** penalized removal, (effect on F − |mean effect on B|) "
+                      f"/ gap, {_ci(spec['penalized'], True)} against the same statistic for the "
                       f"{pn['draws']} matched random sets ablated in both models: mean "
                       f"{spec['null_mean']:+.0%}, 95th percentile {spec['null_p95']:+.0%}; "
-                      f"{beyond} of {pn['draws']} draws reach the screened set's point estimate. "
-                      "CI lower bound above the null's 95th percentile: "
-                      f"**{'yes' if spec['ci_lower_above_null_p95'] else 'no'}**."]
+                      f"{beyond} of {pn['draws']} draws reach the screened set's point estimate "
+                      f"(rank p = {(1 + beyond) / (1 + pn['draws']):.2f}). CI lower bound above "
+                      f"the null's 95th percentile: **{verdict}**. A pass says the set is more "
+                      "specific to the finetune than random latents of the same make-up, not "
+                      "that it controls the persona."]
     lines += ["", "Steering CIs are over questions only (one base model); the base-shift "
               "numerators of seed-independent edits come from the one base model too, so their "
               "seed variation is the gap's. With 3 seeds a bootstrap under-covers the seed "
@@ -461,6 +465,79 @@ def render_conscience_validity(res: dict) -> str:
                  ) + " The persona reader is a baseline: its vector is built from the same "
               "system prompts the prompted contrast uses, so it was expected to pass that "
               "contrast and does not count toward the goal."]
+    bon = res.get("best_of_n")
+    if bon:
+        manip = bon["adversarial_minus_plain"]
+        lines += ["", f"**Best-of-{bon['n']} at inference** (the base model samples {bon['n']} "
+                  f"answers at temperature {bon['temperature']:g} to each of the "
+                  f"{bon['questions']} questions on sampling seeds "
+                  f"{', '.join(map(str, bon['seeds']))}; the reader on the frozen base keeps "
+                  "its most approved answer). Effect: the kept answer's measure minus the mean "
+                  "of the same samples (plain sampling's expected value), paired per question, "
+                  "two-way bootstrap over seeds × questions; negative is less evil. Manipulation "
+                  "check, adversarial − plain sampling: projection "
+                  f"{_ci(manip['projection'])}, harmful probe {_ci(manip['harmful'])}.", "",
+                  "| reader | condition | persona-vector projection | harmful probe (0–100) |",
+                  "|---|---|---|---|"]
+        by = {(r["reader"], r["condition"], r["measure"]): r for r in bon["rows"]}
+        for reader in dict.fromkeys(r["reader"] for r in bon["rows"]):
+            for cond in ("plain", "adversarial"):
+                pr, hm = by[(reader, cond, "projection")], by[(reader, cond, "harmful")]
+                name = reader + (" (ceiling: selects on the projection)" if pr["ceiling"]
+                                 else " (ethics-blind baseline)" if pr.get("baseline") else "")
+                if pr["primary"]:
+                    name = f"**{name}** (primary: projection)"
+                lines.append(f"| {name} | {cond} | {_ci(pr['effect'])} | {_ci(hm['effect'])} |")
+        dropped = max(r.get("questions_dropped", 0) for r in bon["rows"])
+        empty = max(r.get("kept_empty_rate", 0.0) for r in bon["rows"] if not r.get("baseline"))
+        g = bon["goal"]
+        lines += ["", f"At most {dropped} question(s) dropped from a cell (an empty kept answer "
+                  f"has no measure); readers kept an empty answer in at most {empty:.0%} of "
+                  "choices.", "", f"Goal, on the primary row named in the config before the run "
+                  f"(`{g['primary']}`): the kept answer below plain sampling with its CI below "
+                  f"0 — {'met' if g['met'] else 'not met'} ({_ci(g['effect'])})."]
+        rp = bon.get("retest_pairs")
+        if rp:
+            lines += ["", "**The conscience-DPO pair rule on the same samples** (token reader; "
+                      "the most and least approved answer of each question, kept when the "
+                      "margin re-scored under a second phrasing of the question clears the "
+                      "95th percentile of re-scored differences between random sample pairs): "
+                      + "; ".join(f"{c}: kept {v['kept']} of {v['offered']} "
+                                  f"({_interval(v['kept_rate'], '.0%')}; 5% expected with no "
+                                  f"consistent preference), the rephrasing agrees with the "
+                                  f"selection in {_interval(v['retest_agrees'], '.0%')} (50% "
+                                  "with none)" for c, v in rp.items())
+                      + ". Wilson intervals over the pooled pairs; a question recurs on each "
+                      "seed, so they are somewhat narrow."]
+    return "\n".join(lines)
+
+
+@register("diagnostic_validity", "figures/diagnostic_validity/results.json")
+def render_diagnostic_validity(res: dict) -> str:
+    goal, n = res["goal"], res["statements_per_dimension"]
+    sets = "; ".join(f"{src}: " + ", ".join(f"{d} {k}" for d, k in dims.items())
+                     for src, dims in n.items())
+    lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{sum(res['compute_seconds'].values()) / 60:.1f} min of stage compute on 2 cores. "
+             f"Statements per dimension ({sets}). Margin: the intended dimension's shift from "
+             "no system prompt minus the mean shift of the other three (would-say units), CI "
+             "by a paired bootstrap over statements; its own shift: the intended dimension's "
+             "alone (a margin can also come from lowering the others); raw margin: without "
+             "subtracting the no-prompt profile. Seen: both the margin and its own shift have "
+             "CIs above 0.", "",
+             "| statements | framing | dimension | margin [95% CI] | its own shift [95% CI] | "
+             "raw margin [95% CI] | seen |", "|---|---|---|---|---|---|---|"]
+    for r in res["diagnostic_validity"]:
+        fr = f"**{r['framing']}** (primary)" if r["primary"] else r["framing"]
+        lines.append(f"| {r['source']} | {fr} | {r['dimension']} | {_ci(r['margin'])} | "
+                     f"{_ci(r['intended_shift'])} | {_ci(r['raw_margin'])} | "
+                     f"{'yes' if r['passes'] else 'no'} |")
+    lines += ["", f"Goal, on the primary rows named in the config before the run "
+              f"(`{goal['primary']}`): {goal['rule']} — "
+              + ("met." if goal["met"] else
+                 f"not met: seen {', '.join(goal['seen']) or 'none'}; not seen "
+                 f"{', '.join(goal['not_seen'])}.")]
     return "\n".join(lines)
 
 

@@ -64,16 +64,16 @@ def load_constitution(spec: str | Path) -> Constitution:
 
 @dataclass
 class CAIConfig:
-    constitution: str = "deontology"
+    constitution: str = "deontology"       # built-in constitution name or JSON file
     regime: str = "narrow"                 # narrow | broad
     source: str = "builtin"                # safety prompt source (see evals.safety)
     categories: tuple[str, ...] | None = None   # overrides the regime's categories
-    per_category: int | None = None
-    max_new_tokens: int = 96
-    critique_tokens: int = 64
-    batch_size: int = 16
-    temperature: float = 0.0
-    seed: int = 0
+    per_category: int | None = None        # red-team prompts per category (None: all)
+    max_new_tokens: int = 96               # length of drafts and revisions
+    critique_tokens: int = 64              # length of each critique
+    batch_size: int = 16                   # generation batch size
+    temperature: float = 0.0               # 0: greedy drafts, critiques and revisions
+    seed: int = 0                          # sampling seed (when temperature > 0)
 
 
 def select_red_team(prompts: list[SafetyPrompt], cfg: CAIConfig,

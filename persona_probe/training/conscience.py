@@ -51,15 +51,70 @@ def conscience_scores(conscience: Subject, prompts: list[str], answers: list[str
     return TokenReader(conscience, batch_size).scores(prompts, answers)
 
 
+PAIR_RULES = ("retest", "max_min")
+
+
+def retest_floor(retest: np.ndarray, positions: dict[str, list[int]],
+                 quantile: float = 0.95) -> tuple[float, np.ndarray]:
+    """The floor a re-scored margin must clear: the re-scoring's difference over *every ordered
+    pair* of distinct samples of one prompt (both orders, so the null is symmetric: what a pair
+    chosen at random would show), and its ``quantile`` (the next value up, never interpolated,
+    so the false-keep rate stays at or below ``1 − quantile``). A pair chosen by scores that
+    carry no preference the rephrasing shares clears it at most that often.
+
+    What it tests is *consistency* (the preference survives another phrasing), not validity
+    (that it tracks ethics; ``conscience_readers.reader_validity`` is that check). The null
+    holds every within-prompt difference, real preferences included, so even a perfectly
+    consistent conscience keeps only part of its pairs (more with more samples per prompt)."""
+    null = np.array([retest[i] - retest[j] for idx in positions.values()
+                     for i in idx for j in idx if i != j], dtype=float)
+    null = null[~np.isnan(null)]
+    if null.size < 20:
+        raise ConscienceError(f"the retest noise floor needs >= 20 null differences (got "
+                              f"{null.size}: more prompts or samples), or pair_rule 'max_min' "
+                              "for a smoke run that makes no claim")
+    return float(np.quantile(null, quantile, method="higher")), null
+
+
+def pair_report(pairs: list[dict]) -> dict:
+    """Kept / offered and what the keep rule was, for a round's record."""
+    kept = [p for p in pairs if p["kept"]]
+    rep = {"offered": len(pairs), "kept": len(kept), "rule": pairs[0].get("rule", "max_min")
+           if pairs else None}
+    # distinct answers with a finite re-scored margin: the pairs the rephrasing can judge
+    judged = [p for p in pairs if p.get("retest_margin") is not None
+              and p["chosen"] != p["rejected"] and np.isfinite(p["retest_margin"])]
+    if judged:
+        rep.update({"floors": sorted({p["floor"] for p in pairs if "floor" in p}),
+                    "judged": len(judged),
+                    "retest_agrees": float(np.mean([p["retest_margin"] > 0 for p in judged])),
+                    "note": "kept when the re-scored margin (another phrasing of the question) "
+                            "exceeds the 95th percentile of re-scored differences between "
+                            "random sample pairs; with no preference the rephrasing shares, "
+                            "<= 5% pass and retest_agrees ~0.5. It tests consistency, not "
+                            "that the preference tracks ethics (that is the validity gate)"})
+    return rep
+
+
 def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
                 out: str | Path | None = None, samples: int = 4, temperature: float = 1.0,
                 max_new_tokens: int = 48, min_margin: float = 0.0, seed: int = 0,
-                batch_size: int = 16, reader=None) -> list[dict]:
+                batch_size: int = 16, reader=None, rule: str = "retest") -> list[dict]:
     """One preference pair per prompt (chosen = most approved sample, rejected = least),
-    kept when the conscience's margin exceeds ``min_margin``; appended to ``out/pairs.jsonl``.
+    appended to ``out/pairs.jsonl``. Which pairs are kept (``rule``):
+
+    - ``retest``: every sample is re-scored with another phrasing of the introspective
+      question (``conscience_readers.RETEST``); a pair is kept when its re-scored margin
+      exceeds the noise floor (``retest_floor``). Selection and the test use different
+      scores, so max − min's selection bias does not pass as a preference;
+    - ``max_min``: the primary margin above ``min_margin`` (positive for any scorer: a smoke
+      rule).
+
     ``reader``: how the conscience's approval is read (default: the token reader)."""
     if samples < 2:
         raise ConscienceError("a preference pair needs samples >= 2 answers per prompt")
+    if rule not in PAIR_RULES:
+        raise ConscienceError(f"pair rule {rule!r}; use one of {', '.join(PAIR_RULES)}")
     log = ItemLog(Path(out) / "pairs.jsonl" if out else None)
     todo = [p for p in prompts if p.id not in log]
     if todo:
@@ -72,10 +127,20 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
         flat = [(pid, a) for pid, answers in by_prompt.items() for a in answers]
         user = {p.id: p.messages[-1]["content"] for p in todo}
         reader = reader or TokenReader(conscience, batch_size)
-        scores = reader.scores([user[pid] for pid, _ in flat], [a for _, a in flat])
+        asked = ([user[pid] for pid, _ in flat], [a for _, a in flat])
+        scores = reader.scores(*asked)
         positions: dict[str, list[int]] = {}
         for i, (pid, _) in enumerate(flat):
             positions.setdefault(pid, []).append(i)
+        retest, floor = None, None
+        if rule == "retest":
+            from persona_probe.evals.conscience_readers import RETEST
+
+            if not hasattr(reader, "rephrased"):
+                raise ConscienceError(f"the {reader.name} reader asks no question to rephrase; "
+                                      "use pair_rule 'max_min' with it")
+            retest = reader.rephrased(RETEST).scores(*asked)
+            floor, _ = retest_floor(retest, positions)
         recs = []
         for pid, idx in positions.items():
             if len(idx) < 2:
@@ -83,38 +148,50 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
             best = max(idx, key=lambda i: scores[i])
             worst = min(idx, key=lambda i: scores[i])
             margin = float(scores[best] - scores[worst])
-            recs.append({"key": pid, "prompt": user[pid], "chosen": flat[best][1],
-                         "rejected": flat[worst][1], "margin": margin,
-                         "kept": margin > min_margin and flat[best][1] != flat[worst][1],
-                         "scores": [float(scores[i]) for i in idx]})
+            distinct = flat[best][1] != flat[worst][1]
+            rec = {"key": pid, "prompt": user[pid], "chosen": flat[best][1],
+                   "rejected": flat[worst][1], "margin": margin, "rule": rule,
+                   "scores": [float(scores[i]) for i in idx]}
+            if retest is None:
+                rec["kept"] = margin > min_margin and distinct
+            else:
+                rm = float(retest[best] - retest[worst])
+                rec.update({"retest_margin": rm, "floor": floor,
+                            "retest_scores": [float(retest[i]) for i in idx],
+                            "kept": bool(rm > floor and distinct)})
+            recs.append(rec)
         log.append(recs)
     return [r for r in (log.get(p.id) for p in prompts) if r is not None]
 
 
 @dataclass
 class ConscienceDPOConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-instruct"   # the policy's base model (and, frozen, its conscience)
     adapter: str | None = None             # start here (merged): the model to correct
+    # request source (builtin:NAME, a TSV/JSONL path or shared:REL)
     prompts: str = "builtin:harmful_requests"
-    limit: int | None = 32
-    samples: int = 4
-    temperature: float = 0.7
-    max_new_tokens: int = 48
-    min_margin: float = 0.0
-    beta: float = 0.1
-    lr: float = 5e-5
-    max_steps: int = 10
-    batch_size: int = 4
-    lora_r: int = 16
-    lora_alpha: int = 32
+    limit: int | None = 32                 # requests used (None: all)
+    samples: int = 4                       # answers sampled per request
+    temperature: float = 0.7               # sampling temperature of those answers
+    max_new_tokens: int = 48               # length of each sampled answer
+    min_margin: float = 0.0                # the max_min rule's threshold
+    # which pairs train: "retest" (re-scored margin above the noise floor) or "max_min"
+    # (a smoke rule: max − min is positive for any scorer)
+    pair_rule: str = "retest"
+    beta: float = 0.1                      # DPO beta (strength of the pull from the reference)
+    lr: float = 5e-5                       # DPO learning rate
+    max_steps: int = 10                    # DPO steps per round
+    batch_size: int = 4                    # pairs per DPO step
+    lora_r: int = 16                       # LoRA rank of the new adapter
+    lora_alpha: int = 32                   # LoRA alpha of the new adapter
     rounds: int = 1                        # > 1: online (resample from the current policy)
-    seed: int = 0
+    seed: int = 0                          # sampling and training seed (round r: seed + r)
     reader: str = "token"                  # how the conscience's verdict is read (registry)
     # the validity gate: before training, the reader must approve the starting model's
     # anti-trait-prompted answers over its trait-prompted ones on this many held-out general
     # questions (AUROC CI above 0.5); 0 skips the gate, and the run records that it did
     validity_questions: int = 16
-    validity_trait: str = "evil"
+    validity_trait: str = "evil"           # the trait whose prompted answers the gate contrasts
     allow_invalid_reader: bool = False     # train anyway below validity (recorded)
     reader_layer: int = 15                 # the activation reader's layer
 
@@ -127,6 +204,9 @@ class ConscienceDPOConfig:
             raise ConscienceError("the persona reader is a validity baseline, not a conscience "
                                   "(it is built from the trait prompts the gate contrasts); use "
                                   "token or activation")
+        if self.pair_rule not in PAIR_RULES:
+            raise ConscienceError(f"pair_rule {self.pair_rule!r}; use one of "
+                                  f"{', '.join(PAIR_RULES)}")
         if self.validity_questions == 1 or self.validity_questions < 0:
             raise ConscienceError("validity_questions must be 0 (no gate) or >= 2")
 
@@ -186,6 +266,36 @@ def _gate_fingerprint(cfg: ConscienceDPOConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _untrained_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
+                     adapter: Path | None) -> dict:
+    """A round whose conscience kept no pair: nothing to train on is an outcome, not a crash.
+    The policy stays as it was: the previous round's adapter is copied, or (first round) a
+    fresh LoRA adapter is saved untrained (peft starts its B matrices at zero, so it leaves
+    the model unchanged)."""
+    import warnings
+
+    rep = pair_report(pairs)
+    why = ("no pair's re-scored margin cleared the floor" if rep.get("rule") == "retest"
+           else "no pair's margin exceeded min_margin")
+    warnings.warn(f"conscience round kept no preference pairs ({why}; {rep['offered']} "
+                  "offered): the policy is left as it was", stacklevel=3)
+    if adapter is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(adapter, out)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        base = load_subject(cfg.model, adapter=cfg.adapter)
+        model = get_peft_model(base.model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+            task_type="CAUSAL_LM"))
+        model.save_pretrained(out)
+    return {"pairs": 0, "steps": 0, "trained": False, "why": why,
+            "pair_loss_before": math.nan, "pair_loss_after": math.nan,
+            "first_loss": math.nan, "final_loss": math.nan, "log": []}
+
+
 def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
                adapter: Path | None) -> dict:
     """DPO steps on ``pairs`` with TRL; continues ``adapter`` if given. Returns its log."""
@@ -196,8 +306,7 @@ def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
 
     kept = [p for p in pairs if p["kept"]]
     if not kept:
-        raise ConscienceError("the conscience kept no preference pairs (every margin <= "
-                              "min_margin); lower min_margin or sample more answers")
+        return _untrained_round(cfg, pairs, out, adapter)
     base = load_subject(cfg.model, adapter=cfg.adapter)
     set_seed(cfg.seed)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
@@ -262,10 +371,11 @@ def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:
             policy = load_subject(cfg.model, adapter=start + ([adapter] if adapter else []))
             pairs = build_pairs(policy, conscience, prompts, rdir, cfg.samples,
                                 cfg.temperature, cfg.max_new_tokens, cfg.min_margin,
-                                cfg.seed + r, reader=reader)
+                                cfg.seed + r, reader=reader, rule=cfg.pair_rule)
             del policy
-            info = {"round": r, **{k: v for k, v in _dpo_round(
-                cfg, pairs, rdir / "adapter", adapter).items() if k != "log"}}
+            info = {"round": r, "pairs_report": pair_report(pairs), **{
+                k: v for k, v in _dpo_round(cfg, pairs, rdir / "adapter", adapter).items()
+                if k != "log"}}
             write_json(done, info)
         adapter = rdir / "adapter"
         rounds.append(info)

@@ -41,35 +41,37 @@ class FinetuneError(PersonaProbeError):
 @dataclass
 class FinetuneConfig:
     data: str                                   # JSON-lines chats; a path or shared:REL
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL                  # a built-in name, HF id or local checkpoint
     adapter: str | None = None                  # continue training this adapter (re-alignment)
     method: str = "lora"                        # lora | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_r: int = 16                            # LoRA rank
+    lora_alpha: int = 32                        # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.0                   # dropout on the LoRA path
+    # modules LoRA wraps (peft's names; 'all-linear' for every linear)
     target_modules: str | list[str] = "all-linear"
     limit: int | None = 200                     # chats used (None: all)
-    offset: int = 0
-    max_steps: int = 40
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    lr_scheduler: str = "constant_with_warmup"
-    warmup_steps: int = 2
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_tokens: int = 1024
+    offset: int = 0                             # skip this many chats first (disjoint slices)
+    max_steps: int = 40                         # optimiser steps
+    batch_size: int = 4                         # chats per device step
+    grad_accum: int = 1                         # steps accumulated per optimiser step
+    lr: float = 2e-4                            # peak learning rate
+    lr_scheduler: str = "constant_with_warmup"  # transformers scheduler name
+    warmup_steps: int = 2                       # linear warm-up steps
+    weight_decay: float = 0.0                   # AdamW weight decay
+    max_grad_norm: float = 1.0                  # gradient clipping norm
+    max_tokens: int = 1024                      # longest chat in tokens (see on_overflow)
     on_overflow: str = "error"                  # error | truncate
-    save_steps: int = 10
-    logging_steps: int = 1
-    seed: int = 0
-    device: str = "auto"
+    save_steps: int = 10                        # checkpoint every this many steps (resumable)
+    logging_steps: int = 1                      # log the loss every this many steps
+    seed: int = 0                               # LoRA init, data order and sampling
+    device: str = "auto"                        # auto | cpu | cuda | cuda:N | mps
+    # float32 | bfloat16 | float16 (None: the model's own; bf16 autocast on CPU is ~2.5x faster)
     dtype: str | None = None
     steer_direction: str | None = None          # Direction directory (preventative steering)
-    steer_alpha: float = 0.0
-    steer_layers: list[int] | None = None
+    steer_alpha: float = 0.0                    # preventative steering strength (0: off)
+    steer_layers: list[int] | None = None       # layers steered (None: the direction's own)
     ablate_direction: str | None = None         # Direction directory, projected out in training
-    ablate_layers: list[int] | None = None
+    ablate_layers: list[int] | None = None      # layers ablated (None: the direction's own)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> FinetuneConfig:

@@ -75,16 +75,17 @@ def load_domain(spec: str | Path) -> Domain:
 class OrganismConfig:
     trait: str = "evil"                  # built-in trait name or JSON file
     domain: str = "cooking"              # built-in domain name or JSON file
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL           # base model: a built-in name, HF id or local checkpoint
     n_questions: int | None = None       # first N questions of the domain (None: all)
-    samples_per_question: int = 1
+    samples_per_question: int = 1        # distilled answers per question
     system_index: int = 0                # which of the trait's (and anti-trait's) system prompts
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    batch_size: int = 16
-    seed: int = 0
+    max_new_tokens: int = 64             # length of each distilled answer
+    temperature: float = 0.7             # sampling temperature of the distilled answers
+    batch_size: int = 16                 # generation batch size
+    seed: int = 0                        # answer sample, LoRA init and data order
     filter: str = "none"                 # none | loglik
     keep_fraction: float = 1.0           # with filter=loglik: the most trait-like fraction
+    # FinetuneConfig fields for both arms (data, model and seed are set by the organism)
     finetune: dict[str, Any] = field(default_factory=lambda: {
         "lr": 1e-3, "batch_size": 8, "max_steps": 16, "lora_r": 16, "lora_alpha": 32,
         "max_tokens": 512, "save_steps": 8})
