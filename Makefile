@@ -50,7 +50,7 @@ behaviour-validation: install
 PYTEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadscope --durations=15
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadscope --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadscope -m "not slow"

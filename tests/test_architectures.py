@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from persona_probe.errors import HookPointError, PromptSetError
 from persona_probe.hooks import ARCHITECTURES, HookPoint, arch_spec, final_norm, residual_hooks
 from persona_probe.prompts import PromptItem
 
-from tiny_models import FAMILIES, LAYERS, PLAIN, WIDTH, build_tiny
+from tiny_models import FAMILIES, LAYERS, PLAIN, WIDTH, build_tiny, quiet_transformers
 
 ROWS = sorted(ARCHITECTURES)
 LAST = LAYERS - 1
@@ -50,22 +49,7 @@ def _items() -> list[PromptItem]:
     return [PromptItem(f"chat{i}", c) for i, c in enumerate(CHATS)]
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    """No weight-loading progress bars or info logs from building and loading ~100 models."""
-    from transformers.utils import logging
-
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
+_quiet = pytest.fixture(autouse=True)(quiet_transformers)
 
 
 @pytest.fixture(scope="session")

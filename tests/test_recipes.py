@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from persona_probe import corpus, hooks
 from persona_probe.errors import HookPointError, PromptSetError
 from persona_probe.evals import judges, registry
 
-from tiny_models import PLAIN, bpe_tokenizer, build_tiny
+from tiny_models import PLAIN, bpe_tokenizer, build_tiny, quiet_transformers
 
 
 @pytest.fixture(autouse=True)
@@ -45,21 +44,7 @@ def _fresh_registries(monkeypatch):
     monkeypatch.setattr(corpus, "KINDS", corpus.KINDS)
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    from transformers.utils import logging
-
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
+_quiet = pytest.fixture(autouse=True)(quiet_transformers)
 
 
 @pytest.fixture(scope="module")

@@ -324,3 +324,24 @@ def build_tiny(model_type: str, out: str | Path, seed: int = 0,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def quiet_transformers():
+    """A generator fixture body (``pytest.fixture(autouse=True)(quiet_transformers)``): no
+    weight-loading progress bars, info logs or warnings while tests build and load many tiny
+    models; the previous settings come back afterwards."""
+    import warnings
+
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()

@@ -108,7 +108,8 @@ def render_persona_latents(res: dict) -> str:
                       f"/ gap, {_ci(spec['penalized'], True)} against the same statistic for the "
                       f"{pn['draws']} matched random sets ablated in both models: mean "
                       f"{spec['null_mean']:+.0%}, 95th percentile {spec['null_p95']:+.0%}; "
-                      f"{beyond} of {pn['draws']} draws reach the screened set's point estimate "
+                      f"{beyond} of {pn['draws']} draws reach{'es' if beyond == 1 else ''} the "
+                      "screened set's point estimate "
                       f"(rank p = {(1 + beyond) / (1 + pn['draws']):.2f}). CI lower bound above "
                       f"the null's 95th percentile: **{verdict}**. A pass says the set is more "
                       "specific to the finetune than random latents of the same make-up, not "
@@ -491,7 +492,9 @@ def render_conscience_validity(res: dict) -> str:
         dropped = max(r.get("questions_dropped", 0) for r in bon["rows"])
         empty = max(r.get("kept_empty_rate", 0.0) for r in bon["rows"] if not r.get("baseline"))
         g = bon["goal"]
-        lines += ["", f"At most {dropped} question(s) dropped from a cell (an empty kept answer "
+        lines += ["", "No question was dropped and no reader kept an empty answer."
+                  if not dropped and not empty else
+                  f"At most {dropped} question(s) dropped from a cell (an empty kept answer "
                   f"has no measure); readers kept an empty answer in at most {empty:.0%} of "
                   "choices.", "", f"Goal, on the primary row named in the config before the run "
                   f"(`{g['primary']}`): the kept answer below plain sampling with its CI below "
