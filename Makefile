@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python experiments/demo.py --runs runs/demo --out runs/demo/figures
 
-# The full line-1 experiment behind the README's table (~95 min on 2 cores, resumable stages;
+# The full line-1 experiment behind the README's table (~105 min on 2 cores, resumable stages;
 # --overwrite rebuilds stages whose inputs changed), then the README tables re-rendered.
 persona-latents: install
 	$(BIN)/python experiments/persona_latents.py

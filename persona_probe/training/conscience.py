@@ -189,7 +189,7 @@ class ConscienceDPOConfig:
     reader: str = "token"                  # how the conscience's verdict is read (registry)
     # the validity gate: before training, the reader must approve the starting model's
     # anti-trait-prompted answers over its trait-prompted ones on this many held-out general
-    # questions (AUROC CI above 0.5); 0 skips the gate, and the run records that it did
+    # questions (within-question win rate CI above 0.5); 0 skips the gate, and the run records it
     validity_questions: int = 16
     validity_trait: str = "evil"           # the trait whose prompted answers the gate contrasts
     allow_invalid_reader: bool = False     # train anyway below validity (recorded)
