@@ -150,29 +150,12 @@ def crossed_bootstrap(cells: Sequence[Sequence[float]] | np.ndarray,
     were independent). With ``denominator`` (same shape) the estimate is a ratio of the
     resampled means, e.g. the share of a gap an edit removes."""
     num = np.atleast_2d(np.asarray(cells, dtype=np.float64))
-    den = None if denominator is None else np.atleast_2d(np.asarray(denominator, np.float64))
-    if den is not None and den.shape != num.shape:
+    if denominator is None:
+        return _crossed([num], lambda m: m, n_boot, level, seed, "")
+    den = np.atleast_2d(np.asarray(denominator, np.float64))
+    if den.shape != num.shape:
         raise ValueError(f"numerator {num.shape} and denominator {den.shape} differ in shape")
-    if np.isnan(num).any() or (den is not None and np.isnan(den).any()):
-        raise ValueError("a crossed design needs every (seed, item) cell; found NaN")
-    S, Q = num.shape
-    ws, wq = _crossed_weights(S, Q, n_boot, seed)
-
-    def stat(m: np.ndarray) -> np.ndarray:
-        return np.einsum("bs,sq,bq->b", ws, m, wq)
-    if den is None:
-        point, per_seed, samples = float(num.mean()), num.mean(1), stat(num)
-    else:
-        point = float(num.mean() / den.mean())
-        per_seed = num.mean(1) / den.mean(1)
-        samples = stat(num) / stat(den)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(samples, [a, 1 - a])
-    what = "ratio of means, " if den is not None else ""
-    method = (f"{what}two-way percentile bootstrap over seeds × items ({n_boot} draws)"
-              if S > 1 else f"{what}percentile bootstrap over items, one seed ({n_boot} draws)")
-    return CrossedEstimate(point, float(lo), float(hi), S, Q, method,
-                           tuple(float(v) for v in per_seed), level)
+    return _crossed([num, den], lambda n, d: n / d, n_boot, level, seed, "ratio of means, ")
 
 
 def crossed_statistic(tables: Sequence[np.ndarray], fn: Callable[..., np.ndarray],
@@ -186,6 +169,13 @@ def crossed_statistic(tables: Sequence[np.ndarray], fn: Callable[..., np.ndarray
     if not arrs or any(a.shape != arrs[0].shape for a in arrs):
         raise ValueError(f"tables must share one (seeds, items) shape; got "
                          f"{[a.shape for a in arrs]}")
+    return _crossed(arrs, fn, n_boot, level, seed, f"{what}, ")
+
+
+def _crossed(arrs: list[np.ndarray], fn: Callable[..., np.ndarray], n_boot: int, level: float,
+             seed: int, prefix: str) -> CrossedEstimate:
+    """The one two-way bootstrap behind both: ``fn`` of the tables' means, at the point, per
+    seed and per draw (every draw's seed and item weights shared by all tables)."""
     if any(np.isnan(a).any() for a in arrs):
         raise ValueError("a crossed design needs every (seed, item) cell; found NaN")
     S, Q = arrs[0].shape
@@ -195,8 +185,8 @@ def crossed_statistic(tables: Sequence[np.ndarray], fn: Callable[..., np.ndarray
     per_seed = np.asarray(fn(*(a.mean(1) for a in arrs)), np.float64)
     a = (1 - level) / 2
     lo, hi = np.quantile(samples, [a, 1 - a])
-    method = (f"{what}, two-way percentile bootstrap over seeds × items ({n_boot} draws)"
-              if S > 1 else f"{what}, percentile bootstrap over items, one seed ({n_boot} draws)")
+    method = (f"{prefix}two-way percentile bootstrap over seeds × items ({n_boot} draws)"
+              if S > 1 else f"{prefix}percentile bootstrap over items, one seed ({n_boot} draws)")
     return CrossedEstimate(point, float(lo), float(hi), S, Q, method,
                            tuple(float(v) for v in per_seed), level)
 

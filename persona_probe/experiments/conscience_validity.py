@@ -337,7 +337,6 @@ def _best_of_n(cfg: ConscienceValidityConfig, stages, stage, common: dict, base,
     import numpy as np
 
     from persona_probe.artifacts import read_json, write_json
-    from persona_probe.capture import collect_rows
     from persona_probe.evals.best_of_n import sample_answers
     from persona_probe.evals.conscience_readers import RETEST, make_reader
     from persona_probe.evals.judges import frozen_copy
@@ -350,16 +349,6 @@ def _best_of_n(cfg: ConscienceValidityConfig, stages, stage, common: dict, base,
     systems = {"plain": None, "adversarial": trait.trait_system[0]}
     cal = answers["calibration"]
     own = [(q, a) for q, a in zip(cal["questions"], cal["base"]) if a.strip()]
-
-    def projection(pairs: list[tuple[str, str]]) -> np.ndarray:
-        hook = vec.hook(cfg.layer)
-        items = [PromptItem(f"a/{i}", [{"role": "user", "content": q},
-                                       {"role": "assistant", "content": a}])
-                 for i, (q, a) in enumerate(pairs)]
-        acts, index = collect_rows(base, items, [hook], "response_mean", 16)
-        out = np.full(len(items), np.nan)
-        out[index["item"].numpy()] = (acts[hook].float() @ vec.at(cfg.layer).float()).numpy()
-        return out
 
     def build(d: Path, seed: int) -> dict:
         path = d / "best_of_n.json"
@@ -378,20 +367,24 @@ def _best_of_n(cfg: ConscienceValidityConfig, stages, stage, common: dict, base,
             users, sampled = sample_answers(base, prompts, cfg.best_of_n, cfg.max_new_tokens,
                                             cfg.best_of_n_temperature, seed)
             pairs = [(u, a) for u, row in zip(users, sampled) for a in row]
+            asked = ([q for q, _ in pairs], [a for _, a in pairs])
             shape = (len(prompts), cfg.best_of_n)
             result[cond] = {
                 "answers": sampled,
-                "measures": {"projection": projection(pairs).reshape(shape).tolist(),
-                             "harmful": (100 * harmful.probabilities(pairs)).reshape(
-                                 shape).tolist()},
-                "scores": {name: np.asarray(reader.scores(
-                    [q for q, _ in pairs], [a for _, a in pairs])).reshape(shape).tolist()
-                    for name, reader in readers.items()}}
+                "scores": {name: np.asarray(reader.scores(*asked)).reshape(shape).tolist()
+                           for name, reader in readers.items()}}
+            # the projection measure is minus the persona reader's score (the same
+            # response-mean projection on the base's weights): read once, not twice
+            persona = (np.array(result[cond]["scores"]["persona"]) if "persona" in readers
+                       else np.asarray(make_reader("persona", base, vector=vec, layer=cfg.layer)
+                                       .scores(*asked)).reshape(shape))
+            result[cond]["measures"] = {
+                "projection": (-persona).tolist(),
+                "harmful": (100 * harmful.probabilities(pairs)).reshape(shape).tolist()}
             # the token reader re-asked in the retest phrasing: the pair rule's noise floor
             if "token" in readers:
                 result[cond]["scores"]["token-retest"] = np.asarray(
-                    readers["token"].rephrased(RETEST).scores(
-                        [q for q, _ in pairs], [a for _, a in pairs])).reshape(shape).tolist()
+                    readers["token"].rephrased(RETEST).scores(*asked)).reshape(shape).tolist()
         write_json(path, result)
         return result
 

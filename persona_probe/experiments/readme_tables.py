@@ -100,7 +100,7 @@ def render_persona_latents(res: dict) -> str:
         spec = r.get("specificity")
         if spec:
             pn = res["nulls"][f"{r['method']} (penalized)"]
-            beyond = sum(v >= spec["penalized"]["mean"] for v in pn["values"])
+            beyond = spec["null_draws_at_or_beyond"]
             verdict = {True: "yes", False: "no",
                        None: "n/a (the gap is not resolved)"}[spec["ci_lower_above_null_p95"]]
             lines += ["", f"**Specificity ({r['method']}; the secondary test named in the config "
@@ -110,7 +110,7 @@ def render_persona_latents(res: dict) -> str:
                       f"{spec['null_mean']:+.0%}, 95th percentile {spec['null_p95']:+.0%}; "
                       f"{beyond} of {pn['draws']} draws reach{'es' if beyond == 1 else ''} the "
                       "screened set's point estimate "
-                      f"(rank p = {(1 + beyond) / (1 + pn['draws']):.2f}). CI lower bound above "
+                      f"(rank p = {spec['rank_p']:.2f}). CI lower bound above "
                       f"the null's 95th percentile: **{verdict}**. A pass says the set is more "
                       "specific to the finetune than random latents of the same make-up, not "
                       "that it controls the persona."]
@@ -504,7 +504,8 @@ def render_conscience_validity(res: dict) -> str:
             lines += ["", "**The conscience-DPO pair rule on the same samples** (token reader; "
                       "the most and least approved answer of each question, kept when the "
                       "margin re-scored under a second phrasing of the question clears the "
-                      "95th percentile of re-scored differences between random sample pairs): "
+                      "95th percentile of re-scored differences between every ordered pair of samples "
+                      "of the same question): "
                       + "; ".join(f"{c}: kept {v['kept']} of {v['offered']} "
                                   f"({_interval(v['kept_rate'], '.0%')}; 5% expected with no "
                                   f"consistent preference), the rephrasing agrees with the "
