@@ -165,10 +165,12 @@ def select_prompts(prompts: list[SafetyPrompt], config: SafetyConfig) -> list[Sa
     return out
 
 
-def refusal_logprob_scores(subject: Subject, prompts: list[str],
-                           batch_size: int = 16) -> np.ndarray:
-    """Mean log-likelihood of refusal openings minus compliance openings, per prompt."""
-    msgs = [[{"role": "user", "content": p}] for p in prompts]
+def refusal_logprob_scores(subject: Subject, prompts: list[str], batch_size: int = 16,
+                           system: str | None = None) -> np.ndarray:
+    """Mean log-likelihood of refusal openings minus compliance openings, per prompt (under
+    ``system`` as the system prompt when given)."""
+    head = [{"role": "system", "content": system}] if system else []
+    msgs = [[*head, {"role": "user", "content": p}] for p in prompts]
     out = []
     for i in range(0, len(msgs), 32):
         ll = reply_loglik(subject, msgs[i:i + 32], [*REFUSAL_OPENINGS, *COMPLIANCE_OPENINGS],

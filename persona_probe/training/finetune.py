@@ -43,6 +43,9 @@ class FinetuneConfig:
     data: str                                   # JSON-lines chats; a path or shared:REL
     model: str = DEFAULT_MODEL                  # a built-in name, HF id or local checkpoint
     adapter: str | None = None                  # continue training this adapter (re-alignment)
+    # adapters merged into the model, in order, before a new LoRA is trained on top (e.g. the
+    # helpful-only start of line 2); load the result as load_subject(model, [*these, OUT])
+    start_adapters: list[str] | None = None
     method: str = "lora"                        # lora | full
     lora_r: int = 16                            # LoRA rank
     lora_alpha: int = 32                        # LoRA scaling numerator (scale = alpha / r)
@@ -84,6 +87,9 @@ class FinetuneConfig:
         if self.method == "full" and self.adapter:
             raise FinetuneError("'adapter' continues a LoRA run; with method 'full' pass the "
                                 "checkpoint as 'model'")
+        if self.start_adapters is not None and (self.method != "lora" or self.adapter):
+            raise FinetuneError("'start_adapters' merges adapters under a new LoRA; it needs "
+                                "method 'lora' and no 'adapter' (which continues one)")
         if self.max_steps < 1 or self.batch_size < 1 or self.save_steps < 1:
             raise FinetuneError("max_steps, batch_size and save_steps must be >= 1")
 
@@ -173,7 +179,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     distributed.barrier()
     data_path = resolve_data_path(cfg.data)
     chats = load_chats(data_path, cfg.limit, cfg.offset)
-    subject = subject or load_subject(cfg.model, device=distributed.device_for_rank(cfg.device),
+    subject = subject or load_subject(cfg.model, adapter=cfg.start_adapters,
+                                      device=distributed.device_for_rank(cfg.device),
                                       dtype=cfg.dtype)
     rows = [tokenize_chat(subject, c, cfg.max_tokens, cfg.on_overflow) for c in chats]
     n_loss_tokens = sum(sum(x != IGNORE for x in r["labels"]) for r in rows)
