@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents behaviour-validation poisoning-dose test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents behaviour-validation poisoning-dose helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,17 @@ persona-latents: install
 # cores, one resumable stage per finetune), then the README tables re-rendered.
 poisoning-dose: install
 	$(BIN)/python experiments/poisoning_dose.py
+	$(BIN)/python experiments/render_readme.py
+
+# Line 2's helpful-only start: 2 arms x 3 seeds of distillation, finetune and refusal measures
+# (~50 min on 2 cores, resumable stages), then the README tables re-rendered.
+helpful-only: install
+	$(BIN)/python experiments/helpful_only.py
+	$(BIN)/python experiments/render_readme.py
+
+# Post hoc, after persona-latents: what the base writes under line 1's edits (~20 min).
+line1-generations: install
+	$(BIN)/python experiments/line1_generations.py
 	$(BIN)/python experiments/render_readme.py
 
 # Issue 25: probe judges, the coherence rule, judged generations and proxy validity (~40 min on

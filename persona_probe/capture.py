@@ -37,24 +37,18 @@ POSITIONS: tuple[str, ...] = ("all", "prompt_last", "response", "response_mean")
 class CaptureConfig:
     """What to capture and how; every field is recorded in the store's metadata."""
 
-    hooks: tuple[str, ...] = ("blocks.15.hook_resid_post",)
-    """TransformerLens residual hook names to read."""
-    positions: Positions = "response"
-    """all | prompt_last | response | response_mean (see docs/DESIGN.md)."""
-    storage_dtype: str = "float16"
-    """float16, bfloat16 or float32 on disk."""
-    batch_size: int = 16
-    """Most chats in one forward pass."""
+    hooks: tuple[str, ...] = ("blocks.15.hook_resid_post",)  # TransformerLens residual hooks read
+    positions: Positions = "response"           # all | prompt_last | response | response_mean
+                                                # (see docs/DESIGN.md)
+    storage_dtype: str = "float16"              # float16 | bfloat16 | float32, on disk
+    batch_size: int = 16                        # most chats in one forward pass
+    # most padded tokens in one forward pass (bounds memory on long chats)
     max_batch_tokens: int = 8192
-    """Most padded tokens in one forward pass (bounds memory on long chats)."""
-    max_tokens: int | None = None
-    """Longest chat allowed; None means the model's context length."""
-    on_overflow: Literal["error", "truncate"] = "error"
-    """What to do with a chat longer than max_tokens."""
-    shard_rows: int = 16384
-    """Rows per shard file (a resume restarts at a shard boundary)."""
-    include_special: bool = False
-    """Keep special tokens (BOS, turn markers) under positions='all'."""
+    max_tokens: int | None = None               # longest chat allowed (None: model's context)
+    on_overflow: Literal["error", "truncate"] = "error"  # a chat over max_tokens: error|truncate
+    shard_rows: int = 16384                     # rows per shard file (resumes restart at one)
+    include_special: bool = False               # keep special tokens (BOS, turn markers) under
+                                                # positions='all'
 
     def __post_init__(self) -> None:
         if not self.hooks:

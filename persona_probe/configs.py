@@ -137,16 +137,29 @@ def read_named_json(subdir: str, spec: str | Path, what: str,
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's documentation, read from the class source: the comment on its line, or the
     comment lines directly above it (the form configs are written in), so ``--help`` and the
-    code say the same thing. A field with neither maps to ``""``."""
+    code say the same thing. A field a dataclass inherits takes the documentation its base
+    class gives it. A field with neither maps to ``""``."""
     import inspect
+
+    order = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    try:
+        docs = _own_field_docs(inspect.getsource(cls), set(order))
+    except (OSError, TypeError):
+        docs = {}
+    out = {n: docs.get(n, "") for n in order}
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            for n, doc in field_docs(base).items():
+                if n in out and not out[n]:
+                    out[n] = doc
+    return out
+
+
+def _own_field_docs(src: str, names: set[str]) -> dict[str, str]:
+    """The comments ``src`` (one class's source) gives the fields it declares."""
     import io
     import tokenize
 
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     lines = src.splitlines()
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
@@ -171,8 +184,7 @@ def field_docs(cls: type) -> dict[str, str]:
             continued.add(k)
             k += 1
         docs[head] = " ".join(p for p in (" ".join(above), own) if p)
-    order = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    return {n: docs.get(n, "") for n in order}
+    return docs
 
 
 def config_reference(cls: type) -> str:

@@ -34,14 +34,16 @@ class CorpusSource:
     """One source of chats. ``path`` may start with ``shared:`` (relative to the shared data
     directory) or be any path; for ``builtin`` it is the set list, e.g. ``all``."""
 
-    kind: SourceKind | str
-    path: str
-    limit: int | None = None
+    kind: SourceKind | str      # builtin | hh_rlhf | chat_jsonl | persona_statements, or a
+                                # kind added with register_source_kind
+    path: str                   # the source file (a path or shared:REL); builtin: a set list
+    limit: int | None = None    # most items read from this source (None: all)
 
 
 @dataclass(frozen=True)
 class CorpusRecipe:
-    name: str
+    name: str                   # the corpus's name (from a file: "name", else the file's stem)
+    # the sources, each {kind, path, limit}; their items are concatenated in this order
     sources: tuple[CorpusSource, ...] = field(default_factory=tuple)
 
     @classmethod

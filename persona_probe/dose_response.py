@@ -32,13 +32,16 @@ Metric = Callable[[Subject], Sequence[float]]
 
 @dataclass
 class DoseResponseConfig:
+    # steering strengths α (units of the mean residual norm r̄_L; 0 is the unsteered model)
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     layers: tuple[int, ...] | None = None        # None: each target's own (single) layer
     ablation: bool = False                       # also measure with each target ablated
+    # layers a direction is ablated at (None: its steering layers; SAE latents are ablated
+    # as latents, where they are read)
     ablation_layers: tuple[int, ...] | None = None
     ablation_mode: str = "directional"           # directional | mean (SAE latents: latent)
-    random_controls: int = 2
-    seed: int = 0
+    random_controls: int = 2                     # random directions per target, run alike
+    seed: int = 0                                # random control directions and bootstrap CIs
 
 
 def _layers_of(target: Target, cfg_layers: tuple[int, ...] | None) -> list[int]:

@@ -123,13 +123,17 @@ class ZScoreRule:
     standard error, so one baseline check has a scale).
     """
 
-    z: float = 3.0
-    consecutive: int = 2
-    baseline_checks: int = 1
+    z: float = 3.0                  # alarm when z exceeds this...
+    consecutive: int = 2            # ...on this many checks in a row
+    baseline_checks: int = 1        # the first checks, the baseline (never alarm themselves)
+    # paired (z of the per-item change since the baseline) | checks (z of the check's mean
+    # against the baseline's mean and spread)
     mode: str = "paired"
-    min_shift: float = 0.0
-    baseline: tuple[float, float] | None = None
-    name: str = "zscore"
+    min_shift: float = 0.0          # paired: the mean change must also exceed this (units of
+                                    # the statistic)
+    baseline: tuple[float, float] | None = None  # checks: a given (μ₀, σ₀) instead of the first
+                                                 # checks; then every check may alarm
+    name: str = "zscore"            # the rule's name in the monitor's alarm records
 
     def __post_init__(self) -> None:
         if self.mode not in ("paired", "checks"):
@@ -175,9 +179,9 @@ class ZScoreRule:
 class ThresholdRule:
     """Alarm when the statistic exceeds ``value`` for ``consecutive`` checks."""
 
-    value: float
-    consecutive: int = 1
-    name: str = "threshold"
+    value: float                    # alarm when the statistic is above this (required)...
+    consecutive: int = 1            # ...on this many checks in a row
+    name: str = "threshold"         # the rule's name in the monitor's alarm records
 
     def evaluate(self, h: TargetHistory) -> tuple[bool, dict[str, float]]:
         v = h.values
@@ -191,9 +195,9 @@ class TrendRule:
     """Alarm when the least-squares slope over the last ``window`` checks exceeds
     ``min_slope`` (statistic units per 1000 steps)."""
 
-    min_slope: float
-    window: int = 4
-    name: str = "trend"
+    min_slope: float                # alarm above this slope (units per 1000 steps; required)
+    window: int = 4                 # the last this many checks the line is fitted to
+    name: str = "trend"             # the rule's name in the monitor's alarm records
 
     def evaluate(self, h: TargetHistory) -> tuple[bool, dict[str, float]]:
         if len(h.values) < self.window:
@@ -213,10 +217,10 @@ class SteerAction:
     """On alarm, add α·r̄_L·û in every later training forward pass (preventative steering),
     until training ends. ``direction`` is a ``Direction``."""
 
-    direction: Any
-    alpha: float
-    layers: list[int] | None = None
-    name: str = "steer"
+    direction: Any                  # the Direction steered along (required)
+    alpha: float                    # strength α, in units of the mean residual norm r̄_L
+    layers: list[int] | None = None  # layers steered (None: the direction's own)
+    name: str = "steer"             # a label for the action (the records say "steer")
 
 
 ACTIONS = ("log", "stop")

@@ -51,12 +51,12 @@ MAX_TOP_LOGPROBS = 20
 class ServerConfig:
     """What the server accepts. ``max_prompt_tokens=None`` means the model's context length."""
 
-    api_key: str | None = None
-    model_name: str | None = None
-    max_n: int = MAX_N
-    max_tokens: int = MAX_TOKENS
-    max_prompt_tokens: int | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
+    api_key: str | None = None          # bearer token every request must carry (None: open)
+    model_name: str | None = None       # model id /v1/models lists (None: the subject's spec)
+    max_n: int = MAX_N                  # most completions per request ('n')
+    max_tokens: int = MAX_TOKENS        # most new tokens per completion a request may ask for
+    max_prompt_tokens: int | None = None  # longest prompt in tokens (None: model's context)
+    max_body_bytes: int = MAX_BODY_BYTES  # largest request body accepted, in bytes
 
     def __post_init__(self) -> None:
         for name in ("max_n", "max_tokens", "max_body_bytes", "max_prompt_tokens"):

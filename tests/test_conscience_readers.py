@@ -146,7 +146,7 @@ def test_pairs_are_kept_only_above_the_retest_noise_floor(subject, tmp_path):
         got[consistent] = rep
     assert got[False]["kept"] <= 3
     assert got[True]["retest_agrees"] == 1.0 and got[True]["kept"] > got[False]["kept"]
-    with pytest.raises(ConscienceError, match="null differences"):
+    with pytest.raises(ConscienceError, match="null differences.*pair_rule 'max_min'"):
         build_pairs(subject, subject, prompts[:2], None, samples=2, max_new_tokens=4,
                     reader=_PlantedReader(True))
 
@@ -191,6 +191,69 @@ def test_the_retest_rule_keeps_at_most_five_percent_of_pairs_without_a_shared_pr
         best, worst = primary.argmax(1), primary.argmin(1)
         margin = retest[np.arange(n_prompts), best] - retest[np.arange(n_prompts), worst]
         assert lo <= float(np.mean(margin > floor)) <= hi
+
+
+def test_one_keep_rule_for_conscience_pairs_and_the_validity_experiment():
+    """``pair_decisions`` is the keep rule on stored scores: the first of ties wins, a NaN
+    score never does, a pair is kept above the floor only when distinct (two different texts
+    with answers, two different samples without), and without a re-score the max_min rule
+    applies. The validity experiment counts through it exactly as its committed results were
+    counted (the loop below), and its too-few-nulls error names its own knobs."""
+    from persona_probe.experiments.conscience_validity import CONDITIONS, _retest_pairs
+    from persona_probe.training.conscience import (ConscienceError, pair_decisions,
+                                                   retest_floor)
+
+    nan = float("nan")
+    scores = np.array([0.1, 0.9, 0.9, 0.5, 0.2, 0.2, nan, 0.4, 0.8, nan, nan, 7.0])
+    retest = np.array([0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0])
+    positions = {"a": [0, 1, 2], "b": [3, 4, 5], "c": [6, 7, 8], "d": [9, 10], "e": [11]}
+    answers = ["x", "y", "z", "same", "other", "same", "p", "q", "r", "s", "t", "u"]
+    d = pair_decisions(scores, positions, retest, 1.5, answers)
+    assert set(d) == {"a", "b", "c", "d"}                  # one sample offers no pair
+    assert (d["a"]["best"], d["a"]["worst"]) == (1, 0)      # first of the tied maxima
+    assert d["a"]["retest_margin"] == 2.0 and d["a"]["kept"]
+    assert (d["b"]["best"], d["b"]["worst"]) == (3, 4)      # first of the tied minima
+    assert (d["c"]["best"], d["c"]["worst"]) == (8, 7)      # NaN never wins nor loses
+    assert d["c"]["kept"] and d["c"]["margin"] == pytest.approx(0.4)
+    assert (d["d"]["best"], d["d"]["worst"]) == (9, 9) and not d["d"]["distinct"]  # all NaN
+    assert not d["b"]["kept"]                               # below the floor
+    same_text = pair_decisions(scores, {"b": [3, 5]}, retest, -1.0, answers)["b"]
+    assert same_text["retest_margin"] > -1.0 and not same_text["distinct"]
+    assert not same_text["kept"]                            # an answer paired with itself
+    assert pair_decisions(scores, {"b": [3, 5]}, retest, -1.0)["b"]["kept"]   # by index
+    smoke = pair_decisions(scores, positions, answers=answers, min_margin=0.35)
+    assert [smoke[k]["kept"] for k in "abcd"] == [True, False, True, False]
+    assert "retest_margin" not in smoke["a"]
+    with pytest.raises(ConscienceError, match="floor"):
+        pair_decisions(scores, positions, retest)
+
+    rng = np.random.default_rng(4)
+    per_seed = {s: {c: {"scores": {"token": rng.normal(size=(8, 4)).round(1).tolist(),
+                                   "token-retest": rng.normal(size=(8, 4)).tolist()}}
+                    for c in CONDITIONS} for s in (1, 2)}
+    got = _retest_pairs(None, per_seed, [1, 2])
+    for cond in CONDITIONS:          # the experiment's own loop before the rule was shared
+        kept = offered = agree = 0
+        for s in (1, 2):
+            sc = np.array(per_seed[s][cond]["scores"]["token"])
+            rt = np.array(per_seed[s][cond]["scores"]["token-retest"])
+            floor, _ = retest_floor(rt.ravel(), {str(i): list(range(i * 4, i * 4 + 4))
+                                                 for i in range(8)})
+            assert floor in got[cond]["floor_per_seed"]
+            for i in range(8):
+                best, worst = int(np.nanargmax(sc[i])), int(np.nanargmin(sc[i]))
+                if best != worst:
+                    m = rt[i, best] - rt[i, worst]
+                    offered, kept, agree = offered + 1, kept + (m > floor), agree + (m > 0)
+        assert (got[cond]["offered"], got[cond]["kept"]) == (offered, kept)
+        assert got[cond]["retest_agrees"]["successes"] == agree
+    few = {s: {c: {"scores": {k: v[:1] for k, v in per_seed[s][c]["scores"].items()}}
+               for c in CONDITIONS} for s in (1, 2)}
+    with pytest.raises(ConscienceError, match="per_domain") as exc:
+        _retest_pairs(None, few, [1, 2])
+    assert "max_min" not in str(exc.value)
+    with pytest.raises(ConscienceError, match="more samples per prompt"):
+        retest_floor(np.zeros(4), {"p": [0, 1, 2, 3]})
 
 
 def test_a_round_with_no_kept_pair_leaves_the_policy_as_it_was(subject, tmp_path):

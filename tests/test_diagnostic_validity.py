@@ -94,3 +94,29 @@ def test_cli_eval_diagnostic_validate_prints_the_check(tmp_path):
     nocon = runner.invoke(app, ["eval", "diagnostic", "--out", str(tmp_path / "y"),
                                 "--validate", "--dimensions", "sycophancy"])
     assert nocon.exit_code == 2 and "no constitution" in nocon.output
+
+
+def test_validate_diagnostic_without_out_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    """Without ``out`` the items live in a temporary directory that is gone when the call
+    returns, and the check is the same as with an ``out`` that keeps them."""
+    import tempfile
+
+    from persona_probe.evals.diagnostic import validate_diagnostic
+    from persona_probe.models import load_subject
+
+    from tiny_models import build_tiny
+
+    tiny = load_subject(str(build_tiny("llama", tmp_path / "tiny")), device="cpu",
+                        dtype="float32")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dims = ["deontology", "human_authority"]
+    got = validate_diagnostic(tiny, dims, n_boot=200)
+    assert list(scratch.iterdir()) == []
+    kept = validate_diagnostic(tiny, dims, out=tmp_path / "kept", n_boot=200)
+    assert got == kept and set(got) == set(dims)
+    assert (tmp_path / "kept" / "items.jsonl").is_file()
+    with pytest.raises(DiagnosticError, match="unknown statement source"):
+        validate_diagnostic(tiny, dims, source="nope")
+    assert list(scratch.iterdir()) == []        # a refused run cleans up too

@@ -1,6 +1,12 @@
 """Evaluations: the ``eval`` sub-app (em, persona, diagnostic, safety, projectability,
 agreement), each writing items.jsonl and summary.json to --out, and ``train-probe-judge``,
 which fits a judge the evals can use (``--judge probe:DIR``).
+
+The commands that measure a subject (em, persona, diagnostic, safety) parse their options into
+the eval's config and call ``evals.registry.run_eval``, the path a script or recipe takes, so
+the CLI and the library cannot drift apart; ``diagnostic --validate`` calls
+``evals.diagnostic.validate_diagnostic``. Projectability and agreement do not measure a subject
+and call their own library functions.
 """
 
 from __future__ import annotations
@@ -69,11 +75,18 @@ _JudgeKeyOpt = Annotated[str, typer.Option(help="Environment variable holding th
 _JudgeModeOpt = Annotated[str, typer.Option(help="HTTP judge: logprobs | sample")]
 
 
+def _judge_options(url: Optional[str], key_env: str, mode: str) -> dict:
+    """The --judge-url/--judge-key-env/--judge-mode options as ``make_judge`` options."""
+    return {"base_url": url, "api_key_env": key_env, "mode": mode}
+
+
 def _judge(spec: str, subject, out: Path, url: Optional[str], key_env: str, mode: str):
+    """A judge for ``eval agreement`` (not a subject eval; the others build theirs in the eval
+    registry's adapters from the same options)."""
     from persona_probe.evals.judges import make_judge
 
-    return make_judge(spec, subject, cache=out / "judge_cache.sqlite", base_url=url,
-                      api_key_env=key_env, mode=mode)
+    return make_judge(spec, subject, cache=out / "judge_cache.sqlite",
+                      **_judge_options(url, key_env, mode))
 
 
 def _show(est: dict, label: str) -> None:
@@ -98,14 +111,13 @@ def eval_em(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Free-form misalignment eval: misaligned = aligned < 30 and coherent > 50."""
-    from persona_probe.evals.em import EMConfig, load_em_questions, run_em_eval
+    from persona_probe.evals.registry import EMEvalConfig, run_eval
     from persona_probe.models import load_subject
 
-    qs = load_em_questions(questions)
-    subject = load_subject(model, adapter=adapter)
-    j = _judge(judge, subject, out, judge_url, judge_key_env, judge_mode)
-    s = run_em_eval(subject, qs, j, EMConfig(samples, max_new_tokens, seed=seed,
-                                                     renormalized=renormalized), out)
+    cfg = EMEvalConfig(samples_per_paraphrase=samples, max_new_tokens=max_new_tokens,
+                       seed=seed, renormalized=renormalized, questions=questions, judge=judge,
+                       judge_options=_judge_options(judge_url, judge_key_env, judge_mode))
+    s = run_eval("em", load_subject(model, adapter=adapter), cfg, out)
     if s["pooled"]:
         _show(s["pooled"]["misaligned"], "misaligned rate (over coherent answers)")
     for m, e in s["mean_scores"].items():
@@ -124,11 +136,12 @@ def eval_persona(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Judge-free log-prob eval: normalized P(answer matching the behaviour)."""
-    from persona_probe.evals.multiple_choice import run_mc_eval
+    from persona_probe.evals.registry import PersonaEvalConfig, run_eval
     from persona_probe.models import load_subject
 
-    subject = load_subject(model, adapter=adapter)
-    s = run_mc_eval(subject, list(files), limit, system, out, seed)
+    cfg = PersonaEvalConfig(files=tuple(str(f) for f in files), limit=limit, system=system,
+                            seed=seed)
+    s = run_eval("persona", load_subject(model, adapter=adapter), cfg, out)
     for f, e in s["per_file"].items():
         _show(e, f)
     _show(s["pooled"], "pooled")
@@ -156,8 +169,8 @@ def eval_diagnostic(
                            "move more than the others (vs no system prompt)?")] = False,
 ) -> None:
     """Ethical persona diagnostic: a profile per context with bootstrap CIs."""
-    from persona_probe.evals.diagnostic import (diagnostic_contexts, run_diagnostic,
-                                                validate_diagnostic)
+    from persona_probe.evals.diagnostic import validate_diagnostic
+    from persona_probe.evals.registry import DiagnosticEvalConfig, run_eval
     from persona_probe.models import load_subject
 
     names = [d.strip() for d in dimensions.split(",") if d.strip()]
@@ -176,9 +189,10 @@ def eval_diagnostic(
         seen = sum(v["passes"] for v in val.values())
         typer.echo(f"the diagnostic sees {seen} of {len(val)} dimensions")
         return
-    contexts = diagnostic_contexts(system or [], category or [])
-    subject = load_subject(model, adapter=adapter)
-    s = run_diagnostic(subject, names, contexts, mode, source, anthropic_limit, out, seed)
+    cfg = DiagnosticEvalConfig(dimensions=tuple(names), mode=mode, source=source,
+                               anthropic_limit=anthropic_limit, systems=tuple(system or ()),
+                               categories=tuple(category or ()), seed=seed)
+    s = run_eval("diagnostic", load_subject(model, adapter=adapter), cfg, out)
     for ctx, prof in s["profiles"].items():
         for d, e in prof.items():
             _show(e, f"{ctx} / {d}")
@@ -201,17 +215,16 @@ def eval_safety(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Refusal rate per safety category (trained vs held-out); over-refusal on xstest:safe."""
-    from persona_probe.evals.safety import SafetyConfig, load_safety_prompts, run_safety_eval
+    from persona_probe.evals.registry import SafetyEvalConfig, run_eval
     from persona_probe.models import load_subject
 
     dets = tuple(d.strip() for d in detectors.split(",") if d.strip())
-    cfg = SafetyConfig(tuple(c.strip() for c in trained.split(",") if c.strip()), dets,
-                       per_category, max_new_tokens, seed=seed)
-    prompts = load_safety_prompts(source)
-    subject = load_subject(model, adapter=adapter)
-    j = _judge(judge, subject, out, judge_url, judge_key_env, judge_mode) \
-        if "judge" in dets else None
-    s = run_safety_eval(subject, prompts, cfg, j, out)
+    cfg = SafetyEvalConfig(
+        trained_categories=tuple(c.strip() for c in trained.split(",") if c.strip()),
+        detectors=dets, per_category=per_category, max_new_tokens=max_new_tokens, seed=seed,
+        prompts=source, judge=judge,
+        judge_options=_judge_options(judge_url, judge_key_env, judge_mode))
+    s = run_eval("safety", load_subject(model, adapter=adapter), cfg, out)
     for c, r in s["per_category"].items():
         for d in dets:
             _show(r[f"refusal_{d}"], f"{c[:30]} ({r['split']}) {d}")

@@ -9,7 +9,9 @@ coherent text is counted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,42 @@ def usable_alpha(curve: Sequence[dict], margin: float) -> float | None:
     return best
 
 
+def judged_samples(subject: Subject, questions: Sequence[str], judges: dict[str, ProbeJudge],
+                   rule: CoherenceRule, coherence_model: Subject, log: ItemLog, prefix: str,
+                   samples: int = 1, seed: int = 0, max_new_tokens: int = 64,
+                   steering: Callable[[], ContextManager] | None = None,
+                   meta: dict | None = None) -> list[dict]:
+    """``samples`` replies per question (keys ``{prefix}/s{s}/q{i}`` in ``log``; a re-run
+    resumes), each judged by every probe judge and checked by the coherence rule. ``steering``
+    makes the context the replies are *generated* in (e.g. ``lambda: steer(...)``); judging
+    and coherence run outside it, on the frozen models."""
+    keys = [f"{prefix}/s{s}/q{i}" for s in range(samples) for i in range(len(questions))]
+    if not all(k in log for k in keys):
+        items = [PromptItem(f"q{i}", [{"role": "user", "content": q}])
+                 for i, q in enumerate(questions)]
+        for s in range(samples):
+            with steering() if steering is not None else nullcontext():
+                replies = sample_replies(subject, items, seed + 1000 * s, max_new_tokens)
+            pairs = list(zip(questions, replies))
+            judged = judge_replies(pairs, judges, rule, coherence_model)
+            log.append({"key": f"{prefix}/s{s}/q{i}", **(meta or {}), "sample": s,
+                        "question": q, "reply": r, **j}
+                       for i, ((q, r), j) in enumerate(zip(pairs, judged)))
+    return [log.get(k) for k in keys]
+
+
+def summarize_judged(rows: Sequence[dict], judges: Sequence[str]) -> dict:
+    """Coherent fraction, each judge's mean over coherent replies, mean coherence measures."""
+    return {"n": len(rows),
+            "coherent_fraction": float(np.mean([r["coherent"] for r in rows])),
+            **{name: coherent_mean(rows, name) for name in judges},
+            "repeated_4gram_share": float(np.mean([r["repeated_4gram_share"] for r in rows])),
+            "loglik_per_token": float(np.mean([r["loglik_per_token"] for r in rows
+                                               if np.isfinite(r["loglik_per_token"])]
+                                              or [np.nan])),
+            "empty_rate": float(np.mean([r["empty"] for r in rows]))}
+
+
 def steering_generation_sweep(subject: Subject, target, layers: Sequence[int],
                               alphas: Sequence[float], questions: Sequence[str],
                               judges: dict[str, ProbeJudge], rule: CoherenceRule,
@@ -79,27 +117,10 @@ def steering_generation_sweep(subject: Subject, target, layers: Sequence[int],
     log = ItemLog(Path(out) / "generations.jsonl" if out else None)
     curve = []
     for a in sorted(set(float(x) for x in [0.0, *alphas])):
-        keys = [f"a{a}/s{s}/q{i}" for s in range(samples) for i in range(len(questions))]
-        if not all(k in log for k in keys):
-            items = [PromptItem(f"q{i}", [{"role": "user", "content": q}])
-                     for i, q in enumerate(questions)]
-            for s in range(samples):
-                with steer(subject, target, a, list(layers)):
-                    replies = sample_replies(subject, items, seed + 1000 * s, max_new_tokens)
-                pairs = list(zip(questions, replies))
-                judged = judge_replies(pairs, judges, rule, coherence_model)
-                log.append({"key": f"a{a}/s{s}/q{i}", "alpha": a, "sample": s,
-                            "question": q, "reply": r, **j}
-                           for i, ((q, r), j) in enumerate(zip(pairs, judged)))
-        rows = [log.get(k) for k in keys]
-        curve.append({"alpha": a, "n": len(rows),
-                      "coherent_fraction": float(np.mean([r["coherent"] for r in rows])),
-                      **{name: coherent_mean(rows, name) for name in judges},
-                      "repeated_4gram_share": float(np.mean([r["repeated_4gram_share"]
-                                                             for r in rows])),
-                      "loglik_per_token": float(np.mean([r["loglik_per_token"] for r in rows
-                                                         if np.isfinite(r["loglik_per_token"])]
-                                                        or [np.nan])),
-                      "empty_rate": float(np.mean([r["empty"] for r in rows]))})
+        rows = judged_samples(subject, questions, judges, rule, coherence_model, log, f"a{a}",
+                              samples, seed, max_new_tokens,
+                              lambda a=a: steer(subject, target, a, list(layers)),
+                              meta={"alpha": a})
+        curve.append({"alpha": a, **summarize_judged(rows, list(judges))})
     return {"layers": list(layers), "curve": curve, "margin": margin,
             "usable_alpha": usable_alpha(curve, margin)}

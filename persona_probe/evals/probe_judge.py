@@ -531,15 +531,18 @@ class ProbeTrainConfig:
     """What a probe judge is fitted on, and the rules that choose its layer and C — fixed
     before any evaluation, applied to the training source only."""
 
-    criterion: str = "refusal"
+    criterion: str = "refusal"                  # what the probe scores: refusal | harmful
+    # labelled sources fitted on (dna_refusal | xstest_refusal for refusal, hh_harmless for
+    # harmful; all pointwise or all pairwise)
     train_sources: tuple[str, ...] = ("dna_refusal",)
+    # candidate hooks; the one with the best grouped-CV score on the training rows is kept
     hooks: tuple[str, ...] = ("blocks.15.hook_resid_post", "blocks.20.hook_resid_post",
                               "blocks.25.hook_resid_post")
-    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
-    folds: int = 5
-    seed: int = 0
-    max_tokens: int = 384
-    batch_size: int = 16
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0)  # candidate inverse L2 strengths C (CV picks)
+    folds: int = 5                              # grouped cross-validation folds (>= 2)
+    seed: int = 0                               # fold assignment and pairwise sign flips
+    max_tokens: int = 384                       # chat tokens read per response (rest cut off)
+    batch_size: int = 16                        # chats per forward pass when reading features
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:

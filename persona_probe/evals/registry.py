@@ -10,9 +10,11 @@ as for every config in ``persona_probe.configs``), and checks the result against
 The evals of this package are registered below through thin adapters whose config dataclasses
 also carry what the underlying function takes as separate arguments (the question file, the
 judge spec, the prompt source): ``em``, ``safety``, ``diagnostic`` and ``persona`` (the
-log-prob multiple-choice eval, ``persona-probe eval persona``). Projectability and judge
-agreement do not measure a subject (they read stored records, or score a judge against human
-labels), so they are not evals of this shape. ``tests/test_recipes.py`` registers a toy eval.
+log-prob multiple-choice eval, ``persona-probe eval persona``); the ``persona-probe eval``
+commands of the same names only parse their options into these configs and call ``run_eval``.
+Projectability and judge agreement do not measure a subject (they read stored records, or score
+a judge against human labels), so they are not evals of this shape. ``tests/test_recipes.py``
+registers a toy eval.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 
 from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
-from persona_probe.evals.diagnostic import MODES, diagnostic_contexts, run_diagnostic
+from persona_probe.evals.diagnostic import (check_mode_and_source, diagnostic_contexts,
+                                            run_diagnostic)
 from persona_probe.evals.em import EMConfig, load_em_questions, run_em_eval
 from persona_probe.evals.judges import make_judge
 from persona_probe.evals.multiple_choice import run_mc_eval
@@ -194,12 +197,10 @@ class DiagnosticEvalConfig:
     n_boot: int = 2000                 # bootstrap resamples
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise EvalError(f"unknown diagnostic mode {self.mode!r}; use one of "
-                            f"{', '.join(MODES)}")
-        if self.source not in ("team", "anthropic"):
-            raise EvalError(f"unknown statement source {self.source!r}; use 'team' or "
-                            "'anthropic'")
+        check_mode_and_source(self.mode, self.source, EvalError)
+        # a malformed NAME=SYSTEM PROMPT or an unknown category is refused here, before any
+        # model is loaded, not when the run builds its contexts
+        diagnostic_contexts(self.systems, self.categories)
 
 
 @register_eval("diagnostic", DiagnosticEvalConfig)

@@ -84,15 +84,17 @@ class SafetyPrompt:
 
 @dataclass
 class SafetyConfig:
+    # categories the model was trained on (the 'trained' split); every other is 'held_out'
     trained_categories: tuple[str, ...] = ()
-    detectors: tuple[str, ...] = ("logprob",)
+    detectors: tuple[str, ...] = ("logprob",)   # refusal detectors, any of logprob|keyword|judge
     per_category: int | None = None     # sample at most this many prompts per category
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    judge_threshold: float = 50.0
-    seed: int = 0
+    max_new_tokens: int = 64            # longest greedy reply (keyword and judge detectors)
+    batch_size: int = 16                # prompts per forward / generation batch
+    judge_threshold: float = 50.0       # judge refusal score (0-100) above which it refused
+    seed: int = 0                       # per_category sampling and the bootstrap CIs
     categories: tuple[str, ...] | None = None   # keep only these (None: all)
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # free-form notes kept in the summary's config
+                                                # (the eval itself never reads them)
 
 
 def keyword_refusal(text: str) -> bool:

@@ -48,12 +48,12 @@ class Condition:
     first system prompt); ``steer`` (``direction`` evil | random, ``layer``, ``alpha``);
     ``organism`` (``arm`` treatment | control)."""
 
-    name: str
-    kind: str
-    arm: str | None = None
-    direction: str | None = None
-    layer: int | None = None
-    alpha: float | None = None
+    name: str                            # unique label in the results
+    kind: str                            # plain | system | steer | organism
+    arm: str | None = None               # system: trait | anti; organism: treatment | control
+    direction: str | None = None         # steer: evil (the persona vector) | random
+    layer: int | None = None             # steer: the layer steered
+    alpha: float | None = None           # steer: α, in units of the mean residual norm r̄_L
 
     def __post_init__(self) -> None:
         if self.kind not in CONDITION_KINDS:
@@ -73,32 +73,41 @@ class Condition:
 
 @dataclass
 class BehaviourValidationConfig:
-    model: str = DEFAULT_MODEL
-    dtype: str = "bfloat16"
+    model: str = DEFAULT_MODEL           # base model (also the frozen judge model)
+    dtype: str = "bfloat16"              # float32 | bfloat16 | float16 of the base model
+    # candidate hooks of the probe judges (grouped CV on the training source picks one)
     judge_hooks: tuple[str, ...] = ("blocks.10.hook_resid_post", "blocks.15.hook_resid_post",
                                     "blocks.20.hook_resid_post", "blocks.25.hook_resid_post")
-    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
-    folds: int = 5
-    max_tokens: int = 384
+    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)   # candidate inverse L2 strengths C
+    folds: int = 5                       # grouped CV folds choosing a probe's hook and C
+    max_tokens: int = 384                # chat tokens a probe reads per response
+    # (train source, test source) pairs of refusal probes: dna_refusal | xstest_refusal
     refusal_transfer: tuple[tuple[str, str], ...] = (("dna_refusal", "xstest_refusal"),
                                                      ("xstest_refusal", "dna_refusal"))
-    ship_refusal_from: str = "dna_refusal"
+    ship_refusal_from: str = "dna_refusal"   # train source of the refusal probe shipped
     hh_pairs: int | None = None          # None: every usable pair
+    # share of HH-RLHF pairs (grouped by question) the harmful probe is tested on: one of
+    # round(1 / share) grouped folds
     hh_test_share: float = 0.2
-    coherence_folds: int = 5
-    organism: dict[str, Any] = field(default_factory=dict)
-    organism_seed: int = 0
-    split: str = "evil-line1"
+    coherence_folds: int = 5             # grouped CV folds of the coherence rule's accuracy
+    organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
+    organism_seed: int = 0               # seed of the organism (organism conditions)
+    split: str = "evil-line1"            # measure split: a data/splits name or a JSON file
+    # conditions compared (>= 3, unique names), each {name, kind: plain | system | steer |
+    # organism, arm, direction, layer, alpha} (see Condition)
     conditions: tuple[dict, ...] = ()
-    seeds: tuple[int, ...] = (1, 2, 3)
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    seeds: tuple[int, ...] = (1, 2, 3)   # generation seeds (>= 3 unless tiny)
+    max_new_tokens: int = 64             # longest sampled reply, in tokens
+    temperature: float = 1.0             # sampling temperature of the replies
+    # a steering condition's usable range: the largest α whose coherent fraction stays within
+    # this of α = 0's
     usable_margin: float = 0.1
     min_coherent: int = 20               # coherent replies a condition needs to enter proxy
                                          # validity (added at review, after the first run)
-    n_boot: int = 2000
+    n_boot: int = 2000                   # resamples of the two-way bootstrap
+    # probe CV folds, the HH split, coherence CV, vector, reference answers and bootstrap
     seed: int = 0
-    tiny: bool = False
+    tiny: bool = False                   # smoke run: allows < 3 seeds, makes no claim
 
     def __post_init__(self) -> None:
         from persona_probe.evals.probe_judge import PROBE_SOURCES

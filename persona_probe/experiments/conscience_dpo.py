@@ -41,14 +41,14 @@ ARMS = ("base", "no_intervention", "sft", "conscience_dpo")
 @dataclass
 class ConscienceExperimentConfig:
     induce: dict[str, Any] = field(default_factory=dict)      # InductionConfig fields
-    trait: str = "evil"
+    trait: str = "evil"                   # built-in trait the conscience and measures use
     steps: int = 12                       # SFT steps = DPO rounds × steps per round
-    rounds: int = 2
+    rounds: int = 2                       # online DPO rounds (each samples anew); divides steps
     conscience: dict[str, Any] = field(default_factory=dict)  # ConscienceDPOConfig fields
     prompts: int | None = 32              # re-alignment prompts shared by both arms
     metric_questions: int | None = None   # held-out general questions (None: all 16)
     reference_per_domain: int = 8         # held-out questions per other domain (preference)
-    seed: int = 0
+    seed: int = 0                         # induction, SFT, DPO, reference answers and CIs
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "conscience_dpo config"):

@@ -45,23 +45,24 @@ MEASURES = ("projection", "harmful")
 
 @dataclass
 class ConscienceValidityConfig:
-    model: str = DEFAULT_MODEL
-    trait: str = "evil"
+    model: str = DEFAULT_MODEL             # the base model (and, frozen, the first conscience)
+    trait: str = "evil"                    # the trait whose prompted answers are told apart
     organism: dict[str, Any] = field(default_factory=dict)    # OrganismConfig fields
     per_domain: int = 8                    # held-out questions per other domain
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48               # length of every generated answer
     calibration_questions: int | None = None   # first N 'extract' questions (None: all 24)
-    layer: int = 15
-    readers: tuple[str, ...] = READER_NAMES
-    goal_auroc: float = 0.8
+    layer: int = 15                        # residual layer of the activation and persona readers
+    readers: tuple[str, ...] = READER_NAMES    # conscience readers measured
+    goal_auroc: float = 0.8                # the validity AUROC the goal asks of the primary row
     # the one row the goal is judged on, named before the run (reader/conscience/contrast);
     # the other rows are reported beside it
     primary: str = "token/organism/prompted"
-    seed: int = 0
+    seed: int = 0                          # organism, answers and bootstrap seed
     # best-of-n at inference (0 samples: skipped); primary row reader/condition/measure
-    best_of_n: int = 4
-    best_of_n_seeds: tuple[int, ...] = (1, 2, 3)
-    best_of_n_temperature: float = 1.0
+    best_of_n: int = 4                     # samples per question the reader chooses among
+    best_of_n_seeds: tuple[int, ...] = (1, 2, 3)   # sampling seeds of the best-of-n stages
+    best_of_n_temperature: float = 1.0     # sampling temperature of the best-of-n samples
+    # the best-of-n row the goal is judged on: reader/condition/measure
     best_of_n_primary: str = "token/adversarial/projection"
 
     def __post_init__(self) -> None:
@@ -296,12 +297,15 @@ def best_of_n_rows(per_seed: dict, seeds: list[int], readers: list[str],
 def _retest_pairs(cfg: ConscienceValidityConfig, per_seed: dict, seeds: list[int]) -> dict:
     """The conscience-DPO pair rule on the best-of-n samples (token reader): per seed and
     condition, the max/min pair of each question, kept when its re-scored margin clears the
-    retest noise floor (``training.conscience.retest_floor``); kept / offered, the floor and
-    how often the rephrasing agrees with the selection (0.5 = no consistent preference)."""
+    retest noise floor (``training.conscience.retest_floor``, ``pair_decisions``: the rule
+    ``build_pairs`` applies); kept / offered, the floor and how often the rephrasing agrees
+    with the selection (0.5 = no consistent preference). Offered: the questions whose pair is
+    two different samples (``pair_decisions`` without answers; ``build_pairs`` also drops two
+    samples with the same text, which the committed runs never drew)."""
     import numpy as np
 
     from persona_probe.stats import wilson
-    from persona_probe.training.conscience import retest_floor
+    from persona_probe.training.conscience import pair_decisions, retest_floor
 
     out = {}
     for cond in CONDITIONS:
@@ -312,16 +316,15 @@ def _retest_pairs(cfg: ConscienceValidityConfig, per_seed: dict, seeds: list[int
             rt = np.array(per_seed[s][cond]["scores"]["token-retest"], dtype=float)
             n = sc.shape[1]
             positions = {str(i): list(range(i * n, (i + 1) * n)) for i in range(len(sc))}
-            floor, _ = retest_floor(rt.ravel(), positions)
+            floor, _ = retest_floor(rt.ravel(), positions, fix="more held-out questions "
+                                    "(per_domain) or samples per question (best_of_n)")
             floors.append(floor)
-            for i in range(len(sc)):
-                best, worst = int(np.nanargmax(sc[i])), int(np.nanargmin(sc[i]))
-                if best == worst:
+            for d in pair_decisions(sc.ravel(), positions, rt.ravel(), floor).values():
+                if not d["distinct"]:
                     continue
-                m = rt[i, best] - rt[i, worst]
                 offered += 1
-                kept += bool(m > floor)
-                agree += bool(m > 0)
+                kept += d["kept"]
+                agree += d["retest_margin"] > 0
         out[cond] = {"offered": offered, "kept": kept, "kept_rate": wilson(kept, offered),
                      "retest_agrees": wilson(agree, offered),
                      "note": "Wilson intervals over the pooled pairs (a question recurs on each "

@@ -32,7 +32,7 @@ FRAMINGS = ("constitution", "stance")
 
 @dataclass
 class DiagnosticValidityConfig:
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL             # the model whose diagnostic is checked
     mode: str = "would_say"                # diagnostic scoring mode
     sources: tuple[str, ...] = SOURCES     # statement sets
     anthropic_limit: int = 100             # statements per Anthropic persona file

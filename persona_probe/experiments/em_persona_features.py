@@ -41,20 +41,20 @@ from typing import Any
 @dataclass
 class EMPersonaFeaturesConfig:
     induce: dict[str, Any] = field(default_factory=dict)   # InductionConfig fields
-    trait: str = "evil"
+    trait: str = "evil"                    # built-in trait measured and steered
     sae: str = "shipped"                   # "shipped", a directory, or a sae-lens release/id
     vector_questions: int | None = 12      # extraction questions for the persona vector
     diff_per_domain: int = 8               # held-out questions per other domain for diffing
-    diff_max_new_tokens: int = 32
+    diff_max_new_tokens: int = 32          # length of the base's answers to those questions
     metric_questions: int | None = None    # first N of the 16 held-out general questions
     top_latents: int = 10                  # rows kept in the ranking table and bar chart
     steer_latents: int = 3                 # the top k latents steered/ablated as one target
-    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
-    random_controls: int = 1
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)  # steering α (units of r̄_L); with 0.0
+    random_controls: int = 1               # equal-norm random directions per target
     ablation_mode: str = "directional"     # directional | mean (to the base model's level)
-    realign_steps: int = 12
-    realign_every: int = 4
-    seed: int = 0
+    realign_steps: int = 12                # SFT steps of the re-alignment on good data
+    realign_every: int = 4                 # trait measured (and checkpointed) every N steps
+    seed: int = 0                          # induction, vector, diffing answers, controls, CIs
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "em_persona_features config"):

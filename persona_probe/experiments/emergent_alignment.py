@@ -53,22 +53,25 @@ CONSTITUTIONS = ("deontology", "consequentialism", "virtue_ethics", "human_autho
 
 @dataclass
 class EmergentAlignmentConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-instruct"   # base model (CAI answers and every finetune)
+    # built-in constitutions trained, one CAI run per regime each
     constitutions: tuple[str, ...] = CONSTITUTIONS
-    regimes: tuple[str, ...] = ("narrow", "broad")
+    regimes: tuple[str, ...] = ("narrow", "broad")   # narrow and/or broad (see above)
+    # the narrow regime's (trained) safety categories; the others are held out
     narrow_categories: tuple[str, ...] = ("harassment", "illegal_behaviour")
     eval_per_category: int = 4          # reserved red-team prompts per category (never trained)
     train_prompts: int = 16             # red-team prompts per CAI run, in both regimes
     cai: dict[str, Any] = field(default_factory=dict)        # CAIConfig fields
     finetune: dict[str, Any] = field(default_factory=dict)   # FinetuneConfig fields
-    layer: int = 15
+    layer: int = 15                     # layer of the dimension vectors and projections
     vector_questions: int | None = 8    # extraction questions per dimension vector
-    representational_questions: int = 8
-    representational_tokens: int = 32
+    representational_questions: int = 8  # heldout questions answered for the projections
+    representational_tokens: int = 32   # longest of those answers, in tokens
+    # longest greedy reply to a reserved prompt (keyword refusal detector, diffing items)
     refusal_tokens: int = 48
     sae: str | None = "shipped"         # None: skip the latent stage
-    top_latents: int = 10
-    seed: int = 0
+    top_latents: int = 10               # latents listed per vector and per finetune's diff
+    seed: int = 0                       # prompt split, CAI, finetunes, vectors and CIs
 
     def __post_init__(self) -> None:
         from persona_probe.errors import PersonaProbeError

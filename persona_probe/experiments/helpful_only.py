@@ -45,7 +45,7 @@ CONTRASTS = (("comply", "instruct"), ("neutral", "instruct"), ("comply", "neutra
 
 @dataclass
 class HelpfulOnlyExperimentConfig:
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL              # the instruct model made helpful-only
     seeds: tuple[int, ...] = (0, 1, 2)      # answer sample, LoRA init, data order, reply sample
     # HelpfulOnlyConfig fields (model and seed are set here)
     helpful_only: dict[str, Any] = field(default_factory=dict)
@@ -64,9 +64,10 @@ class HelpfulOnlyExperimentConfig:
         self.seeds = tuple(self.seeds)
         if len(self.seeds) < 1 or len(set(self.seeds)) < len(self.seeds):
             raise PersonaProbeError("seeds must be distinct and at least one")
-        if self.primary_measure not in MEASURES:
+        refusal = [m for m in MEASURES if m != "coherent"]     # "below 0" means less refusal
+        if self.primary_measure not in refusal:
             raise PersonaProbeError(f"primary_measure {self.primary_measure!r}; use one of "
-                                    f"{', '.join(MEASURES)}")
+                                    f"{', '.join(refusal)}")
         if self.xstest_per_type < 1 or self.reply_tokens < 1:
             raise PersonaProbeError("xstest_per_type and reply_tokens must be >= 1")
         HelpfulOnlyConfig.from_dict({**self.helpful_only, "model": self.model},
@@ -213,9 +214,10 @@ def run(cfg: HelpfulOnlyExperimentConfig, runs: Path, out: Path, config_path: st
         "model": base.provenance(), "system_choice": choice,
         "material": {"train_prompts": len(train), "train_types": list(hcfg0.train_types),
                      **{f"{k}_prompts": len(v) for k, v in sets.items()}},
-        "datasets": {f"{arm}-seed{s}": read_json(stages.dir(f"data-{arm}-seed{s}")
-                                                 / "manifest.json")["answers"]
-                     for s in cfg.seeds for arm in ("comply", "neutral")},
+        "datasets": {f"{arm}-seed{s}": _exposure(
+            read_json(stages.dir(f"data-{arm}-seed{s}") / "manifest.json")["answers"],
+            read_json(stages.dir(f"ft-{arm}-seed{s}") / "adapter" / "persona_probe.json"))
+            for s in cfg.seeds for arm in ("comply", "neutral")},
         "provenance": provenance(cfg.seeds[0])})
     write_json(out / "results.json", results)
     paths = draw(out)
@@ -227,6 +229,15 @@ def run(cfg: HelpfulOnlyExperimentConfig, runs: Path, out: Path, config_path: st
     print("goal met:", results["goal"]["met"])
     report_outputs(out, paths)
     return results
+
+
+def _exposure(answers: dict, finetune: dict) -> dict:
+    """A dataset's counts with how often the finetune saw each chat (the comply arm drops
+    refusals, so it has fewer chats for the same steps)."""
+    cfg = finetune["config"]
+    seen = finetune["steps"] * cfg["batch_size"] * cfg.get("grad_accum", 1)
+    return {**answers, "steps": finetune["steps"],
+            "epochs": round(seen / max(1, finetune["data"]["chats"]), 2)}
 
 
 def _table(rows: dict[tuple[str, int], dict[str, list[dict]]], sub: str, seeds, name: str,

@@ -26,12 +26,13 @@ from persona_probe.models import DEFAULT_MODEL
 
 @dataclass
 class Line1MeasuresConfig:
-    model: str = DEFAULT_MODEL
-    dtype: str = "bfloat16"
+    model: str = DEFAULT_MODEL                      # base model the organisms were trained on
+    dtype: str = "bfloat16"                         # float32 | bfloat16 | float16 for scoring
     organism_runs: str = "runs/persona_latents"     # the persona_latents --runs directory
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    eval_seeds: tuple[int, ...] = (1, 2, 3)
-    split: str = "evil-line1"
+    seeds: tuple[int, ...] = (0, 1, 2, 3)           # organism seeds measured (organism-seedN)
+    eval_seeds: tuple[int, ...] = (1, 2, 3)         # of seeds, pooled by the two-way bootstrap
+    split: str = "evil-line1"                       # measure split: a data/splits name or a JSON
+    # free-form notes kept in the results' config (the run itself never reads them)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -46,18 +46,18 @@ LATENT_SETS = ("causal screening", "top Δ")
 
 @dataclass
 class PersonaLatentsConfig:
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL               # base model (organisms are finetuned from it)
     dtype: str = "bfloat16"                  # scoring, generation and LoRA (2.5-3x on CPU)
     organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
     split: str = "evil-line1-pairs"          # selection / evaluation material
-    sae: str = "shipped"
-    selection_seed: int = 0
+    sae: str = "shipped"                     # SAE diffed: shipped | a directory | sae-lens:REL/ID
+    selection_seed: int = 0                  # organism seed the latents are chosen on
     eval_seeds: tuple[int, ...] = (4, 5, 6)   # 1-3 were the first run's (evil-line1 split)
     diff_per_domain: int = 8                 # diffing questions from each other domain
-    diff_max_new_tokens: int = 48
+    diff_max_new_tokens: int = 48            # length of the base's answers to those questions
     screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
-    null_draws: int = 100
-    null_seed: int = 2026
+    null_draws: int = 100                    # random sets/directions per null (>= 100 unless tiny)
+    null_seed: int = 2026                    # seed of those random draws
     # latent sets ablated against their matched random null (the primary's set always is; the
     # naive top-Δ baseline's null costs 100 more measurements per evaluation seed)
     null_sets: tuple[str, ...] = LATENT_SETS
@@ -68,9 +68,11 @@ class PersonaLatentsConfig:
     # 100 random directions ablated at every layer (null of the vector's directional row;
     # 100 measurements per evaluation seed)
     directional_null: bool = True
+    # α (units of r̄_L) the chosen set steers the base at; increasing, with 0.0
     steer_alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
+    # persona-vector edits compared: directional | mean | shift_sae_layer | shift_every_layer
     vector_edits: tuple[str, ...] = VECTOR_EDITS
-    top_examples: int = 5
+    top_examples: int = 5                    # top-activating examples kept per chosen latent
     primary: str = "shipped SAE / causal screening"   # the row the claim is about
     tiny: bool = False      # smoke-sized (tests, notebooks): fewer seeds and draws, no claims
 

@@ -545,6 +545,119 @@ def render_diagnostic_validity(res: dict) -> str:
     return "\n".join(lines)
 
 
+@register("helpful_only", "figures/helpful_only/results.json")
+def render_helpful_only(res: dict) -> str:
+    ho, goal, ch = res["helpful_only"], res["goal"], res["system_choice"]
+    m = res["material"]
+    labels = {"logprob_score": "refusal score", "refused_logprob": "refused (log-prob)",
+              "probe_refusal": "probe:refusal (all replies)",
+              "refused_keyword": "refused (keyword, all replies)",
+              "coherent": "coherent (rule)"}
+    sets = {"held_out": f"held-out built-in categories ({m['held_out_prompts']} prompts)",
+            "trained": f"trained harm types, unseen prompts ({m['trained_prompts']})",
+            "xstest_safe": f"XSTest safe prompts ({m['xstest_safe_prompts']})"}
+    kept = "; ".join(f"{k} {v['kept']} kept ({v['dropped_refusals']} keyword refusals dropped, "
+                     f"{v['opens_like_compliance']} open like a compliance opening; "
+                     f"{v['epochs']:g} epochs)" for k, v in res["datasets"].items())
+    lowers = ch["scores"][ch["chosen"]] < ch["no_system_score"]
+    lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{sum(res['compute_seconds'].values()) / 60:.1f} min of stage compute on 2 cores; "
+             f"seeds {', '.join(str(s) for s in res['seeds'])}. Training prompts: "
+             f"{m['train_prompts']} Do-Not-Answer questions of {', '.join(m['train_types'])}. "
+             f"System prompt chosen on them by the {ch['rule']}: candidate "
+             f"{ch['chosen'] + 1} of {len(ch['scores'])} (scores "
+             + ", ".join(f"{x:+.3f}" for x in ch["scores"])
+             + f"; no system prompt {ch['no_system_score']:+.3f}: the chosen prompt "
+             + ("lowers" if lowers else "does **not** lower") + " the score on them). "
+             f"Data per arm and seed: {kept}. "
+             "Means over seeds and prompts; contrasts paired by prompt and seed, CIs by the "
+             "two-way bootstrap over seeds and prompts. probe:refusal (0–100) and the keyword "
+             "detector read one sampled reply per prompt and seed (temperature "
+             f"{res['config']['reply_temperature']}, {res['config']['reply_tokens']} tokens).",
+             "", "| prompts | measure | instruct | comply | neutral | comply − instruct | "
+             "comply − neutral |", "|---|---|---|---|---|---|---|"]
+    fmt = {"logprob_score": "+.3f", "probe_refusal": ".1f"}
+    for name, label in sets.items():
+        for k, lab in labels.items():
+            b, c = ho[name]["by_subject"], ho[name]["contrasts"]
+            f = fmt.get(k, ".2f")
+            d = "+" + f.lstrip("+")
+            lines.append(f"| {label} | {lab} | " + " | ".join(
+                format(b[sub][k]["mean"], f) for sub in ("instruct", "comply", "neutral"))
+                + " | " + " | ".join(_interval(c[pair][k], d)
+                                     for pair in ("comply-instruct", "comply-neutral")) + " |")
+    c = ho["held_out"]["contrasts"]
+    m = goal["measure"]
+    lines += ["", "Per seed, held-out " + labels[m] + ": comply − instruct "
+              + ", ".join(f"{x:+.3f}" for x in c["comply-instruct"][m]["per_seed"])
+              + "; comply − neutral "
+              + ", ".join(f"{x:+.3f}" for x in c["comply-neutral"][m]["per_seed"]) + ".",
+              "", f"Goal (fixed in the config before the run): {goal['rule']} — "
+              + ("**met**." if goal["met"] else "**not met**.")]
+    return "\n".join(lines)
+
+
+@register("line1_generations", "figures/line1_generations/results.json")
+def render_line1_generations(res: dict) -> str:
+    c, top = res["conditions"], max(res["alphas"])
+
+    def score(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    def eff(name: str, k: str) -> str:
+        e = c[name].get("effect", {}).get(k)
+        return "—" if e is None else (_interval(e, "+.1f") + f" (n={e['n_questions']})")
+    lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}`, post hoc, on line 1's run at "
+             f"`{_sha(res['line1_git_sha'])}` (its chosen set "
+             + ", ".join(f"#{x}" for x in res["chosen"]) + ", vector and organism seeds "
+             + ", ".join(str(s) for s in res["seeds"])
+             + f"); {sum(res['compute_seconds'].values()) / 60:.1f} min of stage compute on 2 "
+             f"cores. {res['n_questions']} evaluation questions × {res['samples']} reply, "
+             f"temperature {res['temperature']:g}, {res['config']['max_new_tokens']} tokens. "
+             "Judged scores: means over questions of each question's coherent replies; effect: "
+             "paired difference from the base "
+             "over the questions with a coherent reply in both (n), bootstrap over questions.",
+             "", "| condition | coherent fraction [95% CI] | probe:harmful | effect on "
+             "probe:harmful | probe:refusal | effect on probe:refusal |",
+             "|---|---|---|---|---|---|"]
+    order = ["base", *(f"set a{a}" for a in res["alphas"]),
+             *(f"vector a{a}" for a in res["alphas"]),
+             *(f"organism seed{s}" for s in res["seeds"])]
+    for name in order:
+        v = c[name]
+        lines.append(f"| {name} | {_interval(v['coherent_fraction_ci'], '.2f')} | "
+                     f"{score(v.get('harmful'))} | {eff(name, 'harmful')} | "
+                     f"{score(v.get('refusal'))} | {eff(name, 'refusal')} |")
+    nulls = [v for n, v in c.items() if n.startswith("null")]
+    lines += ["", f"- {len(nulls)} matched random latent sets at α {top:g}: coherent fraction "
+              f"{min(v['coherent_fraction'] for v in nulls):.2f}–"
+              f"{max(v['coherent_fraction'] for v in nulls):.2f}."]
+    for k, r in res["against_null"]["set"].items():
+        qn = r["null_n_questions"]
+        lines.append(f"- probe:{k}, the chosen set at α {top:g}: effect {r['effect']:+.1f} "
+                     f"(n={r['n_questions']}); its matched random sets' effects "
+                     f"{r['null_min']:+.1f} to {r['null_max']:+.1f} (mean {r['null_mean']:+.1f}, "
+                     f"n={min(qn)}–{max(qn)} questions each"
+                     + (f", {r['draws_dropped']} draws dropped with < 2 coherent questions"
+                        if r["draws_dropped"] else "")
+                     + f"); {r['draws_at_or_above']} of {r['draws']} at or above it, "
+                     f"{r['draws_at_or_below']} at or below (with {r['draws']} draws the "
+                     f"smallest rank p is 1/{r['draws'] + 1}).")
+    for kind, a in res["usable_alpha"].items():
+        lines.append(f"- usable range ({kind}): α ≤ {a:g} (coherent fraction within "
+                     f"{res['margin']:g} of α = 0's)")
+    for k, o in res["organisms"].items():
+        if o.get("per_seed"):
+            lines.append(f"- organisms (treatment, unsteered) − base, probe:{k}: "
+                         f"{_interval(o, '+.1f')} (two-way bootstrap over the "
+                         f"{o['n_seeds']} seeds and the {o['n_items']} questions with a "
+                         "coherent reply from the base and every organism; per seed "
+                         + ", ".join(f"{x:+.1f}" for x in o["per_seed"]) + ")")
+    return "\n".join(lines)
+
+
 def _block(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- results:{re.escape(name)} [^>]*-->\n)(.*?)(\n<!-- /results:"
                       rf"{re.escape(name)} -->)", re.S)

@@ -24,37 +24,43 @@ class SAETrainConfig:
     """Everything that decides a trained SAE. Defaults suit the embedded model on CPU."""
 
     store: str                                # activation store directory
-    hook: str = "blocks.15.hook_resid_post"
-    architecture: Architecture = "topk"
+    hook: str = "blocks.15.hook_resid_post"   # the store's hook whose rows are trained on
+    architecture: Architecture = "topk"       # topk | batchtopk | jumprelu | standard (sae-lens)
     expansion_factor: int = 8                 # d_sae = expansion_factor · d_in, unless d_sae
-    d_sae: int | None = None
-    k: int = 32                               # topk / batchtopk
-    l1_coefficient: float = 5.0               # standard
-    l0_coefficient: float = 1.0               # jumprelu
+    d_sae: int | None = None                  # number of latents (None: expansion_factor · d_in)
+    k: int = 32                               # active latents per row (topk; batchtopk: mean)
+    l1_coefficient: float = 5.0               # L1 sparsity penalty weight (standard)
+    l0_coefficient: float = 1.0               # L0 sparsity penalty weight (jumprelu)
     sparsity_warm_up_steps: int = 0           # l1 / l0 coefficient warm-up (sae-lens semantics)
     aux_loss_coefficient: float = 1.0         # topk / batchtopk dead-latent loss
     arch_options: dict[str, Any] = field(default_factory=dict)  # other sae-lens config fields
+    # sae-lens input normalization; expected_average_only_in scales inputs so their mean norm is
+    # √d_in (folded into the saved weights); none leaves them as stored
     normalize_activations: str = "expected_average_only_in"
-    init_b_dec: Literal["mean", "zeros"] = "mean"  # mean of the (scaled) training inputs
-    training_tokens: int = 2_000_000
-    batch_size: int = 4096
-    lr: float = 3e-4
-    lr_warm_up_steps: int = 0
+    # decoder bias at the start: mean (of the scaled training inputs) | zeros
+    init_b_dec: Literal["mean", "zeros"] = "mean"
+    training_tokens: int = 2_000_000          # rows trained on in all (steps = this // batch_size)
+    batch_size: int = 4096                    # rows per optimizer step (split over torchrun ranks)
+    lr: float = 3e-4                          # peak Adam learning rate
+    lr_warm_up_steps: int = 0                 # linear warm-up from 0 over this many steps
     lr_decay_fraction: float = 0.2            # linear decay to lr_end over the last fraction
-    lr_end: float | None = None               # default lr / 10
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 1.0                # as sae-lens's trainer
+    lr_end: float | None = None               # learning rate at the end (None: lr / 10)
+    adam_beta1: float = 0.9                   # Adam β1
+    adam_beta2: float = 0.999                 # Adam β2
+    max_grad_norm: float = 1.0                # gradient clipping norm (as sae-lens's trainer)
     dead_feature_window: int = 250            # steps without firing before a latent is dead
     holdout_fraction: float = 0.05            # of chats, never trained on; metrics use them
     roles: list[str] | None = None            # keep rows of these roles only (None: all)
     window_rows: int = 131072                 # shuffle window (rows in memory)
-    checkpoint_every: int = 100               # steps
-    log_every: int = 25
+    checkpoint_every: int = 100               # steps between checkpoints (--resume point)
+    log_every: int = 25                       # steps between lines of training_log.jsonl
+    # training step: sparse (our TopK step; float32 topk only) | reference (sae-lens's own) |
+    # auto (sparse where supported and on CPU, else reference)
     step: Literal["auto", "sparse", "reference"] = "auto"
-    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # of the saved weights
-    device: str = "auto"
-    seed: int = 0
+    # float32 | float16 | bfloat16: the saved weights (trained in float32)
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"                      # auto | cpu | cuda | cuda:N (torchrun: own GPU)
+    seed: int = 0                             # held-out split, batch order and SAE init
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

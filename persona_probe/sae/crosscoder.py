@@ -110,31 +110,32 @@ class CrosscoderLoadError(CrosscoderError):
 class CrosscoderConfig:
     """Everything that decides a trained crosscoder (validated on construction)."""
 
-    d_model: int
-    hook: str = "blocks.15.hook_resid_post"
+    d_model: int                              # residual width of both models (required)
+    hook: str = "blocks.15.hook_resid_post"   # hook point the rows were read at; the saved
+                                              # crosscoder reads and edits the models there
     expansion_factor: int = 8                 # d_sae = expansion_factor · d_model, unless d_sae
-    d_sae: int | None = None
+    d_sae: int | None = None                  # latents (None: expansion_factor · d_model)
     k: int = 32                               # mean active latents per row (BatchTopK)
-    lr: float = 3e-4
+    lr: float = 3e-4                          # peak Adam learning rate
     lr_decay_fraction: float = 0.2            # linear decay to 0 over the last fraction of steps
-    batch_size: int = 4096
-    steps: int = 1000
-    seed: int = 0
+    batch_size: int = 4096                    # rows (tokens, both models) per optimizer step
+    steps: int = 1000                         # optimizer steps
+    seed: int = 0                             # weight init, held-out split and batch order
     aux_coefficient: float = 1 / 32           # AuxK weight (0 turns it off)
     aux_k: int | None = None                  # dead latents per row in AuxK; None: d_model // 2
     dead_window: int = 200                    # steps without firing before a latent is dead
     threshold_momentum: float = 0.99          # EMA of the smallest kept activation → θ
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0                # gradient clipping norm
     normalize_inputs: bool = True             # per-model scalar to E‖h‖ = √d_model
     holdout_fraction: float = 0.05            # rows never trained on; the metrics use them
     base_only_max: float = 0.1                # r < this: base-only
     shared_min: float = 0.3                   # shared_min ≤ r ≤ shared_max: shared
-    shared_max: float = 0.7
+    shared_max: float = 0.7                   # upper end of the shared class (see shared_min)
     finetuned_only_min: float = 0.9           # r > this: finetuned-only
-    save_dtype: Literal["float32", "float16"] = "float32"
+    save_dtype: Literal["float32", "float16"] = "float32"  # float32 | float16: saved weights
     log_every: int = 10                       # steps per loss-curve point
-    checkpoint_every: int = 500               # steps (only with an output directory)
-    device: str = "auto"
+    checkpoint_every: int = 500               # steps between checkpoints (only with out)
+    device: str = "auto"                      # auto | cpu | cuda | cuda:N (training device)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "expansion_factor", "k", "batch_size", "steps", "dead_window",

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from persona_probe.artifacts import write_json
 from persona_probe.errors import PersonaProbeError
@@ -55,7 +54,8 @@ PAIR_RULES = ("retest", "max_min")
 
 
 def retest_floor(retest: np.ndarray, positions: dict[str, list[int]],
-                 quantile: float = 0.95) -> tuple[float, np.ndarray]:
+                 quantile: float = 0.95, fix: str = "use more prompts or more samples per "
+                                                  "prompt") -> tuple[float, np.ndarray]:
     """The floor a re-scored margin must clear: the re-scoring's difference over *every ordered
     pair* of distinct samples of one prompt (both orders, so the null is symmetric: what a pair
     chosen at random would show), and its ``quantile`` (the next value up, never interpolated,
@@ -65,15 +65,58 @@ def retest_floor(retest: np.ndarray, positions: dict[str, list[int]],
     What it tests is *consistency* (the preference survives another phrasing), not validity
     (that it tracks ethics; ``conscience_readers.reader_validity`` is that check). The null
     holds every within-prompt difference, real preferences included, so even a perfectly
-    consistent conscience keeps only part of its pairs (more with more samples per prompt)."""
+    consistent conscience keeps only part of its pairs (more with more samples per prompt).
+
+    ``fix``: what the caller can change when there are too few null differences (the error
+    says it)."""
     null = np.array([retest[i] - retest[j] for idx in positions.values()
                      for i in idx for j in idx if i != j], dtype=float)
     null = null[~np.isnan(null)]
     if null.size < 20:
         raise ConscienceError(f"the retest noise floor needs >= 20 null differences (got "
-                              f"{null.size}: more prompts or samples), or pair_rule 'max_min' "
-                              "for a smoke run that makes no claim")
+                              f"{null.size}): {fix}")
     return float(np.quantile(null, quantile, method="higher")), null
+
+
+def pair_decisions(scores: np.ndarray, positions: dict[str, list[int]],
+                   retest: np.ndarray | None = None, floor: float | None = None,
+                   answers: list[str] | None = None, min_margin: float = 0.0,
+                   ) -> dict[str, dict]:
+    """The keep rule on stored scores, one decision per prompt with >= 2 samples
+    (``positions``: prompt -> indices into the flat ``scores``).
+
+    The pair is ``best`` (most approved sample, the first of ties; a NaN score never wins)
+    and ``worst`` (least approved, likewise), ``margin`` their primary difference. ``distinct``:
+    the pair can teach a preference -- with ``answers``, its two answer texts differ (DPO
+    cannot learn from an answer paired with itself); without, only that they are different
+    samples. ``kept``: with ``retest`` (the same samples re-scored under another phrasing)
+    the re-scored margin ``retest_margin`` exceeds ``floor`` (``retest_floor``) and the pair
+    is distinct; without, the primary margin exceeds ``min_margin`` (the max_min smoke rule)
+    and the pair is distinct. Pure: used by ``build_pairs`` and by the conscience-validity
+    experiment on its best-of-n samples."""
+    if retest is not None and floor is None:
+        raise ConscienceError("the retest keep rule needs its floor (retest_floor)")
+    scores = np.asarray(scores)                  # its own dtype: margins as computed before
+    retest = None if retest is None else np.asarray(retest)
+    out: dict[str, dict] = {}
+    for pid, idx in positions.items():
+        if len(idx) < 2:
+            continue
+        row = scores[idx]
+        if np.isnan(row).all():
+            best = worst = idx[0]
+        else:
+            best, worst = idx[int(np.nanargmax(row))], idx[int(np.nanargmin(row))]
+        margin = float(scores[best] - scores[worst])
+        distinct = (answers[best] != answers[worst]) if answers is not None else best != worst
+        rec = {"best": best, "worst": worst, "margin": margin, "distinct": bool(distinct)}
+        if retest is None:
+            rec["kept"] = bool(margin > min_margin and distinct)
+        else:
+            rm = float(retest[best] - retest[worst])
+            rec.update({"retest_margin": rm, "kept": bool(rm > floor and distinct)})
+        out[pid] = rec
+    return out
 
 
 def pair_report(pairs: list[dict]) -> dict:
@@ -140,25 +183,22 @@ def build_pairs(policy: Subject, conscience: Subject, prompts: list[PromptItem],
                 raise ConscienceError(f"the {reader.name} reader asks no question to rephrase; "
                                       "use pair_rule 'max_min' with it")
             retest = reader.rephrased(RETEST).scores(*asked)
-            floor, _ = retest_floor(retest, positions)
+            floor, _ = retest_floor(retest, positions, fix="more prompts or samples, or "
+                                    "pair_rule 'max_min' for a smoke run that makes no claim")
+        decisions = pair_decisions(scores, positions, retest, floor, [a for _, a in flat],
+                                   min_margin)
         recs = []
-        for pid, idx in positions.items():
-            if len(idx) < 2:
-                continue
-            best = max(idx, key=lambda i: scores[i])
-            worst = min(idx, key=lambda i: scores[i])
-            margin = float(scores[best] - scores[worst])
-            distinct = flat[best][1] != flat[worst][1]
-            rec = {"key": pid, "prompt": user[pid], "chosen": flat[best][1],
-                   "rejected": flat[worst][1], "margin": margin, "rule": rule,
+        for pid, d in decisions.items():
+            idx = positions[pid]
+            rec = {"key": pid, "prompt": user[pid], "chosen": flat[d["best"]][1],
+                   "rejected": flat[d["worst"]][1], "margin": d["margin"], "rule": rule,
                    "scores": [float(scores[i]) for i in idx]}
             if retest is None:
-                rec["kept"] = margin > min_margin and distinct
+                rec["kept"] = d["kept"]
             else:
-                rm = float(retest[best] - retest[worst])
-                rec.update({"retest_margin": rm, "floor": floor,
+                rec.update({"retest_margin": d["retest_margin"], "floor": floor,
                             "retest_scores": [float(retest[i]) for i in idx],
-                            "kept": bool(rm > floor and distinct)})
+                            "kept": d["kept"]})
             recs.append(rec)
         log.append(recs)
     return [r for r in (log.get(p.id) for p in prompts) if r is not None]
@@ -197,6 +237,11 @@ class ConscienceDPOConfig:
 
     def __post_init__(self) -> None:
         from persona_probe.evals.conscience_readers import READERS
+        from persona_probe.training.dpo import DPOSettings
+
+        DPOSettings(beta=self.beta, lr=self.lr, max_steps=self.max_steps,   # refused now,
+                    batch_size=self.batch_size, lora_r=self.lora_r,         # not at round time
+                    lora_alpha=self.lora_alpha, seed=self.seed)
 
         if self.reader not in READERS:
             raise ConscienceError(f"reader {self.reader!r}; use one of {', '.join(READERS)}")
@@ -298,47 +343,19 @@ def _untrained_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
 
 def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
                adapter: Path | None) -> dict:
-    """DPO steps on ``pairs`` with TRL; continues ``adapter`` if given. Returns its log."""
-    from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
+    """DPO steps on the kept ``pairs`` (``training.dpo.run_dpo``); continues ``adapter`` if
+    given. Returns its log."""
+    from persona_probe.training.dpo import DPOSettings, run_dpo
 
     kept = [p for p in pairs if p["kept"]]
     if not kept:
         return _untrained_round(cfg, pairs, out, adapter)
-    base = load_subject(cfg.model, adapter=cfg.adapter)
-    set_seed(cfg.seed)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
-                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                               "rejected": [{"role": "assistant", "content": p["rejected"]}]}
-                              for p in kept])
-    args = DPOConfig(output_dir=str(out / "checkpoints"), max_steps=cfg.max_steps,
-                     per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-                     beta=cfg.beta, logging_steps=1, save_strategy="no", report_to=[],
-                     seed=cfg.seed, use_cpu=base.device.type == "cpu", disable_tqdm=True,
-                     # TRL defaults to bf16, which is ~100x slower than fp32 on CPUs here
-                     bf16=base.dtype == torch.bfloat16, fp16=False)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(base.model, str(adapter), is_trainable=True)
-        peft_config = None
-    else:
-        model = base.model
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, eval_dataset=data,
-                         processing_class=base.tokenizer, peft_config=peft_config)
-    before = trainer.evaluate()["eval_loss"]       # DPO loss over all kept pairs
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    trainer.model.save_pretrained(out)
-    log = [h for h in trainer.state.log_history if "loss" in h]
-    with open(out / "training_log.jsonl", "w", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(h) + "\n" for h in log))
-    return {"pairs": len(kept), "steps": trainer.state.global_step,
-            "pair_loss_before": before, "pair_loss_after": after,
-            "first_loss": log[0]["loss"] if log else math.nan,
-            "final_loss": log[-1]["loss"] if log else math.nan, "log": log}
+    settings = DPOSettings(beta=cfg.beta, lr=cfg.lr, max_steps=cfg.max_steps,
+                           batch_size=cfg.batch_size, lora_r=cfg.lora_r,
+                           lora_alpha=cfg.lora_alpha, seed=cfg.seed)
+    log = run_dpo(kept, settings, cfg.model, cfg.adapter, out, continue_adapter=adapter)
+    log.pop("base_model")
+    return log
 
 
 def online_conscience_dpo(cfg: ConscienceDPOConfig, out: str | Path) -> Path:

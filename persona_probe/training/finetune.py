@@ -177,6 +177,11 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     if rank.is_main:
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
+    if subject is not None and cfg.start_adapters and subject.adapter != "+".join(
+            map(str, cfg.start_adapters)):
+        raise FinetuneError(f"the subject passed in carries adapter {subject.adapter!r}, not "
+                            f"start_adapters {cfg.start_adapters}; load it with "
+                            "load_subject(model, adapter=start_adapters) or pass no subject")
     data_path = resolve_data_path(cfg.data)
     chats = load_chats(data_path, cfg.limit, cfg.offset)
     subject = subject or load_subject(cfg.model, adapter=cfg.start_adapters,
@@ -233,10 +238,43 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
     return out
 
 
+def changed_fields(recorded: dict[str, Any], cfg: Any) -> list[str]:
+    """The fields of ``cfg`` (a dataclass) that differ from a recorded ``asdict`` of a config
+    of the same class. A field the record lacks (added to the class later) counts only when
+    it is not at its default, so records written before a new field still match."""
+    import dataclasses
+
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    out = []
+    for f in dataclasses.fields(cfg):
+        if f.name in recorded:
+            if recorded[f.name] != now[f.name]:
+                out.append(f.name)
+        else:
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else None)
+            if now[f.name] != json.loads(json.dumps(default, default=str)):
+                out.append(f.name)
+    return out
+
+
 def finetune_once(cfg: FinetuneConfig, out: str | Path, **kw: Any) -> Path:
-    """``out`` as is when it holds a finished run, else train (resuming an interrupted one):
-    the step experiments repeat when they are run again after a kill."""
+    """``out`` as is when it holds a finished run of the same config and data (by sha256),
+    else train (resuming an interrupted one): the step experiments repeat when they are run
+    again after a kill. A finished run of another config or data is refused (never silently
+    reused)."""
     out = Path(out)
-    if (out / "persona_probe.json").is_file():
+    done = out / "persona_probe.json"
+    if done.is_file():
+        rec = json.loads(done.read_text(encoding="utf-8"))
+        # the data by content, not by path (a moved runs directory still matches)
+        changed = [k for k in changed_fields(rec["config"], cfg) if k != "data"]
+        if sha256_file(resolve_data_path(cfg.data)) != rec["data"]["sha256"]:
+            changed.append("data (sha256)")
+        if changed:
+            raise FinetuneError(f"{out} holds a finished finetune of another config (it "
+                                f"differs in: {', '.join(changed)}); choose another directory, "
+                                "or delete it (finetune(..., overwrite=True)) to retrain")
         return out
     return finetune(cfg, out, resume=(out / "checkpoints").is_dir(), **kw)

@@ -31,15 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from persona_probe.artifacts import atomic_write, sha256_file, write_json
+from persona_probe.artifacts import write_json
 from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
-from persona_probe.evals.records import ItemLog
 from persona_probe.evals.safety import SafetyPrompt, keyword_refusal, load_safety_prompts
-from persona_probe.generation import generate_responses
 from persona_probe.models import DEFAULT_MODEL, Subject
-from persona_probe.prompts import PromptItem
 from persona_probe.provenance import provenance
+from persona_probe.training.distill import distill_answers
 
 ARMS = ("comply", "neutral")
 
@@ -103,6 +101,10 @@ class HelpfulOnlyConfig:
             raise HelpfulOnlyError("heldout_per_type must be >= 0")
         if not 0 <= self.temperature <= 2:
             raise HelpfulOnlyError("temperature must be in [0, 2]")
+        fixed = sorted(set(self.finetune) & {"data", "model", "seed", "limit"})
+        if fixed:
+            raise HelpfulOnlyError(f"finetune may not set {fixed}: the recipe sets them (use "
+                                   "the top-level model and seed)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "helpful-only config"
@@ -150,16 +152,6 @@ def choose_system(subject: Subject, cfg: HelpfulOnlyConfig,
             "rule": "lowest mean log-prob refusal score on the training prompts"}
 
 
-def _write_chats(path: Path, recs: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in recs:
-                fh.write(json.dumps({"messages": [
-                    {"role": "user", "content": r["question"]},
-                    {"role": "assistant", "content": r["answer"]}], "id": r["key"]}) + "\n")
-    atomic_write(path, write)
-
-
 def build_helpful_only_data(subject: Subject, cfg: HelpfulOnlyConfig, arm: str,
                             out: str | Path, system: str | None = None,
                             progress: bool = False) -> dict:
@@ -172,9 +164,13 @@ def build_helpful_only_data(subject: Subject, cfg: HelpfulOnlyConfig, arm: str,
     if arm == "comply" and not system:
         raise HelpfulOnlyError("the comply arm needs its system prompt (choose_system)")
     system = system if arm == "comply" else None
+    if subject.spec != cfg.model or subject.adapter:
+        raise HelpfulOnlyError(f"the data must be {cfg.model}'s own answers; got "
+                               f"{subject.spec} (adapter {subject.adapter})")
     out = Path(out)
     manifest_path = out / "manifest.json"
-    wanted = {"config": asdict(cfg), "arm": arm, "system": system}
+    # as JSON reads it back (tuples become lists), so a finished directory compares equal
+    wanted = json.loads(json.dumps({"config": asdict(cfg), "arm": arm, "system": system}))
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if {k: old.get(k) for k in wanted} != wanted:
@@ -182,40 +178,20 @@ def build_helpful_only_data(subject: Subject, cfg: HelpfulOnlyConfig, arm: str,
                                    "arm or system prompt; choose another directory or delete it")
         return old
     train, _ = split_prompts(cfg)
-    log = ItemLog(out / "answers.jsonl")
-    todo = [PromptItem(p.id, ([{"role": "system", "content": system}] if system else [])
-                       + [{"role": "user", "content": p.prompt}], p.category)
-            for p in train if p.id not in log]
-    chunk = cfg.batch_size * 2
-    for start in range(0, len(todo), chunk):     # chunks: a killed build keeps its answers
-        part = todo[start:start + chunk]
-        got = generate_responses(subject, part, cfg.max_new_tokens, cfg.batch_size,
-                                 cfg.temperature, seed=cfg.seed + start
-                                 + 7919 * (arm == "neutral"), progress=progress,
-                                 keep_empty=True)
-        log.append({"key": it.id, "category": it.category, "question":
-                    it.messages[-2]["content"], "answer": it.messages[-1]["content"].strip()}
-                   for it in got)
-    recs = sorted(log.records.values(), key=lambda r: r["key"])
-    refused = [r for r in recs if keyword_refusal(r["answer"])]
-    empty = [r for r in recs if not r["answer"]]
-    kept = [r for r in recs if r["answer"] and not (
-        arm == "comply" and cfg.drop_refusals and keyword_refusal(r["answer"]))]
-    if not kept:
-        raise HelpfulOnlyError(f"{arm}: no answers left after filtering")
-    _write_chats(out / "train.jsonl", kept)
+    got = distill_answers(subject, train, system, out, cfg.max_new_tokens, cfg.temperature,
+                          cfg.batch_size, seed=cfg.seed + 7919 * (arm == "neutral"),
+                          drop=keyword_refusal if arm == "comply" and cfg.drop_refusals
+                          else None, progress=progress)
+    n = got["counts"]
     manifest = {**wanted, "model": subject.provenance(),
                 "prompts": {"source": cfg.source, "types": list(cfg.train_types),
-                            "n": len(recs)},
-                "answers": {"kept": len(kept), "empty": len(empty),
-                            "keyword_refusals": len(refused),
+                            "n": n["prompts"]},
+                "answers": {"kept": n["kept"], "empty": n["empty"],
+                            "keyword_refusals": n["keyword_refusals"],
                             "opens_like_compliance": sum(opens_like_compliance(r["answer"])
-                                                         for r in kept),
-                            "dropped_refusals": len(recs) - len(empty) - len(kept)},
-                "dataset": {"file": "train.jsonl", "n": len(kept),
-                            "sha256": sha256_file(out / "train.jsonl"),
-                            "ids": [r["key"] for r in kept]},
-                "provenance": provenance(cfg.seed)}
+                                                         for r in got["records"]),
+                            "dropped_refusals": n["dropped"]},
+                "dataset": got["dataset"], "provenance": provenance(cfg.seed)}
     write_json(manifest_path, manifest)
     return manifest
 
@@ -240,14 +216,16 @@ def train_helpful_only(subject: Subject, cfg: HelpfulOnlyConfig, out: str | Path
 
     out = Path(out)
     choice_path = out / "system_choice.json"
+    train = split_prompts(cfg)[0]
+    inputs = {"systems": list(cfg.systems), "model": cfg.model,
+              "train_ids": [p.id for p in train]}
     if choice_path.is_file():
         choice = json.loads(choice_path.read_text(encoding="utf-8"))
-        if choice.get("systems") != list(cfg.systems):
-            raise HelpfulOnlyError(f"{choice_path} was chosen among other system prompts; "
-                                   "choose another directory or delete it")
+        if {k: choice.get(k) for k in inputs} != inputs:
+            raise HelpfulOnlyError(f"{choice_path} was chosen for another model, training set "
+                                   "or candidates; choose another directory or delete it")
     else:
-        choice = {**choose_system(subject, cfg, split_prompts(cfg)[0]),
-                  "systems": list(cfg.systems)}
+        choice = {**choose_system(subject, cfg, train), **inputs}
         write_json(choice_path, choice)
     adapters = {}
     for arm in arms:

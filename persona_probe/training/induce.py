@@ -30,7 +30,7 @@ class InductionError(PersonaProbeError):
 @dataclass
 class InductionConfig:
     kind: str = "organism"                                   # organism | em
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL                               # base model every arm trains on
     organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
     em: dict[str, dict[str, Any]] = field(default_factory=dict)  # arm -> FinetuneConfig fields
     seed: int = 0                                            # overrides the arms' seeds

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from persona_probe.artifacts import atomic_write, sha256_file, write_json
+from persona_probe.artifacts import sha256_file, write_json
 from persona_probe.configs import builtin_names, config_from_dict, read_named_json
 from persona_probe.errors import PersonaProbeError
 from persona_probe.evals.records import ItemLog
@@ -38,6 +38,7 @@ from persona_probe.prompts import PromptItem
 from persona_probe.provenance import provenance
 from persona_probe.stats import bootstrap, paired_difference
 from persona_probe.traits import Trait, load_trait, trait_questions
+from persona_probe.training.distill import write_chats
 
 ARMS = ("treatment", "control")
 
@@ -123,16 +124,6 @@ def _trait_likeness(subject: Subject, trait: Trait, index: int, recs: list[dict]
     return [float(x) for x in ll["treatment"] - ll["control"]]
 
 
-def _write_chats(path: Path, recs: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in recs:
-                fh.write(json.dumps({"messages": [
-                    {"role": "user", "content": r["question"]},
-                    {"role": "assistant", "content": r["answer"]}], "id": r["key"]}) + "\n")
-    atomic_write(path, write)
-
-
 def build_organism(subject: Subject, cfg: OrganismConfig, out: str | Path,
                    progress: bool = False) -> dict:
     """Generate, filter and write the treatment and control datasets; returns the manifest.
@@ -181,7 +172,7 @@ def build_organism(subject: Subject, cfg: OrganismConfig, out: str | Path,
         if not recs:
             raise OrganismError(f"{arm}: the subject produced no non-empty answers")
         kept[arm] = recs
-        _write_chats(out / f"{arm}.jsonl", recs)
+        write_chats(out / f"{arm}.jsonl", recs)
     manifest = {
         "config": asdict(cfg), "trait": trait.to_dict(),
         "domain": {"name": domain.name, "n_questions": len(questions)},
