@@ -556,7 +556,8 @@ def render_helpful_only(res: dict) -> str:
     sets = {"held_out": f"held-out built-in categories ({m['held_out_prompts']} prompts)",
             "trained": f"trained harm types, unseen prompts ({m['trained_prompts']})",
             "xstest_safe": f"XSTest safe prompts ({m['xstest_safe_prompts']})"}
-    kept = "; ".join(f"{k} {v['kept']} kept ({v['dropped_refusals']} keyword refusals dropped, "
+    kept = "; ".join(f"{k} {v['kept']} kept ({v['keyword_refusals']} keyword refusals, "
+                     f"{v['dropped_refusals']} of them dropped; "
                      f"{v['opens_like_compliance']} open like a compliance opening; "
                      f"{v['epochs']:g} epochs)" for k, v in res["datasets"].items())
     lowers = ch["scores"][ch["chosen"]] < ch["no_system_score"]
