@@ -38,12 +38,12 @@ poisoning-dose: install
 	$(BIN)/python experiments/render_readme.py
 
 # Line 2's helpful-only start: 2 arms x 3 seeds of distillation, finetune and refusal measures
-# (~50 min on 2 cores, resumable stages), then the README tables re-rendered.
+# (~55 min on 2 cores, resumable stages), then the README tables re-rendered.
 helpful-only: install
 	$(BIN)/python experiments/helpful_only.py
 	$(BIN)/python experiments/render_readme.py
 
-# Post hoc, after persona-latents: what the base writes under line 1's edits (~20 min).
+# Post hoc, after persona-latents: what the base writes under line 1's edits (~8 min).
 line1-generations: install
 	$(BIN)/python experiments/line1_generations.py
 	$(BIN)/python experiments/render_readme.py

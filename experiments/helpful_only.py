@@ -4,7 +4,7 @@ refusal on held-out categories, trained categories and XSTest's safe prompts, ov
 
 The pipeline, its stages and measures: ``persona_probe.experiments.helpful_only``.
 
-    python experiments/helpful_only.py                 # CPU config (~35 min on 2 cores)
+    python experiments/helpful_only.py                 # CPU config (~55 min on 2 cores)
     python experiments/helpful_only.py --figures-only  # re-draw from results.json
 """
 

@@ -4,7 +4,7 @@ the organisms unsteered, judged by the probe judges with coherence beside them.
 
 The pipeline, its conditions and measures: ``persona_probe.experiments.line1_generations``.
 
-    python experiments/line1_generations.py                 # CPU config (~12 min on 2 cores)
+    python experiments/line1_generations.py                 # CPU config (~8 min on 2 cores)
     python experiments/line1_generations.py --figures-only  # re-draw from results.json
 """
 

@@ -647,8 +647,8 @@ def render_line1_generations(res: dict) -> str:
                      f"{r['draws_at_or_below']} at or below (with {r['draws']} draws the "
                      f"smallest rank p is 1/{r['draws'] + 1}).")
     for kind, a in res["usable_alpha"].items():
-        lines.append(f"- usable range ({kind}): α ≤ {a:g} (coherent fraction within "
-                     f"{res['margin']:g} of α = 0's)")
+        lines.append(f"- usable range ({kind}): α ≤ {a:g} (coherent fraction not more than "
+                     f"{res['margin']:g} below α = 0's)")
     for k, o in res["organisms"].items():
         if o.get("per_seed"):
             lines.append(f"- organisms (treatment, unsteered) − base, probe:{k}: "
