@@ -114,7 +114,8 @@ class HelpfulOnlyConfig:
 
 def split_prompts(cfg: HelpfulOnlyConfig, prompts: list[SafetyPrompt] | None = None
                   ) -> tuple[list[SafetyPrompt], list[SafetyPrompt]]:
-    """(train, held out) prompts of the configured harm types: per type, sorted by id, the last
+    """(train, held out) prompts of the configured harm types: per type, sorted by id as text
+    (so ``dna/100`` sorts before ``dna/99``; a fixed rule, not a numeric order), the last
     ``heldout_per_type`` are held out. Unknown types are refused with the available ones."""
     prompts = load_safety_prompts(cfg.source) if prompts is None else prompts
     by_type: dict[str, list[SafetyPrompt]] = {}
