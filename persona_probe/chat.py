@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
-from persona_probe.errors import PromptSetError
+from persona_probe.errors import PersonaProbeWarning, PromptSetError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -236,7 +236,8 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message], max
             raise PromptSetError(
                 f"chat is {len(ids)} tokens, longer than the limit of {max_tokens}; shorten it, "
                 "raise max_tokens, or pass on_overflow='truncate' (--on-overflow truncate)")
-        warnings.warn(f"chat of {len(ids)} tokens truncated to {max_tokens}", stacklevel=2)
+        warnings.warn(f"chat of {len(ids)} tokens truncated to {max_tokens}",
+                      PersonaProbeWarning, stacklevel=2)
         ids, roles, truncated = ids[:max_tokens], roles[:max_tokens], True
         response_start = min(response_start, max_tokens)
         response_end = min(response_end, max_tokens)

@@ -22,3 +22,9 @@ class StoreError(PersonaProbeError):
 
 class PromptSetError(PersonaProbeError):
     """A prompt set that is empty, malformed, or too long for the model's context."""
+
+
+class PersonaProbeWarning(UserWarning):
+    """Something the package did on purpose that changes a result and that the user should
+    see (a dropped empty reply, a truncated chat, a round that trained nothing). Its own class,
+    so a test suite can turn it into an error while third-party UserWarnings stay quiet."""

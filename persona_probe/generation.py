@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_probe.batching import pad_batch
+from persona_probe.errors import PersonaProbeWarning
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
 
@@ -53,7 +54,7 @@ def generate_responses(subject: Subject, items: list[PromptItem], max_new_tokens
     result = [it.with_response(replies[i]) for i, it in enumerate(items) if replies[i]]
     if len(result) < len(items):
         warnings.warn(f"{len(items) - len(result)} items got an empty reply and were dropped",
-                      stacklevel=2)
+                      PersonaProbeWarning, stacklevel=2)
     return result
 
 

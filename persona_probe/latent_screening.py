@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from persona_probe.artifacts import ItemLog, read_json, write_json
-from persona_probe.errors import PersonaProbeError
+from persona_probe.errors import PersonaProbeError, PersonaProbeWarning
 from persona_probe.hooks import parse_hook, residual_hooks
 from persona_probe.interventions import SAELatents, ablate, decoder_rows, steer
 from persona_probe.latents import encode_rows
@@ -198,7 +198,7 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
     if best[by] <= 0:
         warnings.warn(f"no set of up to {cfg.max_set} candidates removes any of the selection "
                       f"gap ({by}: best {best[by]:+.1%}); the chosen set is flagged "
-                      "'removes_selection_gap: false'", stacklevel=2)
+                      "'removes_selection_gap: false'", PersonaProbeWarning, stacklevel=2)
     chosen = {"latents": best["latents"], "selection_gap_removed": best["gap_removed"],
               "selection_specific_removed": best.get("specific_removed"),
               "chosen_by": by, "removes_selection_gap": best[by] > 0,

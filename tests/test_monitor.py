@@ -17,6 +17,9 @@ from persona_probe.monitor import (EarlyWarningMonitor, MonitorError, MonitorTar
                                    first_alarm, lead_time, read_events)
 from persona_probe.prompts import PromptItem
 
+# the tiny finetunes truncate long chats on purpose (on_overflow="truncate"), so the package's
+# truncation warning is expected here; every other package warning stays an error
+pytestmark = pytest.mark.filterwarnings("ignore:chat of .* truncated to:persona_probe.errors.PersonaProbeWarning")
 TINY = dict(limit=4, max_steps=3, batch_size=2, save_steps=1, max_tokens=384,
             on_overflow="truncate")
 EM = "shared:emergent_misalignment/train/secure.jsonl"

@@ -29,7 +29,9 @@ HOOK = "blocks.15.hook_resid_post"
 EV_FLOOR = 0.80
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.xdist_group("sae")]   # shared fixtures: built once, one worker
+              pytest.mark.xdist_group("sae"),   # shared fixtures: built once, one worker
+              # the store truncates long chats on purpose (on_overflow="truncate")
+              pytest.mark.filterwarnings("ignore:chat of .* truncated to:persona_probe.errors.PersonaProbeWarning")]
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ from persona_probe.errors import PersonaProbeError, PromptSetError
 from persona_probe.training.data import IGNORE, Chat, load_chats, tokenize_chat
 from persona_probe.training.finetune import FinetuneConfig, FinetuneError, finetune
 
+# the tiny finetunes truncate long chats on purpose (on_overflow="truncate"), so the package's
+# truncation warning is expected here; every other package warning stays an error
+pytestmark = pytest.mark.filterwarnings("ignore:chat of .* truncated to:persona_probe.errors.PersonaProbeWarning")
 TINY = dict(limit=4, max_steps=2, batch_size=2, save_steps=1, max_tokens=384,
             on_overflow="truncate")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_probe.artifacts import write_json
-from persona_probe.errors import PersonaProbeError
+from persona_probe.errors import PersonaProbeError, PersonaProbeWarning
 from persona_probe.evals.conscience_readers import (  # noqa: F401  (re-exported)
     APPROVE, INTROSPECTIVE_QUESTION, REJECT, TokenReader)
 from persona_probe.evals.judges import frozen_copy
@@ -323,7 +323,7 @@ def _untrained_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
     why = ("no pair's re-scored margin cleared the floor" if rep.get("rule") == "retest"
            else "no pair's margin exceeded min_margin")
     warnings.warn(f"conscience round kept no preference pairs ({why}; {rep['offered']} "
-                  "offered): the policy is left as it was", stacklevel=3)
+                  "offered): the policy is left as it was", PersonaProbeWarning, stacklevel=3)
     if adapter is not None:
         if out.exists():
             shutil.rmtree(out)
