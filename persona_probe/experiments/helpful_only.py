@@ -59,8 +59,6 @@ class HelpfulOnlyExperimentConfig:
     primary_measure: str = "logprob_score"
 
     def __post_init__(self) -> None:
-        from persona_probe.training.helpful_only import HelpfulOnlyConfig
-
         self.seeds = tuple(self.seeds)
         if len(self.seeds) < 1 or len(set(self.seeds)) < len(self.seeds):
             raise PersonaProbeError("seeds must be distinct and at least one")
@@ -70,8 +68,7 @@ class HelpfulOnlyExperimentConfig:
                                     f"{', '.join(refusal)}")
         if self.xstest_per_type < 1 or self.reply_tokens < 1:
             raise PersonaProbeError("xstest_per_type and reply_tokens must be >= 1")
-        HelpfulOnlyConfig.from_dict({**self.helpful_only, "model": self.model},
-                                    "helpful_only")     # fail before any model loads
+        self.adapter_config(self.seeds[0])             # fail before any model loads
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "helpful_only config"):

@@ -237,12 +237,8 @@ class ConscienceDPOConfig:
 
     def __post_init__(self) -> None:
         from persona_probe.evals.conscience_readers import READERS
-        from persona_probe.training.dpo import DPOSettings
 
-        DPOSettings(beta=self.beta, lr=self.lr, max_steps=self.max_steps,   # refused now,
-                    batch_size=self.batch_size, lora_r=self.lora_r,         # not at round time
-                    lora_alpha=self.lora_alpha, seed=self.seed)
-
+        self.dpo_settings()            # bad DPO settings are refused now, not at round time
         if self.reader not in READERS:
             raise ConscienceError(f"reader {self.reader!r}; use one of {', '.join(READERS)}")
         if self.reader == "persona":
@@ -254,6 +250,14 @@ class ConscienceDPOConfig:
                                   f"{', '.join(PAIR_RULES)}")
         if self.validity_questions == 1 or self.validity_questions < 0:
             raise ConscienceError("validity_questions must be 0 (no gate) or >= 2")
+
+    def dpo_settings(self):
+        """The DPO trainer's settings (``training.dpo.DPOSettings``) from this config."""
+        from persona_probe.training.dpo import DPOSettings
+
+        return DPOSettings(beta=self.beta, lr=self.lr, max_steps=self.max_steps,
+                           batch_size=self.batch_size, lora_r=self.lora_r,
+                           lora_alpha=self.lora_alpha, seed=self.seed)
 
 
 def conscience_reader(cfg: ConscienceDPOConfig, conscience: Subject, out: Path):
@@ -345,15 +349,13 @@ def _dpo_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
                adapter: Path | None) -> dict:
     """DPO steps on the kept ``pairs`` (``training.dpo.run_dpo``); continues ``adapter`` if
     given. Returns its log."""
-    from persona_probe.training.dpo import DPOSettings, run_dpo
+    from persona_probe.training.dpo import run_dpo
 
     kept = [p for p in pairs if p["kept"]]
     if not kept:
         return _untrained_round(cfg, pairs, out, adapter)
-    settings = DPOSettings(beta=cfg.beta, lr=cfg.lr, max_steps=cfg.max_steps,
-                           batch_size=cfg.batch_size, lora_r=cfg.lora_r,
-                           lora_alpha=cfg.lora_alpha, seed=cfg.seed)
-    log = run_dpo(kept, settings, cfg.model, cfg.adapter, out, continue_adapter=adapter)
+    log = run_dpo(kept, cfg.dpo_settings(), cfg.model, cfg.adapter, out,
+                  continue_adapter=adapter)
     log.pop("base_model")
     return log
 
