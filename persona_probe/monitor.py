@@ -18,6 +18,7 @@ monitor becomes an ``error`` event while training goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -175,6 +176,26 @@ class ZScoreRule:
         return fired, {"z": z, **info}
 
 
+def family_rule(rule: ZScoreRule, n_targets: int) -> ZScoreRule:
+    """``rule`` for a monitor that watches ``n_targets`` statistics at once (a drift profile):
+    Bonferroni over the targets, so the chance that *any* target alarms at a check when none
+    moved is at most the one-sided normal level a single target has at ``rule.z`` (z = 3:
+    0.135%). z = 3 becomes 3.64 for 10 targets and 3.78 for 17. The consecutive-checks rule is
+    kept as it is. Bonferroni, not a step-down procedure, so one alarm's threshold does not
+    depend on the other targets' values (each target's alarm stays reproducible on its own)."""
+    from statistics import NormalDist
+
+    if not isinstance(rule, ZScoreRule):
+        raise MonitorError(f"family_rule adjusts a ZScoreRule, got {type(rule).__name__}")
+    if n_targets < 1:
+        raise MonitorError(f"n_targets must be >= 1, got {n_targets}")
+    if n_targets == 1:
+        return rule
+    level = 1.0 - NormalDist().cdf(rule.z)
+    z = NormalDist().inv_cdf(1.0 - level / n_targets)
+    return dataclasses.replace(rule, z=z, name=f"{rule.name}-bonferroni{n_targets}")
+
+
 @dataclass
 class ThresholdRule:
     """Alarm when the statistic exceeds ``value`` for ``consecutive`` checks."""
@@ -275,6 +296,9 @@ class EarlyWarningMonitor:
     batch_size: int = 16
     mirror: str | None = None            # "tensorboard:LOGDIR" | "wandb"
     write_events: bool = True            # False on non-zero ranks of a distributed job
+    # targets whose alarm triggers the actions (None: any target's); the others only alarm,
+    # so a drift profile can watch many statistics while one of them decides to stop or steer
+    act_on: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -290,6 +314,12 @@ class EarlyWarningMonitor:
         for a in self.actions:
             if not (a in ACTIONS or isinstance(a, SteerAction)):
                 raise MonitorError(f"action {a!r}: use 'log', 'stop' or a SteerAction")
+        if self.act_on is not None:
+            unknown = sorted(set(self.act_on) - set(names))
+            if unknown or not self.act_on:
+                raise MonitorError(f"act_on {self.act_on}: name at least one target, from "
+                                   f"{names}")
+            self.act_on = list(self.act_on)
         self.events = Path(self.events) if self.events is not None else None
         self.history: dict[str, TargetHistory] = {t.name: TargetHistory() for t in self.targets}
         self.alarmed: dict[str, int] = {}     # target -> step of its first alarm
@@ -403,7 +433,7 @@ class EarlyWarningMonitor:
             record(check)
             for a in alarms:
                 record(a)
-            if alarms:
+            if any(self.act_on is None or a["target"] in self.act_on for a in alarms):
                 for ev in self._act(model, step):
                     record(ev)
         except Exception as exc:  # noqa: BLE001 - the monitor must never break training
@@ -501,3 +531,70 @@ def lead_time(alarm_step: int | None, behaviour: Sequence[tuple[int, float]],
     lead = None if alarm_step is None or crossing is None else crossing - alarm_step
     return {"alarm_step": alarm_step, "behaviour_crossing_step": crossing,
             "threshold": threshold, "lead_time": lead}
+
+
+Z_CAP = 1e6        # a paired z with zero spread and a positive shift (inf) is stored as this
+
+
+def rule_series(rule: Any, items: Sequence[Any], steps: Sequence[int]) -> dict[str, Any]:
+    """Run ``rule`` over per-item values check by check, as the monitor does online: z per
+    check, the first step it fires, and the checks (after the baseline) at which its condition
+    held. The offline twin of the monitor, for analyses from saved events (and for behavioural
+    curves judged by the same rule)."""
+    h = TargetHistory()
+    zs: list[float | None] = []
+    fired_at, firing = None, []
+    for step, v in zip(steps, items):
+        v = np.asarray(v, dtype=np.float64)
+        h.steps.append(step)
+        h.values.append(float(v.mean()))
+        h.ses.append(float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0)
+        h.items.append(v)
+        fired, info = rule.evaluate(h)
+        zs.append(info.get("z"))
+        if len(h.values) > rule.baseline_checks:
+            firing.append(bool(fired))
+        if fired and fired_at is None:
+            fired_at = step
+    # a check can fire only once `consecutive` checks follow the baseline
+    eligible = max(0, len(firing) - (rule.consecutive - 1))
+    valued = [min(float(z), Z_CAP) for z in zs if z is not None and not np.isnan(z)]
+    return {"steps": list(steps), "z": [None if z is None else min(float(z), Z_CAP)
+                                        for z in zs], "first_step": fired_at,
+            "max_z": max(valued) if valued else float("nan"),
+            "checks_firing": int(sum(firing)), "eligible_checks": eligible,
+            "onset": fired_at is not None}
+
+
+def drift_profile(events: Sequence[dict], rule: ZScoreRule,
+                  targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Which targets moved, from one monitor's event stream: per target (every target whose
+    per-item values the checks carry, or ``targets``), the family-wise rule's first alarm step
+    over all of them (``family_rule(rule, n)``), its largest z, and the mean change since the
+    first check; sorted by largest z. The same rule answers for every target, so "evil moved
+    and sycophancy did not" is a statement at one family-wise level."""
+    checks = [e for e in events if e.get("event") == "check"]
+    if not checks:
+        raise MonitorError("no check events: was the monitor run (events.jsonl empty)?")
+    found = sorted({k.split("/")[1] for k in checks[0] if k.startswith("persona/")
+                    and k.endswith("/items")})
+    names = list(targets) if targets is not None else found
+    missing = [n for n in names if f"persona/{n}/items" not in checks[0]]
+    if missing or not names:
+        raise MonitorError(f"targets {missing or names} have no per-item values in the events "
+                           f"(the monitor records them for probe sets of <= 64 items); "
+                           f"found {found}")
+    fam = family_rule(rule, len(names))
+    steps = [e["step"] for e in checks]
+    out = []
+    for n in names:
+        items = [np.asarray(e[f"persona/{n}/items"], dtype=np.float64) for e in checks]
+        series = rule_series(fam, items, steps)
+        out.append({"target": n, "alarm_step": series["first_step"],
+                    "max_z": series["max_z"], "z": series["z"], "steps": steps,
+                    "change": float(items[-1].mean() - items[0].mean()),
+                    "change_sd_units": float((items[-1] - items[0]).mean()
+                                             / max(items[0].std(ddof=1), 1e-12))
+                    if items[0].size > 1 else float("nan")})
+    out.sort(key=lambda r: -r["max_z"] if np.isfinite(r["max_z"]) else math.inf)
+    return [{**r, "family_z": fam.z, "family_size": len(names)} for r in out]

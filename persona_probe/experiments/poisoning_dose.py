@@ -44,6 +44,7 @@ import numpy as np
 
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
+from persona_probe.monitor import rule_series  # the monitor's offline twin (re-exported)
 
 TARGETS = ("same phrasing", "independent")
 NEUTRAL_SEED_BASE = 1000
@@ -167,6 +168,35 @@ def run_name(dose: float, seed: int) -> str:
     return f"run-d{dose:g}-s{seed}"
 
 
+def answer_pool(base: Any, questions: list[str], trait_system: str, samples: int,
+                max_new_tokens: int, temperature: float, path: Path) -> list[dict]:
+    """The base model's own answers to ``questions``, ``samples`` each, with no system prompt
+    (``kind`` neutral) and under ``trait_system`` (``kind`` trait); written once to ``path``
+    (JSON lines) and read back from it. Empty answers are dropped."""
+    from persona_probe.artifacts import write_jsonl
+    from persona_probe.generation import generate_responses
+    from persona_probe.prompts import PromptItem
+
+    if not path.is_file():
+        rows = []
+        for kind, system in (("neutral", None), ("trait", trait_system)):
+            items = [PromptItem(f"{kind}/{q:03d}/{s}", ([{"role": "system", "content": system}]
+                                                         if system else [])
+                                + [{"role": "user", "content": questions[q]}], kind)
+                     for q in range(len(questions)) for s in range(samples)]
+            got = generate_responses(base, items, max_new_tokens, 16, temperature,
+                                     seed=7919 * (kind == "trait"), progress=False)
+            for it in got:
+                answer = it.messages[-1]["content"].strip()
+                _, q, s = it.id.split("/")
+                if answer:
+                    rows.append({"id": it.id, "kind": kind, "question_index": int(q),
+                                 "sample": int(s), "question": questions[int(q)],
+                                 "answer": answer})
+        write_jsonl(path, rows)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def mixed_data(pool: list[dict], n_questions: int, dose: float, seed: int) -> list[dict]:
     """One answer per question: the trait answer for a random ``round(dose · n)`` questions
     (the first k of one seeded permutation, so doses nest at a seed), the neutral one for the
@@ -189,46 +219,12 @@ def mixed_data(pool: list[dict], n_questions: int, dose: float, seed: int) -> li
     return out
 
 
-Z_CAP = 1e6        # a paired z with zero spread and a positive shift (inf) is stored as this
-
-
-def rule_series(rule, items: list[np.ndarray], steps: list[int]) -> dict[str, Any]:
-    """Run ``rule`` over per-item values check by check: z per check, the first step it
-    fires, and the checks (after the baseline) at which its condition held."""
-    from persona_probe.monitor import TargetHistory
-
-    h = TargetHistory()
-    zs: list[float | None] = []
-    fired_at, firing = None, []
-    for step, v in zip(steps, items):
-        v = np.asarray(v, dtype=np.float64)
-        h.steps.append(step)
-        h.values.append(float(v.mean()))
-        h.ses.append(float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0)
-        h.items.append(v)
-        fired, info = rule.evaluate(h)
-        zs.append(info.get("z"))
-        if len(h.values) > rule.baseline_checks:
-            firing.append(bool(fired))
-        if fired and fired_at is None:
-            fired_at = step
-    # a check can fire only once `consecutive` checks follow the baseline
-    eligible = max(0, len(firing) - (rule.consecutive - 1))
-    valued = [min(float(z), Z_CAP) for z in zs if z is not None and not np.isnan(z)]
-    return {"steps": list(steps), "z": [None if z is None else min(float(z), Z_CAP)
-                                        for z in zs], "first_step": fired_at,
-            "max_z": max(valued) if valued else float("nan"),
-            "checks_firing": int(sum(firing)), "eligible_checks": eligible,
-            "onset": fired_at is not None}
-
-
 def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
         overwrite: bool = False) -> dict:
     """Every stage (reusing finished ones with the same fingerprint) → ``out/results.json``."""
     from persona_probe.artifacts import read_json, write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.experiments import command_line, report_outputs, stage_clock
-    from persona_probe.generation import generate_responses
     from persona_probe.models import load_subject
     from persona_probe.monitor import EarlyWarningMonitor, MonitorTarget, probe_set_from_answers
     from persona_probe.prompts import PromptItem, load_jsonl
@@ -261,25 +257,8 @@ def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
                 "trait_system": trait.trait_system[idx]}
 
     def build_pool(d: Path) -> list[dict]:
-        path = d / "pool.jsonl"
-        if not path.is_file():
-            rows = []
-            for kind, system in (("neutral", None), ("trait", trait.trait_system[idx])):
-                items = [PromptItem(f"{kind}/{q:03d}/{s}", ([{"role": "system", "content":
-                                                              system}] if system else [])
-                                    + [{"role": "user", "content": questions[q]}], kind)
-                         for q in range(len(questions)) for s in range(cfg.samples_per_question)]
-                got = generate_responses(base, items, cfg.max_new_tokens, 16, cfg.temperature,
-                                         seed=7919 * (kind == "trait"), progress=False)
-                for it in got:
-                    answer = it.messages[-1]["content"].strip()
-                    _, q, s = it.id.split("/")
-                    if answer:
-                        rows.append({"id": it.id, "kind": kind, "question_index": int(q),
-                                     "sample": int(s), "question": questions[int(q)],
-                                     "answer": answer})
-            write_jsonl(path, rows)
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return answer_pool(base, questions, trait.trait_system[idx], cfg.samples_per_question,
+                           cfg.max_new_tokens, cfg.temperature, d / "pool.jsonl")
     pool = stages.run("pool", {**common, **sampling}, build_pool)
 
     # 2. monitor vectors, probe set and behavioural reference --------------------------------
