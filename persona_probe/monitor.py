@@ -176,23 +176,29 @@ class ZScoreRule:
         return fired, {"z": z, **info}
 
 
-def family_rule(rule: ZScoreRule, n_targets: int) -> ZScoreRule:
+def family_rule(rule: ZScoreRule, n_targets: int, n_items: int | None = None) -> ZScoreRule:
     """``rule`` for a monitor that watches ``n_targets`` statistics at once (a drift profile):
-    Bonferroni over the targets, so the chance that *any* target alarms at a check when none
-    moved is at most the one-sided normal level a single target has at ``rule.z`` (z = 3:
-    0.135%). z = 3 becomes 3.64 for 10 targets and 3.78 for 17. The consecutive-checks rule is
-    kept as it is. Bonferroni, not a step-down procedure, so one alarm's threshold does not
-    depend on the other targets' values (each target's alarm stays reproducible on its own)."""
-    from statistics import NormalDist
+    Bonferroni over the targets, so the chance that *any* target's statistic exceeds the new
+    threshold at a check when none moved is at most the chance a single target has of
+    exceeding ``rule.z``. With ``n_items`` (the probe set's size) the paired statistic is read
+    as Student's t with ``n_items − 1`` degrees of freedom (what it is for normal per-item
+    changes; with 16 items z = 3 is a one-sided 0.45% level, not the normal 0.135%), else as
+    normal: z = 3 becomes 4.39 for 17 targets of 16 items (3.78 if normal). The
+    consecutive-checks rule is kept as it is. Bonferroni, not a step-down procedure, so one
+    target's threshold does not depend on the others' values (each alarm stays reproducible on
+    its own)."""
+    from scipy.stats import norm, t
 
     if not isinstance(rule, ZScoreRule):
         raise MonitorError(f"family_rule adjusts a ZScoreRule, got {type(rule).__name__}")
     if n_targets < 1:
         raise MonitorError(f"n_targets must be >= 1, got {n_targets}")
+    if n_items is not None and n_items < 2:
+        raise MonitorError(f"n_items must be >= 2 (a paired z needs a spread), got {n_items}")
     if n_targets == 1:
         return rule
-    level = 1.0 - NormalDist().cdf(rule.z)
-    z = NormalDist().inv_cdf(1.0 - level / n_targets)
+    dist = norm() if n_items is None else t(n_items - 1)
+    z = float(dist.isf(dist.sf(rule.z) / n_targets))
     return dataclasses.replace(rule, z=z, name=f"{rule.name}-bonferroni{n_targets}")
 
 
@@ -570,7 +576,7 @@ def drift_profile(events: Sequence[dict], rule: ZScoreRule,
                   targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Which targets moved, from one monitor's event stream: per target (every target whose
     per-item values the checks carry, or ``targets``), the family-wise rule's first alarm step
-    over all of them (``family_rule(rule, n)``), its largest z, and the mean change since the
+    over all of them (``family_rule(rule, n, n_items)``), its largest z, and the mean change since the
     first check; sorted by largest z. The same rule answers for every target, so "evil moved
     and sycophancy did not" is a statement at one family-wise level."""
     checks = [e for e in events if e.get("event") == "check"]
@@ -584,7 +590,8 @@ def drift_profile(events: Sequence[dict], rule: ZScoreRule,
         raise MonitorError(f"targets {missing or names} have no per-item values in the events "
                            f"(the monitor records them for probe sets of <= 64 items); "
                            f"found {found}")
-    fam = family_rule(rule, len(names))
+    n_items = len(checks[0][f"persona/{names[0]}/items"])
+    fam = family_rule(rule, len(names), n_items if n_items > 1 else None)
     steps = [e["step"] for e in checks]
     out = []
     for n in names:

@@ -15,8 +15,9 @@ Design (every rule, arm and α is fixed in the config before a run):
   un-stopped run), ``stop`` (the ``stop`` action: a checkpoint at the alarm, training ends),
   ``steer<α>`` (a ``SteerAction`` along the trait vector from the alarm to the end; α > 0 is
   preventative steering toward the trait, α < 0 steers against it), and ``neutral``;
-- monitor: every target's paired z under ``family_rule`` (Bonferroni over the targets, so a
-  check alarms on *any* target with at most the single-target level when nothing moved);
+- monitor: every target's paired z under ``family_rule`` (Bonferroni over the targets, read as
+  Student's t over the probe items, so a check alarms on *any* target with at most the
+  single-target level when nothing moved);
   actions fire on the primary target's alarm only (``act_on``);
 - final trait measure: after training, with no steering, answer preference on the other
   domains' held-out questions (per-token log-likelihood of the base model's trait-prompted answer
@@ -276,7 +277,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
             ts += [MonitorTarget.from_latent(sae, x, name=f"{group} latent {x}") for x in ids]
         return ts
     n_targets = len(targets())
-    rule = family_rule(cfg.base_rule, n_targets)
+    rule = family_rule(cfg.base_rule, n_targets, len(probe))
 
     upstream = {n: stages.fingerprint_of(n) for n in ("pool", "vectors", "probe", "reference")}
     for seed in cfg.seeds:
