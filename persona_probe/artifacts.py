@@ -147,3 +147,20 @@ class ValueLog(ItemLog):
     @property
     def rows(self) -> dict[str, list[float]]:
         return {k: r["values"] for k, r in self.records.items()}
+
+
+def as_stored(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file: tuples become lists, paths (and anything
+    else JSON lacks) their ``str``."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def changed_keys(recorded: dict[str, Any], current: dict[str, Any],
+                 keys: Iterable[str] | None = None) -> list[str]:
+    """The keys whose values differ between a recorded input dict (as read back from JSON) and
+    the current one, sorted; both sides are compared as stored (``as_stored``), so a tuple
+    equals the list it was written as. ``keys`` limits the comparison (default: every key of
+    either side); a key one side lacks reads as ``None`` there."""
+    names = set(recorded) | set(current) if keys is None else set(keys)
+    old, now = as_stored(dict(recorded)), as_stored(dict(current))
+    return sorted(k for k in names if old.get(k) != now.get(k))

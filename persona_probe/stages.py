@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from persona_probe.artifacts import read_json, sha256_file, write_json
+from persona_probe.artifacts import changed_keys, read_json, sha256_file, write_json
 from persona_probe.errors import PersonaProbeError
 from persona_probe.provenance import git_sha
 
@@ -132,8 +132,7 @@ class Stages:
             old = StageRecord.read(rec_path)
             if old.fingerprint != fp:
                 if not self.overwrite:
-                    changed = sorted(k for k in set(old.inputs) | set(inputs)
-                                     if old.inputs.get(k) != inputs.get(k))
+                    changed = changed_keys(old.inputs, inputs)
                     raise StageMismatchError(
                         f"stage {name!r} in {d} was produced from other inputs (they differ "
                         f"in: {', '.join(changed) or 'the fingerprint'}); re-run with "

@@ -10,7 +10,10 @@ recipe that stops working fails here:
 - a judge: ``evals.judges.register_judge``, reached as ``make_judge("KIND:ARG")``, cached, and
   used by the em eval through the eval registry;
 - a corpus data source: a reader that checks the shared data's sha256, registered with
-  ``corpus.register_source_kind`` and named by a recipe file.
+  ``corpus.register_source_kind`` and named by a recipe file;
+- an SAE type: a toy sae-lens training SAE registered with ``sae.register_sae_architecture``
+  (and one sae-lens registers, by name alone), its loss checked and one step trained on a tiny
+  store written from random rows.
 Every test restores the registries it touched, so the rest of the suite sees the built-ins.
 """
 
@@ -28,6 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from persona_probe import corpus, hooks
+from persona_probe.sae import config as sae_config
 from persona_probe.errors import HookPointError, PromptSetError
 from persona_probe.evals import judges, registry
 
@@ -42,6 +46,7 @@ def _fresh_registries(monkeypatch):
     monkeypatch.setattr(judges, "JUDGES", dict(judges.JUDGES))
     monkeypatch.setattr(corpus, "SOURCE_KINDS", dict(corpus.SOURCE_KINDS))
     monkeypatch.setattr(corpus, "KINDS", corpus.KINDS)
+    monkeypatch.setattr(sae_config, "SAE_ARCHITECTURES", dict(sae_config.SAE_ARCHITECTURES))
 
 
 _quiet = pytest.fixture(autouse=True)(quiet_transformers)
@@ -549,6 +554,115 @@ def test_recipe_a_data_source(tmp_path, monkeypatch):
         build_corpus(CorpusRecipe.from_file(recipe))
 
 
+# --- an SAE type ----------------------------------------------------------------------------
+
+SAE_HOOK = "blocks.0.hook_resid_post"
+
+
+def _tiny_store(root: Path):
+    """64 random 16-wide rows of 8 chats: an ActivationStore with no model behind it."""
+    from persona_probe.store import ActivationStoreWriter
+
+    w = ActivationStoreWriter(root, {"fingerprint": "toy", "positions": "all",
+                                     "model": {"model": "toy"}},
+                              [f"chat{i}" for i in range(8)], [SAE_HOOK], 16, 64)
+    n = 64
+    w.append({SAE_HOOK: torch.randn(n, 16, generator=torch.Generator().manual_seed(0))},
+             {"item": torch.arange(n) % 8, "position": torch.arange(n) // 8,
+              "role": torch.full((n,), 2), "token_id": torch.arange(n)})
+    return w.finalize()
+
+
+def _toy_sae_classes():
+    """A ReLU SAE whose sparsity term is the mean squared activation norm, weighted by
+    ``l2_coefficient``: a TrainingSAE subclass and its config dataclass, as sae-lens's own."""
+    from dataclasses import dataclass
+
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    @dataclass
+    class ToyL2TrainingSAEConfig(StandardTrainingSAEConfig):
+        l2_coefficient: float = 1.0
+
+    class ToyL2TrainingSAE(StandardTrainingSAE):
+        def get_coefficients(self):
+            return {"l2": self.cfg.l2_coefficient}
+
+        def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
+            return {"l2_loss": step_input.coefficients["l2"]
+                    * feature_acts.pow(2).sum(-1).mean()}
+
+    return ToyL2TrainingSAE, ToyL2TrainingSAEConfig
+
+
+def test_recipe_an_sae_type(tmp_path):
+    from sae_lens.registry import get_sae_training_class
+
+    from persona_probe.sae import (SAEConfigError, SAETrainConfig, build_training_sae, load_sae,
+                                   register_sae_architecture, train_sae)
+    from persona_probe.sae.config import ARCHITECTURES
+    from persona_probe.sae.train import SAETrainingError, step_loss
+
+    store = _tiny_store(tmp_path / "store")
+    base = dict(store=str(store.root), hook=SAE_HOOK, d_sae=32, k=4, batch_size=32,
+                training_tokens=32, holdout_fraction=0.25, window_rows=256, log_every=1,
+                device="cpu", l1_coefficient=0.5)
+    with pytest.raises(SAEConfigError, match="register_sae_architecture"):
+        SAETrainConfig(**base, architecture="toy_l2")     # not registered yet: refused
+
+    # the recipe: one call naming the classes and which SAETrainConfig field fills which of
+    # theirs (anything else they take goes in a config's arch_options)
+    sae_cls, cfg_cls = _toy_sae_classes()
+    spec = register_sae_architecture("toy_l2", (sae_cls, cfg_cls),
+                                     fields={"l2_coefficient": "l1_coefficient"})
+    assert sae_config.SAE_ARCHITECTURES["toy_l2"] is spec and "toy_l2" in ARCHITECTURES
+    assert not spec.sparse_step
+    with pytest.raises(SAEConfigError, match="already registered.*replace=True"):
+        register_sae_architecture("toy_l2", (sae_cls, cfg_cls))
+    with pytest.raises(SAEConfigError, match="not fields of ToyL2TrainingSAEConfig"):
+        register_sae_architecture("toy_bad", (sae_cls, cfg_cls), fields={"l3": "k"})
+    with pytest.raises(SAEConfigError, match="not SAETrainConfig fields.*arch_options"):
+        register_sae_architecture("toy_bad", (sae_cls, cfg_cls), fields={"l2_coefficient": "l2"})
+    with pytest.raises(SAEConfigError, match="sae-lens registers no.*classes="):
+        register_sae_architecture("toy_bad")
+    assert "toy_bad" not in ARCHITECTURES
+
+    # the mapped field reaches the sae-lens config, and the trainer's loss is the toy's
+    cfg = SAETrainConfig(**base, architecture="toy_l2")
+    sae = build_training_sae(cfg, 16, {})
+    assert isinstance(sae, sae_cls) and sae.cfg.l2_coefficient == 0.5 and sae.cfg.d_sae == 32
+    x = store.all_rows(SAE_HOOK).float()
+    res = step_loss(sae, x, torch.zeros(32, dtype=torch.bool), cfg, 0, False, {"l2": 0.5})
+    with torch.no_grad():
+        acts = sae.encode(x)
+        torch.testing.assert_close(res.aux, 0.5 * acts.pow(2).sum(-1).mean())
+        torch.testing.assert_close(res.mse, (sae.decode(acts) - x).pow(2).sum(-1).mean())
+
+    # one step of the real trainer: logged, saved in sae-lens format, loadable
+    out = train_sae(cfg, tmp_path / "toy", progress=False)
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1] and log[0]["aux"] > 0
+    assert log[0]["loss"] == pytest.approx(log[0]["mse"] + log[0]["aux"], rel=1e-5)
+    info = json.loads((out / "persona_probe.json").read_text())
+    assert info["steps"] == 1 and info["step_implementation"] == "sae_lens_reference"
+    assert load_sae(out).cfg.d_sae == 32
+    with pytest.raises(SAETrainingError, match="step='sparse'"):
+        train_sae(SAETrainConfig(**base, architecture="toy_l2", step="sparse"),
+                  tmp_path / "toy-sparse", progress=False)
+
+    # a type sae-lens registers needs only its name; sparse_step is what picks fast_topk
+    register_sae_architecture("gated", fields={"l1_coefficient": "l1_coefficient"})
+    register_sae_architecture("topk_dense", get_sae_training_class("topk"),
+                              fields={"k": "k"})
+    for arch, step in [("gated", "sae_lens_reference"), ("topk_dense", "sae_lens_reference"),
+                       ("topk", "sparse_topk")]:
+        out = train_sae(SAETrainConfig(**base, architecture=arch), tmp_path / arch,
+                        progress=False)
+        info = json.loads((out / "persona_probe.json").read_text())
+        assert info["steps"] == 1 and info["step_implementation"] == step, arch
+    assert load_sae(tmp_path / "gated").cfg.architecture() == "gated"
+
+
 def test_the_design_recipes_point_at_these_tests():
     """docs/DESIGN.md section 6 names a test here for each registry; each exists."""
     import re
@@ -559,9 +673,11 @@ def test_the_design_recipes_point_at_these_tests():
     section = text[text.index("## 6. Where to add X"):text.index("## 7.")]
     named = re.findall(r"tests/test_recipes\.py::(\w+)", section)
     assert sorted(named) == sorted(["test_recipe_an_architecture", "test_recipe_an_eval",
-                                    "test_recipe_a_judge", "test_recipe_a_data_source"])
+                                    "test_recipe_a_judge", "test_recipe_a_data_source",
+                                    "test_recipe_an_sae_type"])
     here = sys.modules[__name__]
     assert all(callable(getattr(here, n, None)) for n in named)
     for fn in ("hooks.register_architecture", "evals.registry.register_eval",
-               "evals.judges.register_judge", "corpus.register_source_kind"):
+               "evals.judges.register_judge", "corpus.register_source_kind",
+               "sae.register_sae_architecture"):
         assert f"persona_probe.{fn}" in section, fn

@@ -45,6 +45,39 @@ def test_refuses_other_inputs_naming_overwrite_and_the_changed_key(tmp_path):
     assert (tmp_path / "a" / "x.txt").read_text() == "new" and len(calls) == 2
 
 
+def test_changed_keys_compares_inputs_as_stored():
+    """The one rule every "same inputs?" check uses (stages, distill, DPO, finetune)."""
+    from pathlib import Path
+
+    from persona_probe.artifacts import changed_keys
+
+    recorded = json.loads(json.dumps({"a": 1, "b": [1, 2], "p": "/x/y", "gone": 3}))
+    same = {"a": 1, "b": (1, 2), "p": Path("/x/y"), "gone": 3}   # tuple / Path as stored
+    assert changed_keys(recorded, same) == []
+    assert changed_keys(recorded, {**same, "b": (1, 3), "new": None}) == ["b"]  # None = absent
+    assert changed_keys(recorded, {**same, "a": 2, "new": 0}) == ["a", "new"]
+    assert changed_keys(recorded, {"a": 1}) == ["b", "gone", "p"]     # missing on one side
+    assert changed_keys(recorded, {"a": 1}, keys=["a"]) == []      # only the keys asked about
+
+
+def test_changed_fields_ignores_a_new_field_at_its_default():
+    from dataclasses import asdict, dataclass, field
+
+    from persona_probe.training.finetune import changed_fields
+
+    @dataclass
+    class Cfg:
+        z: int = 0
+        a: tuple[int, ...] = (1, 2)
+        extra: list[str] = field(default_factory=list)
+
+    old = json.loads(json.dumps(asdict(Cfg())))
+    assert changed_fields(old, Cfg()) == []
+    assert changed_fields(old, Cfg(z=1, a=(1,))) == ["z", "a"]       # field order, not sorted
+    del old["extra"]                       # a record written before the field existed
+    assert changed_fields(old, Cfg()) == []
+    assert changed_fields(old, Cfg(extra=["x"])) == ["extra"]
+
 def test_refuses_a_directory_nothing_says_produced(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "stray.json").write_text("{}")

@@ -1,9 +1,16 @@
 """SAE training configuration: one plain dataclass per run, read from JSON, and the sae-lens
-training SAE it describes (so every SAE trained here is a sae-lens SAE)."""
+training SAE it describes (so every SAE trained here is a sae-lens SAE).
+
+The SAE types a config may name are the rows of ``SAE_ARCHITECTURES``, one ``SAEArchitecture``
+each: where its sae-lens training classes come from, which ``SAETrainConfig`` fields fill its
+sae-lens config, and whether the sparse TopK step (``fast_topk``) may train it. Adding a type
+is one ``register_sae_architecture`` call; ``tests/test_recipes.py`` registers a toy one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,12 +18,123 @@ from typing import Any, Literal
 from persona_probe.configs import config_from_dict, read_json_config
 from persona_probe.errors import PersonaProbeError
 
-Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
-ARCHITECTURES: tuple[str, ...] = ("topk", "batchtopk", "jumprelu", "standard")
-
 
 class SAEConfigError(PersonaProbeError):
     """A training config that cannot describe a run."""
+
+
+@dataclass(frozen=True)
+class SAEArchitecture:
+    """A trainable SAE type. ``classes`` is its sae-lens ``(TrainingSAE subclass, its config
+    dataclass)``; ``None`` takes them from sae-lens's own training registry under ``name``
+    (``sae_lens.registry.get_sae_training_class``, looked up when an SAE is built). ``fields``
+    maps a field of the sae-lens config to the ``SAETrainConfig`` field that fills it (other
+    sae-lens fields go in a config's ``arch_options``). ``sparse_step``: the training SAE
+    computes sae-lens's TopK loss, so ``fast_topk``'s sparse step may stand in for its
+    ``training_forward_pass`` (checked again on the built SAE)."""
+
+    name: str
+    classes: tuple[type, type] | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+    sparse_step: bool = False
+
+    def training_classes(self) -> tuple[type, type]:
+        if self.classes is not None:
+            return self.classes
+        from sae_lens.registry import get_sae_training_class
+
+        return get_sae_training_class(self.name)
+
+
+_TOPK_FIELDS = {"k": "k", "aux_loss_coefficient": "aux_loss_coefficient"}
+
+#: The SAE types ``SAETrainConfig.architecture`` may name, in the order they are listed.
+SAE_ARCHITECTURES: dict[str, SAEArchitecture] = {
+    "topk": SAEArchitecture("topk", fields=_TOPK_FIELDS, sparse_step=True),
+    "batchtopk": SAEArchitecture("batchtopk", fields=_TOPK_FIELDS),
+    "jumprelu": SAEArchitecture("jumprelu", fields={"l0_coefficient": "l0_coefficient",
+                                                    "l0_warm_up_steps": "sparsity_warm_up_steps"}),
+    "standard": SAEArchitecture("standard", fields={"l1_coefficient": "l1_coefficient",
+                                                    "l1_warm_up_steps": "sparsity_warm_up_steps"}),
+}
+
+
+class _ArchitectureNames(Sequence[str]):
+    """The registered names, read from ``SAE_ARCHITECTURES`` at each use (a live view)."""
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return tuple(SAE_ARCHITECTURES)[i]
+
+    def __len__(self) -> int:
+        return len(SAE_ARCHITECTURES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(SAE_ARCHITECTURES))
+
+    def __contains__(self, name: object) -> bool:
+        return name in SAE_ARCHITECTURES
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, _ArchitectureNames) else other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+#: The names of ``SAE_ARCHITECTURES`` ("topk", "batchtopk", "jumprelu", "standard" built in).
+ARCHITECTURES: Sequence[str] = _ArchitectureNames()
+#: What ``SAETrainConfig.architecture`` holds: a name registered in ``SAE_ARCHITECTURES``.
+Architecture = str
+
+
+def register_sae_architecture(name: str, classes: tuple[type, type] | None = None, *,
+                              fields: Mapping[str, str] | None = None,
+                              sparse_step: bool = False,
+                              replace: bool = False) -> SAEArchitecture:
+    """Make ``name`` an SAE type ``SAETrainConfig.architecture`` may name (see
+    ``SAEArchitecture``). Without ``classes`` the name must be one sae-lens registers for
+    training. The classes and ``fields`` are checked now (each key a field of the sae-lens
+    config, each value a field of ``SAETrainConfig``); a name that exists is refused unless
+    ``replace=True``. Whether the trainer can train it is known after one step:
+    ``tests/test_recipes.py::test_recipe_an_sae_type`` shows the check to copy."""
+    where = f"register_sae_architecture({name!r})"
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise SAEConfigError(f"an SAE architecture name is a non-empty name, got {name!r}")
+    if name in SAE_ARCHITECTURES and not replace:
+        raise SAEConfigError(f"SAE architecture {name!r} is already registered; pass "
+                             "replace=True to change it")
+    if classes is None:
+        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+        if name not in SAE_TRAINING_CLASS_REGISTRY:
+            raise SAEConfigError(f"{where}: sae-lens registers no training SAE {name!r} (it has "
+                                 f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}); pass "
+                                 "classes=(TrainingSAE subclass, its config class)")
+        sae_cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY[name]
+    else:
+        if not (isinstance(classes, tuple) and len(classes) == 2
+                and all(isinstance(c, type) for c in classes)
+                and dataclasses.is_dataclass(classes[1])):
+            raise SAEConfigError(f"{where}: classes must be (TrainingSAE subclass, its config "
+                                 f"dataclass), got {classes!r}")
+        sae_cls, cfg_cls = classes
+    fields = dict(fields or {})
+    theirs = {f.name for f in dataclasses.fields(cfg_cls)}
+    ours = {f.name for f in dataclasses.fields(SAETrainConfig)}
+    bad = sorted(k for k in fields if k not in theirs)
+    if bad:
+        raise SAEConfigError(f"{where}: fields {bad} are not fields of {cfg_cls.__name__}; "
+                             f"valid: {', '.join(sorted(theirs))}")
+    bad = sorted(v for v in fields.values() if v not in ours)
+    if bad:
+        raise SAEConfigError(f"{where}: fields map to {bad}, which are not SAETrainConfig "
+                             "fields; set such values through a config's arch_options instead")
+    spec = SAEArchitecture(name, classes, fields, bool(sparse_step))
+    SAE_ARCHITECTURES[name] = spec
+    return spec
 
 
 @dataclass
@@ -25,7 +143,7 @@ class SAETrainConfig:
 
     store: str                                # activation store directory
     hook: str = "blocks.15.hook_resid_post"   # the store's hook whose rows are trained on
-    architecture: Architecture = "topk"       # topk | batchtopk | jumprelu | standard (sae-lens)
+    architecture: Architecture = "topk"       # topk | batchtopk | jumprelu | standard | registered
     expansion_factor: int = 8                 # d_sae = expansion_factor · d_in, unless d_sae
     d_sae: int | None = None                  # number of latents (None: expansion_factor · d_in)
     k: int = 32                               # active latents per row (topk; batchtopk: mean)
@@ -63,9 +181,10 @@ class SAETrainConfig:
     seed: int = 0                             # held-out split, batch order and SAE init
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if self.architecture not in SAE_ARCHITECTURES:
             raise SAEConfigError(f"architecture {self.architecture!r} is not one of "
-                                 f"{', '.join(ARCHITECTURES)}")
+                                 f"{', '.join(SAE_ARCHITECTURES)} (more are added with "
+                                 "register_sae_architecture)")
         for name in ("expansion_factor", "k", "training_tokens", "batch_size",
                      "checkpoint_every", "log_every", "dead_feature_window"):
             if int(getattr(self, name)) < 1:
@@ -122,22 +241,15 @@ def build_training_sae(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any],
                        device: str = "cpu"):
     """The sae-lens training SAE for ``cfg``; unknown ``arch_options`` are an error naming the
     valid ones."""
-    from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import SAEMetadata
 
-    sae_cls, cfg_cls = get_sae_training_class(cfg.architecture)
+    spec = sae_architecture(cfg.architecture)
+    sae_cls, cfg_cls = spec.training_classes()
     d_sae = cfg.d_sae or cfg.expansion_factor * d_in
     kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32",
                               "device": device,
                               "normalize_activations": cfg.normalize_activations}
-    if cfg.architecture in ("topk", "batchtopk"):
-        kwargs |= {"k": cfg.k, "aux_loss_coefficient": cfg.aux_loss_coefficient}
-    elif cfg.architecture == "standard":
-        kwargs |= {"l1_coefficient": cfg.l1_coefficient,
-                   "l1_warm_up_steps": cfg.sparsity_warm_up_steps}
-    elif cfg.architecture == "jumprelu":
-        kwargs |= {"l0_coefficient": cfg.l0_coefficient,
-                   "l0_warm_up_steps": cfg.sparsity_warm_up_steps}
+    kwargs |= {theirs: getattr(cfg, ours) for theirs, ours in spec.fields.items()}
     valid = {f.name for f in dataclasses.fields(cfg_cls)}
     bad = sorted(set(cfg.arch_options) - valid)
     if bad:
@@ -146,3 +258,12 @@ def build_training_sae(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any],
     kwargs |= cfg.arch_options
     kwargs["metadata"] = SAEMetadata(**metadata)  # free-form: model, hook, provenance
     return sae_cls(cfg_cls(**kwargs))
+
+
+def sae_architecture(name: str) -> SAEArchitecture:
+    """The registered row for ``name``."""
+    if name not in SAE_ARCHITECTURES:
+        raise SAEConfigError(f"architecture {name!r} is not one of "
+                             f"{', '.join(SAE_ARCHITECTURES)} (more are added with "
+                             "register_sae_architecture)")
+    return SAE_ARCHITECTURES[name]

@@ -5,8 +5,8 @@ The loop is sae-lens's (Adam, gradient clipping at 1.0, dead latents = no firing
 input scaling to E‖x‖ = √d_in folded into the weights at the end). What differs: data streams
 from an ActivationStore with a held-out split by chat; the learning rate and coefficients are
 pure functions of the step; checkpoints are safetensors + JSON (no pickle), committed by an
-atomic pointer file; and TopK SAEs use the sparse step of ``fast_topk`` (same loss and
-gradients, several times faster on CPU).
+atomic pointer file; and TopK SAEs (the architectures registered with ``sparse_step``) use the
+sparse step of ``fast_topk`` (same loss and gradients, several times faster on CPU).
 
 Output directory: ``cfg.json`` + ``sae_weights.safetensors`` (sae-lens format, loads with
 ``SAE.load_from_disk``), ``persona_probe.json`` (config, data, provenance), ``training_log.jsonl``
@@ -35,7 +35,8 @@ from persona_probe.conventions import LAYER_CONVENTION
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import resolve_device
 from persona_probe.provenance import provenance
-from persona_probe.sae.config import SAETrainConfig, build_training_sae
+from persona_probe.sae.config import (SAETrainConfig, build_training_sae,
+                                      sae_architecture)
 from persona_probe.sae.data import BatchPlan, RowSplit
 from persona_probe.sae.fast_topk import supports_sparse_step, topk_training_loss
 from persona_probe.store import ActivationStore
@@ -247,7 +248,7 @@ def train_step(sae, opt: torch.optim.Optimizer, x: torch.Tensor, dead: torch.Ten
 def _use_sparse(cfg: SAETrainConfig, sae) -> bool:
     if cfg.step == "reference":
         return False
-    ok = supports_sparse_step(sae)
+    ok = sae_architecture(cfg.architecture).sparse_step and supports_sparse_step(sae)
     if cfg.step == "sparse" and not ok:
         raise SAETrainingError("step='sparse' needs a float32 TopK SAE; use step='auto'")
     return ok and (cfg.step == "sparse" or sae.W_enc.device.type == "cpu")

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persona_probe.artifacts import atomic_write, sha256_file, write_json
+from persona_probe.artifacts import (as_stored, atomic_write, changed_keys, sha256_file,
+                                     write_json)
 from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
 from persona_probe.evals.records import ItemLog
@@ -62,11 +63,11 @@ def distill_answers(subject: Subject, prompts: Sequence[SafetyPrompt], system: s
     inputs = {"model": subject.provenance(), "system": system, "seed": seed,
               "max_new_tokens": max_new_tokens, "temperature": temperature,
               "batch_size": batch_size}
-    inputs = json.loads(json.dumps(inputs, default=str))
+    inputs = as_stored(inputs)
     if (out / "distill.json").is_file():     # written first, so a resumed log is checked
         old = json.loads((out / "distill.json").read_text(encoding="utf-8"))
         if old != inputs:
-            changed = sorted(k for k in inputs if old.get(k) != inputs[k])
+            changed = changed_keys(old, inputs)
             raise DistillError(f"{out} holds answers generated with other inputs (they differ "
                                f"in: {', '.join(changed)}); choose another directory or "
                                "delete it")

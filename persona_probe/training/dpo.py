@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from persona_probe.artifacts import write_json
+from persona_probe.artifacts import changed_keys, write_json
 from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import load_subject
@@ -121,7 +121,7 @@ def train_dpo(pairs: Sequence[dict], settings: DPOSettings, model: str,
                   ).hexdigest()}
     if done.is_file():
         old = json.loads(done.read_text(encoding="utf-8"))
-        changed = sorted(k for k in inputs if old.get(k) != inputs[k])
+        changed = changed_keys(old, inputs, keys=inputs)  # the record holds more
         if changed:
             raise DPOError(f"{out} holds a finished DPO run of other inputs (they differ in: "
                            f"{', '.join(changed)}); choose another directory or delete it")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from persona_probe import distributed
-from persona_probe.artifacts import sha256_file, write_json
+from persona_probe.artifacts import changed_keys, sha256_file, write_json
 from persona_probe.configs import config_from_dict, read_json_config
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL, Subject, load_subject
@@ -240,23 +240,20 @@ def finetune(cfg: FinetuneConfig, out: str | Path, resume: bool = False,
 
 def changed_fields(recorded: dict[str, Any], cfg: Any) -> list[str]:
     """The fields of ``cfg`` (a dataclass) that differ from a recorded ``asdict`` of a config
-    of the same class. A field the record lacks (added to the class later) counts only when
-    it is not at its default, so records written before a new field still match."""
+    of the same class, in field order (``artifacts.changed_keys`` over the fields). A field the
+    record lacks (added to the class later) counts only when it is not at its default, so
+    records written before a new field still match."""
     import dataclasses
 
-    now = json.loads(json.dumps(asdict(cfg), default=str))
-    out = []
-    for f in dataclasses.fields(cfg):
-        if f.name in recorded:
-            if recorded[f.name] != now[f.name]:
-                out.append(f.name)
-        else:
-            default = (f.default if f.default is not dataclasses.MISSING
-                       else f.default_factory() if f.default_factory is not dataclasses.MISSING
-                       else None)
-            if now[f.name] != json.loads(json.dumps(default, default=str)):
-                out.append(f.name)
-    return out
+    fields = dataclasses.fields(cfg)
+    # a field the record lacks is compared as if recorded at its default
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING
+                         else f.default_factory() if f.default_factory is not dataclasses.MISSING
+                         else None)
+                for f in fields if f.name not in recorded}
+    changed = set(changed_keys({**recorded, **defaults}, asdict(cfg),
+                               keys=[f.name for f in fields]))
+    return [f.name for f in fields if f.name in changed]
 
 
 def finetune_once(cfg: FinetuneConfig, out: str | Path, **kw: Any) -> Path:
