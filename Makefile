@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents behaviour-validation poisoning-dose helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -37,10 +37,22 @@ poisoning-dose: install
 	$(BIN)/python experiments/poisoning_dose.py
 	$(BIN)/python experiments/render_readme.py
 
+# The monitor's actions (stop, steer on alarm) against the un-stopped run, and a drift profile
+# over 17 targets: 15 monitored finetunes (~30 min on 2 cores, resumable), README re-rendered.
+monitor-actions: install
+	$(BIN)/python experiments/monitor_actions.py
+	$(BIN)/python experiments/render_readme.py
+
 # Line 2's helpful-only start: 2 arms x 3 seeds of distillation, finetune and refusal measures
 # (~55 min on 2 cores, resumable stages), then the README tables re-rendered.
 helpful-only: install
 	$(BIN)/python experiments/helpful_only.py
+	$(BIN)/python experiments/render_readme.py
+
+# Line 2 like-for-like: SFT on each constitution's answers vs SFT on the model's own drafts of
+# the same prompts (CAI's finetune settings), 3 seeds (~20-40 min on 2 cores), README re-rendered.
+constitution-distill: install
+	$(BIN)/python experiments/constitution_distill.py
 	$(BIN)/python experiments/render_readme.py
 
 # Post hoc, after persona-latents: what the base writes under line 1's edits (~8 min).
