@@ -436,6 +436,127 @@ def render_poisoning_dose(res: dict) -> str:
     return "\n".join(lines)
 
 
+@register("monitor_actions", "figures/monitor_actions/results.json")
+def render_monitor_actions(res: dict) -> str:
+    cfg, rule, ps = res["config"], res["evidence_rule"], res["profile_summary"]
+    tiny = "**A tiny demonstration run: it makes no claim.** " if cfg.get("tiny") else ""
+    arms = res["arms"]
+    n_q = arms["log"]["final_minus_base"]["n_items"]
+    lines = [tiny + f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"seeds {', '.join(map(str, res['seeds']))}; {len(res['runs'])} finetunes of "
+             f"{cfg['finetune']['max_steps']} LoRA steps at lr {cfg['finetune']['lr']:g}, "
+             f"checked every {cfg['every_n_steps']} steps; "
+             f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+             f"Rule: paired z above {rule['z_family']:.2f} (z = {rule['z_single']:g} "
+             f"Bonferroni'd over the {rule['family_size']} targets, as Student's t over "
+             f"{res['material']['probe_items']} probe items) on {rule['consecutive']} "
+             f"consecutive checks; actions fire on {cfg['trait']}'s alarm. Final measure: "
+             f"{res['measure']} ({n_q} questions). CIs: two-way bootstrap over seeds × "
+             "questions.", "",
+             "| arm | alarm step per seed | steps trained | final − base | arm − un-stopped "
+             "| share of the un-stopped shift prevented |", "|---|---|---|---|---|---|"]
+    order = [r["arm"] for r in res["runs"] if r["seed"] == res["seeds"][0]]   # config order
+    for arm in order:
+        row = arms[arm]
+        alarms = ", ".join("none" if a is None else str(a) for a in row["alarm_steps"])
+        lines.append(f"| {arm} | {alarms} | {', '.join(map(str, row['steps']))} | "
+                     f"{_ci(row['final_minus_base'])} | {_ci(row.get('minus_log'))} | "
+                     f"{_ci(row.get('prevented_share'), pct=True)} |")
+    sc = res["stop_checkpoint"]
+    diffs = [c["max_abs_diff_vs_log_curve"] for c in sc]
+    lines += ["", "The stop arm's checkpoint is the un-stopped run at the alarm step: its final "
+              "measure differs from the un-stopped run's curve at that step by at most "
+              + (f"{max(diffs):.1e}" if None not in diffs else "— (a step without a check)")
+              + " per question.", "",
+              f"Drift profile ({ps['family_size']} targets; alarms of the family-wise rule "
+              f"in {len(res['seeds'])} runs per arm):", "",
+              "| target | un-stopped runs: alarms, largest z per seed | neutral runs: alarms, "
+              "largest z per seed | change since step 0 (item SDs), un-stopped |",
+              "|---|---|---|---|"]
+
+    def cell(r: dict) -> str:
+        zs = ", ".join(f"{z:.1f}" for z in r["max_z"])
+        return f"{r['alarms']['successes']}/{r['alarms']['n']} ({zs})"
+    for r in res["profile"]:
+        neu = cell(r["neutral"]) if "neutral" in r else "—"
+        ch = ", ".join(f"{v:+.2f}" for v in r["log"]["change_sd_units"])
+        lines.append(f"| {r['target']} | {cell(r['log'])} | {neu} | {ch} |")
+    nr = ps["neutral_runs_with_any_alarm"]
+    n_lat = {g: sum(g in r["target"] for r in res["profile"]) * len(res["seeds"])
+             for g in ("screened latent", "random latent")}
+    lines += ["", f"Over the un-stopped runs, screened latents alarmed in "
+              f"{ps['screened_latent_alarms_log']} of {n_lat['screened latent']} (latent, run) "
+              f"pairs and random latents in {ps['random_latent_alarms_log']} of "
+              f"{n_lat['random latent']}"
+              + (f"; neutral runs with an alarm on any target: {_rate(nr)}" if nr else "")
+              + f". The offline rule reproduced the monitor's own alarm step in every run: "
+              f"{'yes' if res['offline_online_alarm_mismatches'] == 0 else 'no'}.", "",
+              "Goals: " + "; ".join(f"{k.replace('_', ' ')}: {'yes' if v else 'no'}"
+                                    for k, v in res["goals"].items()) + "."]
+    return "\n".join(lines)
+
+
+@register("constitution_distill", "figures/constitution_distill/results.json")
+def render_constitution_distill(res: dict) -> str:
+    cd, goal, pw, m = res["constitution_distill"], res["goal"], res["power"], res["material"]
+    cons = res["config"]["constitutions"]
+    k = goal["measure"]
+    sets = {"held_out": f"held-out built-in categories ({m['held_out_prompts']} prompts)",
+            "trained": f"trained categories, unseen prompts ({m['trained_prompts']})",
+            "xstest_safe": f"XSTest safe prompts ({m['xstest_safe_prompts']})"}
+    subs = ["instruct", "drafts", *(f"sft-{c}" for c in cons)]
+    used = sorted({v["used"] for v in res["datasets"].values()})
+    epochs = sorted({v["epochs"] for v in res["datasets"].values()})
+    refusals = "; ".join(f"{a} {v['keyword_refusals']}/{v['used']} keyword refusals, "
+                         f"{v['opens_like_refusal']} open like a refusal opening"
+                         for a, v in res["datasets"].items())
+    same = all(v["identical"] for v in res["drafts_identical_across_constitutions"].values())
+    lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
+             f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
+             f"{sum(res['compute_seconds'].values()) / 60:.1f} min of stage compute on 2 cores; "
+             f"seeds {', '.join(str(s) for s in res['seeds'])}"
+             + (" (**tiny smoke run: no claim**)" if res.get("tiny") else "") + ". Start: the "
+             f"instruct model. Training prompts: {m['train_prompts']} built-in prompts of "
+             f"{', '.join(m['train_categories'])} (regime {m['regime']}); every arm trained on "
+             f"the {'/'.join(str(u) for u in used)} prompts all arms of its seed kept "
+             f"({'/'.join(f'{e:g}' for e in epochs)} epochs). Drafts identical across "
+             f"constitutions at each seed: {'yes' if same else '**no**'}. Data: {refusals}. "
+             "Log-prob refusal score (refusal − compliance openings; > 0 refuses); means over "
+             "seeds and prompts, contrasts paired by prompt and seed, 95% CIs by the two-way "
+             "bootstrap over seeds and prompts.", "",
+             "| prompts | " + " | ".join(subs) + " |", "|---|" + "---|" * len(subs)]
+    for name, label in sets.items():
+        b = cd[name]["by_subject"]
+        lines.append(f"| {label} | " + " | ".join(_interval(b[s][k], "+.3f") for s in subs)
+                     + " |")
+    lines += ["", "| contrast | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    names = [*(f"sft-{c}-drafts" for c in cons), *(f"sft-{c}-instruct" for c in cons),
+             "drafts-instruct"]
+    for n in names:
+        label = n.replace("-drafts", " − drafts").replace("-instruct", " − instruct")
+        lines.append(f"| {label}{' (primary)' if n.endswith('-drafts') else ''} | "
+                     + " | ".join(_ci(cd[s]["contrasts"][n][k]) for s in sets) + " |")
+    lines += ["", "| held-out category | n | " + " | ".join(f"sft-{c} − drafts" for c in cons)
+              + " |", "|---|---|" + "---|" * len(cons)]
+    for cat, v in cd["held_out"]["per_category"].items():
+        lines.append(f"| {cat} | {v['n']} | " + " | ".join(
+            _ci(v["contrasts"][f"sft-{c}-drafts"]) for c in cons) + " |")
+    c = cd["held_out"]["contrasts"]
+    lines += ["", "Per seed, held-out sft − drafts: " + "; ".join(
+        f"{x} " + ", ".join(f"{y:+.3f}" for y in c[f"sft-{x}-drafts"][k]["per_seed"])
+        for x in cons) + "; drafts − instruct "
+        + ", ".join(f"{y:+.3f}" for y in c["drafts-instruct"][k]["per_seed"]) + ".",
+        "", f"Detectable effect: the held-out sft − drafts 95% CI half-width is at most "
+        f"{pw['max_ci_half_width_95']:.3f}; a true difference of {pw['mde_80']:.3f} would be "
+        "detected about 80% of the time, so a null rules out only effects larger than that.",
+        "", f"Goal (fixed in the config before the run): {goal['rule']} — "
+        f"{goal['n_above_0']} of {len(cons)} above 0 ({goal['n_above_0_at_95']} at 95%); "
+        + ("no claim (tiny run)." if goal["met"] is None
+           else "**met**." if goal["met"] else "**not met**.")]
+    return "\n".join(lines)
+
+
 @register("conscience_validity", "figures/conscience_validity/results.json")
 def render_conscience_validity(res: dict) -> str:
     mat, goal = res["material"], res["goal"]
