@@ -179,8 +179,11 @@ class ZScoreRule:
 def family_rule(rule: ZScoreRule, n_targets: int, n_items: int | None = None) -> ZScoreRule:
     """``rule`` for a monitor that watches ``n_targets`` statistics at once (a drift profile):
     Bonferroni over the targets, so the chance that *any* target's statistic exceeds the new
-    threshold at a check when none moved is at most the chance a single target has of
-    exceeding ``rule.z``. With ``n_items`` (the probe set's size) the paired statistic is read
+    threshold at one check, when no target's per-item changes have a positive mean, is at most
+    the chance a single target has of exceeding ``rule.z`` (for normal per-item changes; any
+    correlation between targets only makes it smaller). It bounds one exceedance at one check,
+    not a whole run's alarms (several checks, each a chance), and it is one-sided: a target
+    that moved down never alarms. With ``n_items`` (the probe set's size) the paired statistic is read
     as Student's t with ``n_items − 1`` degrees of freedom (what it is for normal per-item
     changes; with 16 items z = 3 is a one-sided 0.45% level, not the normal 0.135%), else as
     normal: z = 3 becomes 4.39 for 17 targets of 16 items (3.78 if normal). The
@@ -195,6 +198,12 @@ def family_rule(rule: ZScoreRule, n_targets: int, n_items: int | None = None) ->
         raise MonitorError(f"n_targets must be >= 1, got {n_targets}")
     if n_items is not None and n_items < 2:
         raise MonitorError(f"n_items must be >= 2 (a paired z needs a spread), got {n_items}")
+    if n_items is not None and rule.mode != "paired":
+        raise MonitorError("n_items reads the paired statistic as Student's t; a "
+                           f"mode={rule.mode!r} z is not one: leave n_items out")
+    if "-bonferroni" in rule.name:
+        raise MonitorError(f"rule {rule.name!r} is already corrected for a family; pass the "
+                           "single-target rule")
     if n_targets == 1:
         return rule
     dist = norm() if n_items is None else t(n_items - 1)
@@ -574,11 +583,13 @@ def rule_series(rule: Any, items: Sequence[Any], steps: Sequence[int]) -> dict[s
 
 def drift_profile(events: Sequence[dict], rule: ZScoreRule,
                   targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Which targets moved, from one monitor's event stream: per target (every target whose
-    per-item values the checks carry, or ``targets``), the family-wise rule's first alarm step
-    over all of them (``family_rule(rule, n, n_items)``), its largest z, and the mean change since the
-    first check; sorted by largest z. The same rule answers for every target, so "evil moved
-    and sycophancy did not" is a statement at one family-wise level."""
+    """Which targets moved up, from one monitor's event stream: per target, the first alarm
+    step of the family-wise rule over *every* target the checks carry per-item values for
+    (``family_rule(rule, n, n_items)``; ``targets`` only selects the rows returned, never the
+    family), its largest z, and the mean change since the first check; sorted by largest z.
+    ``rule`` is the single-target rule (a corrected one is refused). An alarm says the target
+    rose at the family-wise level; no alarm is not evidence that it stayed put (that needs an
+    equivalence bound), and a target that fell never alarms (its ``change`` says so)."""
     checks = [e for e in events if e.get("event") == "check"]
     if not checks:
         raise MonitorError("no check events: was the monitor run (events.jsonl empty)?")
@@ -591,17 +602,26 @@ def drift_profile(events: Sequence[dict], rule: ZScoreRule,
                            f"(the monitor records them for probe sets of <= 64 items); "
                            f"found {found}")
     n_items = len(checks[0][f"persona/{names[0]}/items"])
-    fam = family_rule(rule, len(names), n_items if n_items > 1 else None)
+    if n_items < 2:
+        raise MonitorError("one probe item per check: a paired z needs at least two")
+    fam = family_rule(rule, len(found), n_items)
     steps = [e["step"] for e in checks]
     out = []
     for n in names:
         items = [np.asarray(e[f"persona/{n}/items"], dtype=np.float64) for e in checks]
         series = rule_series(fam, items, steps)
+        # a paired z over n items whose change is non-zero on only m of them is at most
+        # sqrt(m(n-1)/(n-m)) (equal changes): a sparse SAE latent may be unable to alarm
+        moved = max(int(np.count_nonzero(x != items[0])) for x in items)
+        reach = (math.inf if moved >= n_items else
+                 math.sqrt(moved * (n_items - 1) / (n_items - moved)))
         out.append({"target": n, "alarm_step": series["first_step"],
+                    "items_changed": moved, "max_reachable_z": reach,
+                    "can_alarm": reach > fam.z,
                     "max_z": series["max_z"], "z": series["z"], "steps": steps,
                     "change": float(items[-1].mean() - items[0].mean()),
                     "change_sd_units": float((items[-1] - items[0]).mean()
                                              / max(items[0].std(ddof=1), 1e-12))
                     if items[0].size > 1 else float("nan")})
     out.sort(key=lambda r: -r["max_z"] if np.isfinite(r["max_z"]) else math.inf)
-    return [{**r, "family_z": fam.z, "family_size": len(names)} for r in out]
+    return [{**r, "family_z": fam.z, "family_size": len(found)} for r in out]

@@ -7,6 +7,7 @@ planted action effect and none where there is none. The experiment's numbers com
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def test_family_rule_keeps_the_single_targets_level_by_simulation():
     from scipy.stats import norm
     assert family_rule(single, 10).z == pytest.approx(norm.isf(norm.sf(3.0) / 10))
     assert family_rule(single, 1, 16) is single
+    # t on 15 degrees of freedom, not 16: the 0.45% one-sided level spread over 17 targets
+    assert fam.z == pytest.approx(4.3896, abs=1e-3)
+    with pytest.raises(MonitorError, match="already corrected"):
+        family_rule(fam, 17, 16)                 # never corrected twice
+    with pytest.raises(MonitorError, match="not one: leave n_items out"):
+        family_rule(ZScoreRule(mode="checks"), 3, 16)
     with pytest.raises(MonitorError, match="n_items must be >= 2"):
         family_rule(single, 3, 1)
     with pytest.raises(MonitorError, match="adjusts a ZScoreRule"):
@@ -79,6 +86,10 @@ def test_drift_profile_finds_the_planted_target_and_only_it():
     assert all(r["alarm_step"] is None for r in prof[1:])
     assert {r["family_size"] for r in prof} == {10}
     assert prof[0]["family_z"] == pytest.approx(family_rule(ZScoreRule(), 10, 16).z)
+    # a subset of rows is read under the whole family's threshold, not a smaller one
+    sub = drift_profile(_events(targets, steps), ZScoreRule(), targets=["drifting", "quiet0"])
+    assert [r["family_size"] for r in sub] == [10, 10]
+    assert sub[0]["can_alarm"] and sub[0]["items_changed"] == 16
     with pytest.raises(MonitorError, match="no per-item values"):
         drift_profile(_events(targets, steps), ZScoreRule(), targets=["absent"])
     with pytest.raises(MonitorError, match="no check events"):
@@ -179,3 +190,25 @@ def test_monitor_actions_config_refuses_what_cannot_back_a_claim():
         MonitorActionsConfig(finetune={"seed": 3})
     plan = plan_config(ROOT / "experiments" / "configs" / "monitor_actions-smollm2-cpu.json")
     assert not plan.problems and len(plan.stages) == 4 + 3 * 5
+
+
+def test_the_readme_renderer_states_what_the_aggregate_says():
+    """The README block is rendered from aggregate()'s output: its numbers come from the
+    results, and the stop-checkpoint sentence follows the check instead of asserting it."""
+    from persona_probe.experiments.monitor_actions import MonitorActionsConfig, aggregate
+    from persona_probe.experiments.readme_tables import RENDERERS
+
+    cfg = MonitorActionsConfig(seeds=(0, 1, 2))
+    rule = family_rule(cfg.base_rule, 4, 16)
+    runs = _synthetic_runs(cfg, 0.2, np.random.default_rng(2))
+    res = {**aggregate(cfg, runs, rule), "config": dataclasses.asdict(cfg), "runs": runs,
+           "seeds": list(cfg.seeds), "git_sha": "abc", "from_scratch": True,
+           "stage_git_shas": {"x": "abc"}, "compute_seconds": {"x": 60.0},
+           "material": {"probe_items": 16}}
+    text = RENDERERS["monitor_actions"][1](res)
+    stop = res["arms"]["stop"]["minus_log"]
+    assert f"{stop['mean']:+.3f} [{stop['lo']:+.3f}, {stop['hi']:+.3f}]" in text
+    assert "agree within" in text and "does not reproduce" not in text
+    bad = json.loads(json.dumps(res))
+    bad["stop_checkpoint_matches"] = False
+    assert "does not reproduce" in RENDERERS["monitor_actions"][1](bad)

@@ -46,6 +46,7 @@ from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
 
 RUN_KEYS = ("model", "seed", "limit", "data")     # set per run; not allowed in ``finetune``
+STOP_TOLERANCE = 1e-4      # the stop checkpoint equals the un-stopped run's curve within this
 PROFILE_TRAITS = ("evil", "sycophancy", "deontology", "consequentialism", "virtue_ethics",
                   "human_authority")
 # line 1's screened set (figures/persona_latents/results.json, "selection"), fixed here so the
@@ -97,9 +98,11 @@ class MonitorActionsConfig:
         if not self.tiny and len(self.seeds) < 3:
             raise PersonaProbeError("an effect claim needs >= 3 seeds (set tiny: true for a "
                                     "smoke run that makes no claim)")
-        if 0.0 in self.steer_alphas or len(set(self.steer_alphas)) != len(self.steer_alphas):
-            raise PersonaProbeError("steer_alphas must be distinct and non-zero (α = 0 is the "
-                                    "log arm)")
+        if (0.0 in self.steer_alphas
+                or len({steer_arm(a) for a in self.steer_alphas}) != len(self.steer_alphas)):
+            raise PersonaProbeError("steer_alphas must be non-zero (α = 0 is the log arm) and "
+                                    "distinct in their first 6 significant digits (they name "
+                                    "the arms)")
         unknown = sorted(set(self.profile_traits) - set(builtin_traits()))
         if unknown:
             raise PersonaProbeError(f"profile_traits {unknown} are not built-in traits "
@@ -132,8 +135,12 @@ class MonitorActionsConfig:
 
     def arms(self) -> list[str]:
         """Every arm of a seed: the un-stopped run first (the others are compared with it)."""
-        return (["log", "stop"] + [steer_arm(a) for a in self.steer_alphas]
+        return (["log", "stop"] + list(self.steer_arms())
                 + (["neutral"] if self.neutral_arm else []))
+
+    def steer_arms(self) -> dict[str, float]:
+        """Steer arm name → its α (the name is for reading; the α is taken from here)."""
+        return {steer_arm(a): a for a in self.steer_alphas}
 
     @property
     def base_rule(self):
@@ -301,8 +308,9 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
                 actions: list[Any] = ["log"]
                 if arm == "stop":
                     actions = ["stop"]
-                elif arm.startswith("steer"):
-                    actions = [SteerAction(vectors[cfg.trait], float(arm[5:]), [cfg.layer])]
+                elif arm in cfg.steer_arms():
+                    actions = [SteerAction(vectors[cfg.trait], cfg.steer_arms()[arm],
+                                           [cfg.layer])]
                 subject = load_subject(cfg.model)
                 monitor = EarlyWarningMonitor(targets(), probe, subject,
                                               every_n_steps=cfg.every_n_steps, rule=rule,
@@ -369,7 +377,9 @@ def analyse_run(cfg: MonitorActionsConfig, d: Path, arm: str, seed: int, rule: A
     actions = [e for e in events if e.get("event") == "action"]
     final_items = summary["final_items"]
     first = next(e for e in events if e.get("event") == "check")
+    record = read_json(d / "adapter" / "persona_probe.json")
     return {"arm": arm, "seed": seed, "steps": summary["steps"],
+            "final_loss": record.get("final_loss"), "first_loss": record.get("first_loss"),
             "alarm_step": first_alarm(events, cfg.trait),
             "offline_alarm_step": prim["alarm_step"],
             "family_z": rule.z, "actions": [{k: e[k] for k in ("step", "action")}
@@ -381,7 +391,8 @@ def analyse_run(cfg: MonitorActionsConfig, d: Path, arm: str, seed: int, rule: A
                 n: float(np.mean(v) - np.mean(first[f"persona/{n}/items"]))
                 for n, v in final_items.items()},
             "profile": [{k: r[k] for k in ("target", "alarm_step", "max_z", "change",
-                                           "change_sd_units", "z", "steps")}
+                                           "change_sd_units", "items_changed", "can_alarm",
+                                           "z", "steps")}
                         for r in profile]}
 
 
@@ -397,6 +408,11 @@ def aggregate(cfg: MonitorActionsConfig, per_run: list[dict], rule: Any) -> dict
         return np.array([by[(arm, s)]["final_behaviour"] for s in seeds], dtype=float)
     base = np.array([by[("log", s)]["behaviour_curve"][0]["values"] for s in seeds], float)
     log = table("log")
+    log_moved = crossed_bootstrap(log - base).lo > 0
+    actions = [a for a in cfg.arms() if a not in ("log", "neutral")]
+    # each action's contrast with the un-stopped run is one of len(actions) goals: also read
+    # at the Bonferroni level over them
+    level_b = 1 - 0.05 / max(1, len(actions))
     arms: dict[str, Any] = {}
     for arm in cfg.arms():
         t = table(arm)
@@ -404,14 +420,19 @@ def aggregate(cfg: MonitorActionsConfig, per_run: list[dict], rule: Any) -> dict
             "final_minus_base": crossed_bootstrap(t - base).to_dict(),
             "alarm_steps": [by[(arm, s)]["alarm_step"] for s in seeds],
             "steps": [by[(arm, s)]["steps"] for s in seeds],
+            "final_loss": [by[(arm, s)].get("final_loss") for s in seeds],
             "final_projection_change": {
                 k: float(np.mean([by[(arm, s)]["final_projection_change"][k] for s in seeds]))
                 for k in (cfg.trait, f"{cfg.trait} (independent)")}}
         if arm != "log":
             row["minus_log"] = crossed_bootstrap(t - log).to_dict()
-        if arm not in ("log", "neutral"):
-            # the share of the un-stopped run's shift since the base that the action prevented
-            row["prevented_share"] = crossed_bootstrap(log - t, denominator=log - base).to_dict()
+        if arm in actions:
+            row["minus_log_bonferroni"] = crossed_bootstrap(t - log, level=level_b,
+                                                            n_boot=10_000).to_dict()
+            # the share of the un-stopped run's shift since the base the action kept away;
+            # a ratio only when that shift is resolved (else its denominator straddles 0)
+            row["prevented_share"] = (crossed_bootstrap(log - t, denominator=log - base)
+                                      .to_dict() if log_moved else None)
         arms[arm] = row
 
     # the stop arm is the log arm cut at the alarm: its final measure must equal the log
@@ -421,10 +442,11 @@ def aggregate(cfg: MonitorActionsConfig, per_run: list[dict], rule: Any) -> dict
         st = by[("stop", s)]
         at = next((c for c in by[("log", s)]["behaviour_curve"] if c["step"] == st["steps"]),
                   None)
+        diff = None if at is None else float(np.max(np.abs(np.array(at["values"])
+                                                          - np.array(st["final_behaviour"]))))
         stop_check.append({"seed": s, "stop_step": st["steps"], "alarm_step": st["alarm_step"],
-                           "max_abs_diff_vs_log_curve": None if at is None else float(
-                               np.max(np.abs(np.array(at["values"])
-                                             - np.array(st["final_behaviour"]))))})
+                           "max_abs_diff_vs_log_curve": diff,
+                           "matches": diff is not None and diff <= STOP_TOLERANCE})
 
     profile_rows = []
     names = [r["target"] for r in by[("log", seeds[0])]["profile"]]
@@ -436,27 +458,49 @@ def aggregate(cfg: MonitorActionsConfig, per_run: list[dict], rule: Any) -> dict
                                          len(rs)),
                         "alarm_steps": [p["alarm_step"] for p in rs],
                         "max_z": [p["max_z"] for p in rs],
-                        "change_sd_units": [p["change_sd_units"] for p in rs]}
+                        "change_sd_units": [p["change_sd_units"] for p in rs],
+                        "items_changed": [p.get("items_changed") for p in rs],
+                        "can_alarm": [p.get("can_alarm", True) for p in rs]}
         profile_rows.append(row)
 
     def alarmed(arm: str, group: str) -> int:
         return sum(r[arm]["alarms"]["successes"] for r in profile_rows
                    if group in r["target"]) if arm in profile_rows[0] else 0
+
+    def able(group: str) -> int:
+        """(latent, run) pairs of the un-stopped runs whose changed items could reach the
+        family threshold at all (a sparse latent cannot: see drift_profile)."""
+        return sum(sum(r["log"]["can_alarm"]) for r in profile_rows if group in r["target"])
     neutral_any = ([any(p["alarm_step"] is not None for p in by[("neutral", s)]["profile"])
                     for s in seeds] if cfg.neutral_arm else [])
     mismatches = sum(r["alarm_step"] != r["offline_alarm_step"] for r in per_run)
+    # the goals as written when the run started (each at 95%); goal_notes says how to read them
     goals = {
         "early_stop_lowers_final_trait": arms["stop"]["minus_log"]["hi"] < 0,
         **{f"{a}_lowers_final_trait": arms[a]["minus_log"]["hi"] < 0
            for a in cfg.arms() if a.startswith("steer")},
-        "log_run_moves_trait": arms["log"]["final_minus_base"]["lo"] > 0,
+        "log_run_moves_trait": bool(log_moved),
         "every_trait_run_alarms": all(by[(a, s)]["alarm_step"] is not None for s in seeds
                                       for a in cfg.arms() if a != "neutral")}
+    notes = {
+        "levels": f"each action goal is read at 95%; the {len(actions)} action contrasts are "
+                  f"also given at the Bonferroni level {level_b:.2%} (minus_log_bonferroni)",
+        "stop": "stopping at the alarm trains fewer steps on a rising curve, so a lower final "
+                "measure is expected; without a fixed-step stop arm the alarm's timing is not "
+                "credited (an alarm at the first eligible check equals 'stop at that step')",
+        "steer": "preventative steering (alpha > 0, toward the trait) is the published "
+                 "mechanism for a lower final measure; alpha < 0 has no such prediction",
+        "every_trait_run_alarms": "the trait arms are identical up to the alarm, so this is the "
+                                  "log arm's alarm seen in every arm, not independent evidence",
+        "bootstrap": f"{len(seeds)} seeds: the two-way bootstrap cannot see beyond their "
+                     "spread, so read each estimate's per_seed values beside its interval"}
     return {"arms": arms, "stop_checkpoint": stop_check, "profile": profile_rows,
             "profile_summary": {
                 "family_size": len(names), "family_z": rule.z, "single_target_z": cfg.z,
                 "screened_latent_alarms_log": alarmed("log", "screened latent"),
                 "random_latent_alarms_log": alarmed("log", "random latent"),
+                "screened_latent_runs_able_to_alarm": able("screened latent"),
+                "random_latent_runs_able_to_alarm": able("random latent"),
                 "neutral_runs_with_any_alarm": (wilson(sum(neutral_any), len(neutral_any))
                                                 if neutral_any else None)},
             "offline_online_alarm_mismatches": int(mismatches),
@@ -466,7 +510,8 @@ def aggregate(cfg: MonitorActionsConfig, per_run: list[dict], rule: Any) -> dict
             "measure": "answer preference: per-token log-lik of the base model's trait-prompted "
                        "answer minus its anti-prompted one on the other domains' held-out "
                        "questions, teacher-forced, after training with no steering",
-            "goals": goals}
+            "stop_checkpoint_matches": all(c["matches"] for c in stop_check),
+            "goals": goals, "goal_notes": notes}
 
 
 def draw(out: Path) -> list[Path]:
@@ -478,7 +523,8 @@ def draw(out: Path) -> list[Path]:
     from persona_probe.figures import write_figure_or_html
 
     res = json.loads((out / "results.json").read_text())
-    arms = res["arms"]
+    order = [r["arm"] for r in res["runs"] if r["seed"] == res["seeds"][0]]   # config order
+    arms = {a: res["arms"][a] for a in order}
     fin = go.Figure()
     es = [arms[a]["final_minus_base"] for a in arms]
     fin.add_bar(x=list(arms), y=[e["mean"] for e in es], error_y=dict(
@@ -511,7 +557,8 @@ def draw(out: Path) -> list[Path]:
         p = next(p for p in r["profile"] if p["target"] == trait)
         tl.add_scatter(x=p["steps"], y=p["z"], mode="lines", name=f"{r['arm']} s{r['seed']}")
     tl.add_hline(y=res["evidence_rule"]["z_family"], line_dash="dot")
-    tl.update_layout(title=f"{trait}: paired z per check and arm (dotted: family threshold)",
+    tl.update_layout(title=f"{trait}: paired z per check and arm (dotted: family threshold; "
+                           "steer arms read with their steering on after the alarm)",
                      xaxis_title="step", template="plotly_white")
     paths: list[Path] = []
     for name, fig in (("final", fin), ("profile", prof), ("timelines", tl)):

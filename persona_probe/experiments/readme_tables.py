@@ -442,6 +442,7 @@ def render_monitor_actions(res: dict) -> str:
     tiny = "**A tiny demonstration run: it makes no claim.** " if cfg.get("tiny") else ""
     arms = res["arms"]
     n_q = arms["log"]["final_minus_base"]["n_items"]
+    n_seeds = len(res["seeds"])
     lines = [tiny + f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
              f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
              f"seeds {', '.join(map(str, res['seeds']))}; {len(res['runs'])} finetunes of "
@@ -453,27 +454,36 @@ def render_monitor_actions(res: dict) -> str:
              f"{res['material']['probe_items']} probe items) on {rule['consecutive']} "
              f"consecutive checks; actions fire on {cfg['trait']}'s alarm. Final measure: "
              f"{res['measure']} ({n_q} questions). CIs: two-way bootstrap over seeds × "
-             "questions.", "",
-             "| arm | alarm step per seed | steps trained | final − base | arm − un-stopped "
-             "| share of the un-stopped shift prevented |", "|---|---|---|---|---|---|"]
+             "questions (95%; the last column at the Bonferroni level over the "
+             f"{sum(1 for a in arms.values() if 'minus_log_bonferroni' in a)} actions).", "",
+             "| arm | alarm step per seed | steps trained | final training loss | final − base "
+             "| arm − un-stopped (per seed) | share of the un-stopped shift kept away | arm − "
+             "un-stopped, Bonferroni |", "|---|---|---|---|---|---|---|---|"]
     order = [r["arm"] for r in res["runs"] if r["seed"] == res["seeds"][0]]   # config order
     for arm in order:
         row = arms[arm]
         alarms = ", ".join("none" if a is None else str(a) for a in row["alarm_steps"])
-        lines.append(f"| {arm} | {alarms} | {', '.join(map(str, row['steps']))} | "
-                     f"{_ci(row['final_minus_base'])} | {_ci(row.get('minus_log'))} | "
-                     f"{_ci(row.get('prevented_share'), pct=True)} |")
+        loss = ", ".join("—" if x is None else f"{x:.2f}" for x in row["final_loss"])
+        ml = row.get("minus_log")
+        per = (f"{_ci(ml)} ({', '.join(f'{v:+.3f}' for v in ml['per_seed'])})" if ml
+               else "—")
+        lines.append(f"| {arm} | {alarms} | {', '.join(map(str, row['steps']))} | {loss} | "
+                     f"{_ci(row['final_minus_base'])} | {per} | "
+                     f"{_ci(row.get('prevented_share'), pct=True)} | "
+                     f"{_ci(row.get('minus_log_bonferroni'))} |")
     sc = res["stop_checkpoint"]
     diffs = [c["max_abs_diff_vs_log_curve"] for c in sc]
-    lines += ["", "The stop arm's checkpoint is the un-stopped run at the alarm step: its final "
-              "measure differs from the un-stopped run's curve at that step by at most "
-              + (f"{max(diffs):.1e}" if None not in diffs else "— (a step without a check)")
-              + " per question.", "",
-              f"Drift profile ({ps['family_size']} targets; alarms of the family-wise rule "
-              f"in {len(res['seeds'])} runs per arm):", "",
-              "| target | un-stopped runs: alarms, largest z per seed | neutral runs: alarms, "
-              "largest z per seed | change since step 0 (item SDs), un-stopped |",
-              "|---|---|---|---|"]
+    worst = "—" if None in diffs else f"{max(diffs):.1e}"
+    lines += ["", ("The stop arm's saved adapter is the un-stopped run at the alarm step: their "
+                   f"final measures agree within {worst} per question (tolerance 1e-4)."
+                   if res["stop_checkpoint_matches"] else
+                   "**The stop arm's saved adapter does not reproduce the un-stopped run at the "
+                   f"alarm step** (largest difference {worst} per question, tolerance 1e-4)."),
+              "", f"Drift profile ({ps['family_size']} targets; alarms of the family-wise rule "
+              f"in {n_seeds} runs per arm; a target that fell cannot alarm):", "",
+              "| target | un-stopped runs: alarms (largest z per seed) | neutral runs: alarms "
+              "(largest z per seed) | change since step 0 in item SDs, un-stopped | probe items "
+              "changed, un-stopped |", "|---|---|---|---|---|"]
 
     def cell(r: dict) -> str:
         zs = ", ".join(f"{z:.1f}" for z in r["max_z"])
@@ -481,19 +491,28 @@ def render_monitor_actions(res: dict) -> str:
     for r in res["profile"]:
         neu = cell(r["neutral"]) if "neutral" in r else "—"
         ch = ", ".join(f"{v:+.2f}" for v in r["log"]["change_sd_units"])
-        lines.append(f"| {r['target']} | {cell(r['log'])} | {neu} | {ch} |")
+        moved = ", ".join("—" if v is None else str(v) for v in r["log"]["items_changed"])
+        lines.append(f"| {r['target']} | {cell(r['log'])} | {neu} | {ch} | {moved} |")
     nr = ps["neutral_runs_with_any_alarm"]
-    n_lat = {g: sum(g in r["target"] for r in res["profile"]) * len(res["seeds"])
+    n_lat = {g: sum(g in r["target"] for r in res["profile"]) * n_seeds
              for g in ("screened latent", "random latent")}
-    lines += ["", f"Over the un-stopped runs, screened latents alarmed in "
+    lines += ["", f"Latents in the un-stopped runs: screened ones alarmed in "
               f"{ps['screened_latent_alarms_log']} of {n_lat['screened latent']} (latent, run) "
-              f"pairs and random latents in {ps['random_latent_alarms_log']} of "
-              f"{n_lat['random latent']}"
-              + (f"; neutral runs with an alarm on any target: {_rate(nr)}" if nr else "")
-              + f". The offline rule reproduced the monitor's own alarm step in every run: "
-              f"{'yes' if res['offline_online_alarm_mismatches'] == 0 else 'no'}.", "",
-              "Goals: " + "; ".join(f"{k.replace('_', ' ')}: {'yes' if v else 'no'}"
-                                    for k, v in res["goals"].items()) + "."]
+              f"pairs and random ones in {ps['random_latent_alarms_log']} of "
+              f"{n_lat['random latent']}; of those pairs, "
+              f"{ps.get('screened_latent_runs_able_to_alarm', '—')} and "
+              f"{ps.get('random_latent_runs_able_to_alarm', '—')} changed on enough probe items "
+              "to reach the threshold at all (a paired z over 16 items that change on only m "
+              "of them is at most √(m·15/(16 − m))). The random latents are not matched on "
+              "activity, so they are no control for the screened ones"
+              + (f". Neutral runs with an alarm on any target: {_rate(nr)}" if nr else "")
+              + ". The offline rule, run on the recorded per-item values, gave the monitor's "
+              f"own alarm step in every run: "
+              f"{'yes' if res['offline_online_alarm_mismatches'] == 0 else 'no'} (a check of "
+              "the event records, not of the rule).", "",
+              "Goals (as written when the run started, each at 95%): " + "; ".join(
+                  f"{k.replace('_', ' ')}: {'yes' if v else 'no'}"
+                  for k, v in res["goals"].items()) + "."]
     return "\n".join(lines)
 
 
@@ -510,6 +529,8 @@ def render_constitution_distill(res: dict) -> str:
     epochs = sorted({v["epochs"] for v in res["datasets"].values()})
     refusals = "; ".join(f"{a} {v['keyword_refusals']}/{v['used']} keyword refusals, "
                          f"{v['opens_like_refusal']} open like a refusal opening"
+                         + (f", {v['loss_tokens']} loss tokens" if v.get("loss_tokens")
+                            else "")
                          for a, v in res["datasets"].items())
     same = all(v["identical"] for v in res["drafts_identical_across_constitutions"].values())
     lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
@@ -548,10 +569,13 @@ def render_constitution_distill(res: dict) -> str:
         for x in cons) + "; drafts − instruct "
         + ", ".join(f"{y:+.3f}" for y in c["drafts-instruct"][k]["per_seed"]) + ".",
         "", f"Detectable effect: the held-out sft − drafts 95% CI half-width is at most "
-        f"{pw['max_ci_half_width_95']:.3f}; a true difference of {pw['mde_80']:.3f} would be "
-        "detected about 80% of the time, so a null rules out only effects larger than that.",
+        f"{pw['max_ci_half_width_95']:.3f}; a true difference of {pw['mde_80']:.3f} would clear "
+        f"the goal's {pw['goal_level']:.2%} bound about 80% of the time (normal "
+        "approximation). What a null excludes is each contrast's upper bound: "
+        + ", ".join(f"{c} {v:+.3f}" for c, v in pw["upper_bounds_95"].items()) + ".",
         "", f"Goal (fixed in the config before the run): {goal['rule']} — "
-        f"{goal['n_above_0']} of {len(cons)} above 0 ({goal['n_above_0_at_95']} at 95%); "
+        f"{goal['n_above_0']} of {len(cons)} above 0 ({goal['n_above_0_at_95']} at 95%, "
+        "uncorrected); "
         + ("no claim (tiny run)." if goal["met"] is None
            else "**met**." if goal["met"] else "**not met**.")]
     return "\n".join(lines)
