@@ -527,11 +527,14 @@ def render_constitution_distill(res: dict) -> str:
     subs = ["instruct", "drafts", *(f"sft-{c}" for c in cons)]
     used = sorted({v["used"] for v in res["datasets"].values()})
     epochs = sorted({v["epochs"] for v in res["datasets"].values()})
-    refusals = "; ".join(f"{a} {v['keyword_refusals']}/{v['used']} keyword refusals, "
-                         f"{v['opens_like_refusal']} open like a refusal opening"
-                         + (f", {v['loss_tokens']} loss tokens" if v.get("loss_tokens")
-                            else "")
-                         for a, v in res["datasets"].items())
+    by_arm: dict[str, list[dict]] = {}
+    for key, v in sorted(res["datasets"].items()):
+        by_arm.setdefault(key.rsplit("-seed", 1)[0], []).append(v)
+    refusals = "; ".join(f"{a} {', '.join(str(v['keyword_refusals']) for v in vs)}"
+                         for a, vs in by_arm.items())
+    toks = [v["loss_tokens"] for v in res["datasets"].values() if v.get("loss_tokens")]
+    refusals = ("keyword refusals among the training answers, per seed: " + refusals
+                + (f"; loss tokens per arm and seed {min(toks)}–{max(toks)}" if toks else ""))
     same = all(v["identical"] for v in res["drafts_identical_across_constitutions"].values())
     lines = [f"Run at `{_sha(res['git_sha'])}`, `from_scratch: "
              f"{str(res['from_scratch']).lower()}` (every stage at `{_stage_shas(res)}`); "
