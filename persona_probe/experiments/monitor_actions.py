@@ -189,17 +189,16 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.artifacts import read_json, write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.experiments import command_line, report_outputs, stage_clock
-    from persona_probe.experiments.poisoning_dose import answer_pool, mixed_data
+    from persona_probe.experiments.poisoning_dose import (answer_pool, mixed_data,
+                                                          probe_and_reference)
     from persona_probe.models import load_subject
     from persona_probe.monitor import (EarlyWarningMonitor, MonitorTarget, SteerAction,
-                                       family_rule, probe_set_from_answers)
-    from persona_probe.prompts import PromptItem, load_jsonl
+                                       family_rule)
     from persona_probe.provenance import git_sha, provenance
     from persona_probe.stages import Stages, sae_identity
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.training.finetune import FinetuneConfig, finetune
-    from persona_probe.training.organism import (Reference, answer_contrast, heldout_questions,
-                                                 load_domain, make_reference)
+    from persona_probe.training.organism import answer_contrast, load_domain
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
@@ -244,25 +243,8 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
         return {name: Direction.load(d / _slug(name)) for name in specs}
     vectors = stages.run("vectors", {**common, "questions": vq, "layer": cfg.layer,
                                      "specs": specs}, build_vectors)
-    probe_q = trait_questions("heldout")[:cfg.probe_questions]
-
-    def build_probe(d: Path) -> list[PromptItem]:
-        path = d / "probe.jsonl"
-        if not path.is_file():
-            got = probe_set_from_answers(base, probe_q)
-            write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
-        return load_jsonl(path)
-    probe = stages.run("probe", {**common, "questions": probe_q}, build_probe)
-    ref_q = [q for q in heldout_questions(cfg.domain, cfg.reference_per_domain, general=False)
-             if q not in set(probe_q)]
-
-    def build_reference(d: Path) -> Reference:
-        path = d / "reference.json"
-        if not path.is_file():
-            make_reference(base, trait, ref_q, system_index=idx).save(path)
-        return Reference.load(path)
-    ref = stages.run("reference", {**common, "questions": ref_q, "system_index": idx},
-                     build_reference)
+    probe, ref = probe_and_reference(stages, base, trait, common, cfg.domain,
+                                     cfg.probe_questions, cfg.reference_per_domain, idx)
 
     sae, latent_ids, sae_id = None, {}, None
     if cfg.sae:

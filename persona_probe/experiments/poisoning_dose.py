@@ -197,6 +197,41 @@ def answer_pool(base: Any, questions: list[str], trait_system: str, samples: int
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def probe_and_reference(stages: Any, base: Any, trait: Any, common: dict, domain: str,
+                        probe_questions: int | None, reference_per_domain: int,
+                        system_index: int) -> tuple[list, Any]:
+    """Two stages the monitoring experiments share: ``probe`` (the base model's greedy answers
+    to the held-out general questions, the monitor's fixed probe set) and ``reference`` (the
+    base model's trait and anti answers to the other domains' held-out questions, which the
+    behavioural answer preference scores)."""
+    from persona_probe.artifacts import write_jsonl
+    from persona_probe.monitor import probe_set_from_answers
+    from persona_probe.prompts import load_jsonl
+    from persona_probe.training.organism import Reference, heldout_questions, make_reference
+    from persona_probe.traits import trait_questions
+
+    probe_q = trait_questions("heldout")[:probe_questions]
+
+    def build_probe(d: Path) -> list:
+        path = d / "probe.jsonl"
+        if not path.is_file():
+            got = probe_set_from_answers(base, probe_q)
+            write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
+        return load_jsonl(path)
+    probe = stages.run("probe", {**common, "questions": probe_q}, build_probe)
+    ref_q = [q for q in heldout_questions(domain, reference_per_domain, general=False)
+             if q not in set(probe_q)]
+
+    def build_reference(d: Path) -> Reference:
+        path = d / "reference.json"
+        if not path.is_file():
+            make_reference(base, trait, ref_q, system_index=system_index).save(path)
+        return Reference.load(path)
+    ref = stages.run("reference", {**common, "questions": ref_q, "system_index": system_index},
+                     build_reference)
+    return probe, ref
+
+
 def mixed_data(pool: list[dict], n_questions: int, dose: float, seed: int) -> list[dict]:
     """One answer per question: the trait answer for a random ``round(dose · n)`` questions
     (the first k of one seeded permutation, so doses nest at a seed), the neutral one for the
@@ -226,14 +261,12 @@ def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.models import load_subject
-    from persona_probe.monitor import EarlyWarningMonitor, MonitorTarget, probe_set_from_answers
-    from persona_probe.prompts import PromptItem, load_jsonl
+    from persona_probe.monitor import EarlyWarningMonitor, MonitorTarget
     from persona_probe.provenance import git_sha, provenance
     from persona_probe.stages import Stages
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.training.finetune import FinetuneConfig, finetune
-    from persona_probe.training.organism import (Reference, answer_contrast, heldout_questions,
-                                                 load_domain, make_reference)
+    from persona_probe.training.organism import answer_contrast, load_domain
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
@@ -276,25 +309,8 @@ def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
         return {name: Direction.load(d / name.replace(" ", "-")) for name in phrasing}
     vectors = stages.run("vectors", {**common, "questions": vq, "layer": cfg.layer,
                                      "phrasing": phrasing}, build_vectors)
-    probe_q = trait_questions("heldout")[:cfg.probe_questions]
-
-    def build_probe(d: Path) -> list[PromptItem]:
-        path = d / "probe.jsonl"
-        if not path.is_file():
-            got = probe_set_from_answers(base, probe_q)
-            write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
-        return load_jsonl(path)
-    probe = stages.run("probe", {**common, "questions": probe_q}, build_probe)
-    ref_q = [q for q in heldout_questions(cfg.domain, cfg.reference_per_domain, general=False)
-             if q not in set(probe_q)]
-
-    def build_reference(d: Path) -> Reference:
-        path = d / "reference.json"
-        if not path.is_file():
-            make_reference(base, trait, ref_q, system_index=idx).save(path)
-        return Reference.load(path)
-    ref = stages.run("reference", {**common, "questions": ref_q, "system_index": idx},
-                     build_reference)
+    probe, ref = probe_and_reference(stages, base, trait, common, cfg.domain,
+                                     cfg.probe_questions, cfg.reference_per_domain, idx)
 
     # 3. the finetunes ------------------------------------------------------------------------
     rule = cfg.rule
