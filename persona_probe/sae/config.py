@@ -23,7 +23,7 @@ class SAEConfigError(PersonaProbeError):
     """A training config that cannot describe a run."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # rows compare and hash by identity (fields holds a dict)
 class SAEArchitecture:
     """A trainable SAE type. ``classes`` is its sae-lens ``(TrainingSAE subclass, its config
     dataclass)``; ``None`` takes them from sae-lens's own training registry under ``name``
