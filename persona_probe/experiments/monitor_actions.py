@@ -33,7 +33,6 @@ Design (every rule, arm and α is fixed in the config before a run):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -189,8 +188,8 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.artifacts import read_json, write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.experiments import command_line, report_outputs, stage_clock
-    from persona_probe.experiments.poisoning_dose import (answer_pool, mixed_data,
-                                                          probe_and_reference)
+    from persona_probe.experiments.poisoning_dose import (mixed_data, one_phrasing,
+                                                          pool_stage, probe_and_reference)
     from persona_probe.models import load_subject
     from persona_probe.monitor import (EarlyWarningMonitor, MonitorTarget, SteerAction,
                                        family_rule)
@@ -216,12 +215,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
     idx = cfg.data_system_index
 
     stage("answer pool")
-    sampling = {"questions": questions, "samples": cfg.samples_per_question,
-                "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-                "trait_system": trait.trait_system[idx]}
-    pool = stages.run("pool", {**common, **sampling}, lambda d: answer_pool(
-        base, questions, trait.trait_system[idx], cfg.samples_per_question, cfg.max_new_tokens,
-        cfg.temperature, d / "pool.jsonl"))
+    pool = pool_stage(stages, base, common, questions, trait.trait_system[idx], cfg)
 
     stage("profile vectors, probe set, reference")
     vq = trait_questions("extract")[:cfg.vector_questions]
@@ -235,10 +229,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
         for name, (t, k) in specs.items():
             sub = d / _slug(name)
             if not (sub / "direction.json").is_file():
-                one = load_trait(t)
-                if k is not None:
-                    one = dataclasses.replace(one, trait_system=(one.trait_system[k],),
-                                              anti_system=(one.anti_system[k],))
+                one = load_trait(t) if k is None else one_phrasing(load_trait(t), k)
                 persona_vector(base, one, vq, layers=[cfg.layer]).save(sub)
         return {name: Direction.load(d / _slug(name)) for name in specs}
     vectors = stages.run("vectors", {**common, "questions": vq, "layer": cfg.layer,
@@ -260,12 +251,11 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
                                                   cfg.random_latents, cfg.latent_seed)}
         sae_id = {"spec": cfg.sae, **sae_identity(sae)}
 
-    def targets() -> list[MonitorTarget]:
-        ts = [MonitorTarget.from_direction(v, cfg.layer, name=n) for n, v in vectors.items()]
-        for group, ids in latent_ids.items():
-            ts += [MonitorTarget.from_latent(sae, x, name=f"{group} latent {x}") for x in ids]
-        return ts
-    n_targets = len(targets())
+    # the profile (read-only specs: each monitor keeps its own history)
+    targets = [MonitorTarget.from_direction(v, cfg.layer, name=n) for n, v in vectors.items()]
+    for group, ids in latent_ids.items():
+        targets += [MonitorTarget.from_latent(sae, x, name=f"{group} latent {x}") for x in ids]
+    n_targets = len(targets)
     rule = family_rule(cfg.base_rule, n_targets, len(probe))
 
     upstream = {n: stages.fingerprint_of(n) for n in ("pool", "vectors", "probe", "reference")}
@@ -294,7 +284,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
                     actions = [SteerAction(vectors[cfg.trait], cfg.steer_arms()[arm],
                                            [cfg.layer])]
                 subject = load_subject(cfg.model)
-                monitor = EarlyWarningMonitor(targets(), probe, subject,
+                monitor = EarlyWarningMonitor(targets, probe, subject,
                                               every_n_steps=cfg.every_n_steps, rule=rule,
                                               actions=actions, events=d / "events.jsonl",
                                               act_on=[cfg.trait])
@@ -308,7 +298,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
                 steps = read_json(d / "adapter" / "persona_probe.json")["steps"]
                 # the final measures, on the saved adapter with no steering switched on
                 final = load_subject(cfg.model, adapter=d / "adapter")
-                check = EarlyWarningMonitor(targets(), probe, final, every_n_steps=1,
+                check = EarlyWarningMonitor(targets, probe, final, every_n_steps=1,
                                             rule=rule, events=d / "final-events.jsonl"
                                             ).step(final.model, steps, force=True)[0]
                 summary = {"arm": arm, "seed": seed, "steps": steps,
@@ -316,7 +306,7 @@ def run(cfg: MonitorActionsConfig, runs: Path, out: Path, config_path: str = "",
                            "monitor_seconds": round(monitor.check_seconds, 1),
                            "final_behaviour": [float(v) for v in answer_contrast(final, ref)],
                            "final_items": {t.name: check[f"persona/{t.name}/items"]
-                                           for t in targets()}}
+                                           for t in targets}}
                 write_json(d / "summary.json", summary)
                 return summary
             stages.run(name, {**common, **upstream, "arm": arm, "seed": seed,

@@ -197,6 +197,24 @@ def answer_pool(base: Any, questions: list[str], trait_system: str, samples: int
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def pool_stage(stages: Any, base: Any, common: dict, questions: list[str], trait_system: str,
+               cfg: Any) -> list[dict]:
+    """The ``pool`` stage the monitoring experiments share: ``answer_pool`` with the sampling
+    fields of ``cfg`` (samples_per_question, max_new_tokens, temperature) as its inputs."""
+    sampling = {"questions": questions, "samples": cfg.samples_per_question,
+                "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+                "trait_system": trait_system}
+    return stages.run("pool", {**common, **sampling}, lambda d: answer_pool(
+        base, questions, trait_system, cfg.samples_per_question, cfg.max_new_tokens,
+        cfg.temperature, d / "pool.jsonl"))
+
+
+def one_phrasing(trait: Any, k: int) -> Any:
+    """``trait`` with only its k-th system-prompt pair (a persona vector of one phrasing)."""
+    return dataclasses.replace(trait, trait_system=(trait.trait_system[k],),
+                               anti_system=(trait.anti_system[k],))
+
+
 def probe_and_reference(stages: Any, base: Any, trait: Any, common: dict, domain: str,
                         probe_questions: int | None, reference_per_domain: int,
                         system_index: int) -> tuple[list, Any]:
@@ -285,14 +303,7 @@ def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
 
     # 1. the answer pool: neutral and trait-distilled answers of the base model --------------
     stage("answer pool")
-    sampling = {"questions": questions, "samples": cfg.samples_per_question,
-                "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-                "trait_system": trait.trait_system[idx]}
-
-    def build_pool(d: Path) -> list[dict]:
-        return answer_pool(base, questions, trait.trait_system[idx], cfg.samples_per_question,
-                           cfg.max_new_tokens, cfg.temperature, d / "pool.jsonl")
-    pool = stages.run("pool", {**common, **sampling}, build_pool)
+    pool = pool_stage(stages, base, common, questions, trait.trait_system[idx], cfg)
 
     # 2. monitor vectors, probe set and behavioural reference --------------------------------
     stage("monitor vectors, probe set, reference")
@@ -303,9 +314,7 @@ def run(cfg: PoisoningDoseConfig, runs: Path, out: Path, config_path: str = "",
         for name, k in phrasing.items():
             sub = d / name.replace(" ", "-")
             if not (sub / "direction.json").is_file():
-                one = dataclasses.replace(trait, trait_system=(trait.trait_system[k],),
-                                          anti_system=(trait.anti_system[k],))
-                persona_vector(base, one, vq, layers=[cfg.layer]).save(sub)
+                persona_vector(base, one_phrasing(trait, k), vq, layers=[cfg.layer]).save(sub)
         return {name: Direction.load(d / name.replace(" ", "-")) for name in phrasing}
     vectors = stages.run("vectors", {**common, "questions": vq, "layer": cfg.layer,
                                      "phrasing": phrasing}, build_vectors)

@@ -10,7 +10,7 @@ is one ``register_sae_architecture`` call; ``tests/test_recipes.py`` registers a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,33 +59,9 @@ SAE_ARCHITECTURES: dict[str, SAEArchitecture] = {
 }
 
 
-class _ArchitectureNames(Sequence[str]):
-    """The registered names, read from ``SAE_ARCHITECTURES`` at each use (a live view)."""
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return tuple(SAE_ARCHITECTURES)[i]
-
-    def __len__(self) -> int:
-        return len(SAE_ARCHITECTURES)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(tuple(SAE_ARCHITECTURES))
-
-    def __contains__(self, name: object) -> bool:
-        return name in SAE_ARCHITECTURES
-
-    def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, _ArchitectureNames) else other)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-
-#: The names of ``SAE_ARCHITECTURES`` ("topk", "batchtopk", "jumprelu", "standard" built in).
-ARCHITECTURES: Sequence[str] = _ArchitectureNames()
+#: The names of ``SAE_ARCHITECTURES`` ("topk", "batchtopk", "jumprelu", "standard" built in), a
+#: live view: a registered type shows here too.
+ARCHITECTURES = SAE_ARCHITECTURES.keys()
 #: What ``SAETrainConfig.architecture`` holds: a name registered in ``SAE_ARCHITECTURES``.
 Architecture = str
 
@@ -181,10 +157,7 @@ class SAETrainConfig:
     seed: int = 0                             # held-out split, batch order and SAE init
 
     def __post_init__(self) -> None:
-        if self.architecture not in SAE_ARCHITECTURES:
-            raise SAEConfigError(f"architecture {self.architecture!r} is not one of "
-                                 f"{', '.join(SAE_ARCHITECTURES)} (more are added with "
-                                 "register_sae_architecture)")
+        sae_architecture(self.architecture)      # an unregistered name is refused here
         for name in ("expansion_factor", "k", "training_tokens", "batch_size",
                      "checkpoint_every", "log_every", "dead_feature_window"):
             if int(getattr(self, name)) < 1:
