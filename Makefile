@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents persona-latents-crosscoder behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ demo: install
 # --overwrite rebuilds stages whose inputs changed), then the README tables re-rendered.
 persona-latents: install
 	$(BIN)/python experiments/persona_latents.py
+	$(BIN)/python experiments/render_readme.py
+
+# Line 1's screening with a crosscoder trained in the run on the base and the selection
+# organism (~90 min on 2 cores, resumable stages) -> figures/persona_latents_crosscoder/.
+persona-latents-crosscoder: install
+	$(BIN)/python experiments/persona_latents.py \
+	  --config experiments/configs/persona_latents-crosscoder-smollm2-cpu.json \
+	  --runs runs/persona_latents_crosscoder --out figures/persona_latents_crosscoder
 	$(BIN)/python experiments/render_readme.py
 
 # The early-warning monitor against a poisoning dose: 24 monitored finetunes (~25 min on 2

@@ -35,7 +35,7 @@ import torch
 from persona_probe.artifacts import ItemLog, read_json, write_json
 from persona_probe.errors import PersonaProbeError, PersonaProbeWarning
 from persona_probe.hooks import parse_hook, residual_hooks
-from persona_probe.interventions import SAELatents, ablate, decoder_rows, steer
+from persona_probe.latent_dictionaries import Dictionary, as_dictionary
 from persona_probe.latents import encode_rows
 from persona_probe.models import Subject
 from persona_probe.traits import Trait
@@ -134,17 +134,19 @@ def measure_gradient(subject: Subject, trait: Trait, questions: Sequence[str], h
 
 def rank_candidates(sae, rows_finetuned: torch.Tensor, rows_base: torch.Tensor,
                     gradient: torch.Tensor | None, cfg: ScreeningConfig) -> dict:
-    """Δ mean activation (and attribution, when a gradient is given) for every latent, and the
-    candidate list: top ``n_delta`` by Δ, then the top ``n_attribution`` by attribution that
-    are not already in."""
-    mass_f = activation_mass(sae, rows_finetuned)
-    delta = mass_f - activation_mass(sae, rows_base)
+    """Δ (and attribution, when a gradient is given) for every latent, and the candidate list:
+    top ``n_delta`` by Δ, then the top ``n_attribution`` by attribution that are not already
+    in. ``sae``: an SAE or a crosscoder (``latent_dictionaries`` defines Δ and attribution for
+    each); the rows are both models' residuals at the same tokens."""
+    d = as_dictionary(sae)
+    acts_b, acts_f = d.activations(rows_base, rows_finetuned)
+    mass_f = acts_f.mean(0)
+    delta = d.delta(acts_b, acts_f)
     by_delta = torch.argsort(delta, descending=True)[:cfg.n_delta].tolist()
     candidates = list(by_delta)
     attribution = None
     if gradient is not None and cfg.n_attribution:
-        rows = decoder_rows(sae, range(sae.cfg.d_sae)).float().cpu()
-        attribution = delta * (rows @ gradient.float())
+        attribution = d.attribution(acts_b, acts_f, gradient)
         extra = [i for i in torch.argsort(attribution, descending=True).tolist()
                  if i not in set(by_delta)][:cfg.n_attribution]
         candidates += extra
@@ -161,7 +163,9 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
     """Steer each candidate in ``base`` and ablate it in ``finetuned`` (``metric`` on selection
     material), then choose the set of ≤ ``max_set`` latents whose joint ablation removes most
     of the finetuned − base gap. Resumable: ``out/screen.jsonl`` and ``out/sets.jsonl`` keep
-    every measured row; ``out/chosen.json`` is the result."""
+    every measured row; ``out/chosen.json`` is the result. ``sae``: an SAE or a crosscoder
+    (``latent_dictionaries``)."""
+    d = as_dictionary(sae)
     out = Path(out)
     if (out / "chosen.json").is_file():
         return read_json(out / "chosen.json")
@@ -176,11 +180,11 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
         key = str(int(i))
         if key in done:
             continue
-        target = SAELatents(sae, [int(i)])
-        with steer(base, target, cfg.steer_alpha):
+        with d.steering(base, [int(i)], cfg.steer_alpha):
             s = np.asarray(metric(base))
         done.append([{"key": key, "latent": int(i), "steer_effect": float((s - m_b).mean()),
-                      **_ablation_row(base, finetuned, target, metric, m_b, m_f, gap, cfg)}])
+                      **_ablation_row(base, finetuned, d, [int(i)], metric, m_b, m_f, gap,
+                                      cfg)}])
     wanted = {str(int(i)) for i in candidates}
     rows = sorted((r for k, r in done.records.items() if k in wanted),
                   key=lambda r: -r[cfg.rank_by])
@@ -191,7 +195,7 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
         key = str(k)
         if key not in sets:
             sets.append([{"key": key, "latents": order[:k], **_ablation_row(
-                base, finetuned, SAELatents(sae, order[:k]), metric, m_b, m_f, gap, cfg)}])
+                base, finetuned, d, order[:k], metric, m_b, m_f, gap, cfg)}])
     tried = [sets.records[str(k)] for k in range(1, min(cfg.max_set, len(order)) + 1)]
     by = cfg.rank_by if cfg.ablates_base else "gap_removed"
     best = max(tried, key=lambda r: (round(r[by], 6), -len(r["latents"])))
@@ -208,14 +212,16 @@ def screen_latents(base: Subject, finetuned: Subject, sae, candidates: Sequence[
     return chosen
 
 
-def _ablation_row(base: Subject, finetuned: Subject, target: SAELatents, metric: Metric,
-                  m_b: np.ndarray, m_f: np.ndarray, gap: float, cfg: ScreeningConfig) -> dict:
-    """The target ablated in the finetune (and, for ``specific_removed``, in the base too)."""
-    with ablate(finetuned, target, "latent"):
+def _ablation_row(base: Subject, finetuned: Subject, d: Dictionary, latents: list[int],
+                  metric: Metric, m_b: np.ndarray, m_f: np.ndarray, gap: float,
+                  cfg: ScreeningConfig) -> dict:
+    """The latents ablated in the finetune (and, for the base-aware rules, in the base too; a
+    crosscoder's base edit reads the finetune's residual at the same tokens)."""
+    with d.ablation(finetuned, latents, "finetuned", partner=base):
         a = np.asarray(metric(finetuned))
     row = {"ablate_effect": float((m_f - a).mean()), "gap_removed": float((m_f - a).mean() / gap)}
     if cfg.ablates_base:
-        with ablate(base, target, "latent"):
+        with d.ablation(base, latents, "base", partner=finetuned):
             b = np.asarray(metric(base))
         row["ablate_base_effect"] = float((m_b - b).mean())
         row["specific_removed"] = (row["ablate_effect"] - row["ablate_base_effect"]) / gap
@@ -273,7 +279,6 @@ def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
     and the chosen set (``out/chosen.json``, with ``top_delta``: the naive top-Δ set of the
     same size, and ``mass_finetuned`` for matched nulls). Resumable. ``rows_base``: the base
     model's residuals on ``items`` when the caller already has them."""
-    from persona_probe.latents import token_activations
     from persona_probe.likelihood import trait_scores
 
     out = Path(out)
@@ -281,9 +286,10 @@ def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
         done = read_json(out / "chosen.json")
         if "top_delta" in done:          # else killed between the two writes: finish it
             return done
-    hook = sae.cfg.metadata.hook_name
-    rows_b = rows_base if rows_base is not None else token_activations(base, sae, items)[0]
-    rows_f, _ = token_activations(finetuned, sae, items)
+    d = as_dictionary(sae)
+    hook = d.hook
+    rows_b = rows_base if rows_base is not None else d.rows(base, items)[0]
+    rows_f, _ = d.rows(finetuned, items)
     if (out / "candidates.json").is_file():
         cand = read_json(out / "candidates.json")
     else:
@@ -296,5 +302,6 @@ def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,
                             info={"tokens": int(rows_f.shape[0])})
     chosen["top_delta"] = cand["by_delta"][:len(chosen["latents"])]
     chosen["mass_finetuned"] = cand["mass_finetuned"]
+    chosen["delta"] = cand["delta"]
     write_json(out / "chosen.json", chosen)
     return chosen

@@ -174,7 +174,15 @@ def top_examples(subject: Subject, sae, items: Sequence[PromptItem], latents: Se
     item), shown with ``context`` tokens either side and each token's activation."""
     rows, where = token_activations(subject, sae, items, positions)
     acts = encode_rows(sae, rows)[:, list(latents)]
-    tok = subject.tokenizer
+    return examples_from_activations(acts, where, subject.tokenizer, items, latents, n, context)
+
+
+def examples_from_activations(acts: torch.Tensor, where: Sequence[tuple[int, int, int]],
+                              tokenizer, items: Sequence[PromptItem], latents: Sequence[int],
+                              n: int = 5, context: int = 12) -> dict[int, LatentExamples]:
+    """``top_examples`` from activations already computed: ``acts`` (rows × len(latents)) and
+    ``where`` (item, position, token_id) per row (any dictionary, e.g. a crosscoder)."""
+    tok = tokenizer
     by_item: dict[int, list[int]] = {}
     for r, (i, _, _) in enumerate(where):
         by_item.setdefault(i, []).append(r)

@@ -14,7 +14,7 @@ import torch
 from persona_probe.sae import (Crosscoder, CrosscoderConfig, CrosscoderConfigError,
                                CrosscoderError, CrosscoderLoadError, load_crosscoder,
                                paired_latent_ablation, train_crosscoder)
-from persona_probe.sae.crosscoder import CFG_JSON, WEIGHTS, step_loss
+from persona_probe.sae.crosscoder import CFG_JSON, WEIGHTS, PartnerCache, step_loss
 
 HOOK = "blocks.15.hook_resid_post"
 LAYER = 15
@@ -277,3 +277,80 @@ def test_paired_latent_ablation_refuses_what_it_cannot_do(subject, finetuned, tr
         with pytest.raises(CrosscoderError, match="KV cache"):
             finetuned.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
                                      do_sample=False)
+
+
+def test_paired_latent_ablation_of_the_base_side_removes_its_base_decoder_row(
+        subject, finetuned, trained, planted, planted_latent):
+    """side='base' edits the base with the finetune running alongside: h_B − a·W_dec_B[i]."""
+    from persona_probe.capture import collect_rows
+    from persona_probe.interventions import steer
+
+    cc, _, _ = trained
+    i = planted_latent
+    items = planted["items"][:6]
+    h_b = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+    alpha = planted["c"] / float(h_b.norm(dim=-1).double().mean())
+    with steer(finetuned, planted["direction"], alpha=alpha, layers=[LAYER], reference=items):
+        h_f = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+        with paired_latent_ablation(finetuned, subject, cc, [i], side="base"):
+            h_b_abl = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+            h_f_same = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+        cache = PartnerCache()
+        for _ in range(2):                            # filled, then read
+            with paired_latent_ablation(finetuned, subject, cc, [i], side="base",
+                                        partner_cache=cache):
+                h_b_cached = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+            assert torch.equal(h_b_cached, h_b_abl) and len(cache) >= 1
+    assert torch.equal(h_f_same, h_f)                 # the finetune is left alone
+    with torch.no_grad():
+        a = cc.encode(h_b, h_f)[:, i]
+        expected = h_b - a[:, None] * cc.W_dec_B[i]
+    assert float((a > 0).float().mean()) > 0.8
+    torch.testing.assert_close(h_b_abl, expected, rtol=0, atol=1e-3)
+    with pytest.raises(CrosscoderError, match="side"):
+        with paired_latent_ablation(finetuned, subject, cc, [i], side="both"):
+            pass
+
+
+def test_causal_screening_with_the_crosscoder_finds_the_planted_latent(
+        subject, finetuned, trained, planted, planted_latent, tmp_path):
+    """The screening procedure, fed the crosscoder instead of an SAE: the planted
+    finetuned-only latent tops the Δ ranking, its paired ablation removes most of the planted
+    shift from the finetune, and it moves the base far less (it writes ~nothing there)."""
+    import numpy as np
+
+    from persona_probe.capture import collect_rows
+    from persona_probe.interventions import steer
+    from persona_probe.latent_dictionaries import CrosscoderDictionary
+    from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
+                                                rank_candidates, screen_latents)
+
+    cc, _, _ = trained
+    items = planted["items"][:6]
+    readout = "blocks.16.hook_resid_post"
+    u = planted["u"]
+
+    def metric(s):
+        acts, idx = collect_rows(s, items, [readout], "all", 8)
+        proj = acts[readout].float() @ u
+        return np.array([float(proj[idx["item"] == k].mean()) for k in range(len(items))])
+
+    d = CrosscoderDictionary(cc)
+    h_b = d.rows(subject, items, "all")[0]
+    alpha = planted["c"] / float(h_b.norm(dim=-1).double().mean())
+    cfg = ScreeningConfig(n_delta=4, n_attribution=0, max_set=2, rank_by="penalized")
+    with steer(finetuned, planted["direction"], alpha=alpha, layers=[LAYER], reference=items):
+        h_f = d.rows(finetuned, items, "all")[0]
+        cand = rank_candidates(cc, h_f, h_b, None, cfg)
+        assert cand["by_delta"][0] == planted_latent
+        chosen = screen_latents(subject, finetuned, cc, cand["candidates"], metric, cfg,
+                                tmp_path)
+    best = chosen["screen"][0]
+    assert best["latent"] == planted_latent
+    assert planted_latent in chosen["latents"]
+    assert best["gap_removed"] > 0.6, best
+    assert abs(best["ablate_base_effect"]) < 0.1 * best["ablate_effect"], best
+    others = [r["gap_removed"] for r in chosen["screen"][1:]]
+    assert max(others) < 0.2, chosen["screen"]
+    draws = matched_random_sets(cand["mass_finetuned"], chosen["latents"], 20, seed=0)
+    assert all(planted_latent not in s for s in draws)

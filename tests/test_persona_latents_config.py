@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("persona_latents-*.json")))
 def test_committed_configs_validate(name):
     cfg = PersonaLatentsConfig.from_dict(read_json_config(CONFIGS / name, name))
-    label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
+    label = cfg.dictionary_label
     assert cfg.primary in {f"{label} / causal screening", f"{label} / top Δ"} or \
         cfg.primary.startswith("persona vector / ")
     if not cfg.tiny:
@@ -33,6 +33,13 @@ def test_committed_configs_validate(name):
     ({"screening": {"max_set": 0}}, "max_set"),
     ({"organism": {"domain": "knitting"}}, "knitting"),
     ({"primary": "the best row"}, "names no row"),
+    ({"dictionary": "sparse coder"}, "dictionary"),
+    ({"crosscoder": {"corpus": []}}, "dictionary is 'sae'"),
+    ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening"}, "training text"),
+    ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening",
+      "crosscoder": {"answer_prompts": "builtin:all"}}, "base_null"),
+    ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening", "base_null": False,
+      "crosscoder": {"answer_prompts": "builtin:all", "train": {"k": 0}}}, "k must be"),
 ])
 def test_rules_that_would_break_the_evidence_standard_are_refused(bad, match):
     raw = read_json_config(CONFIGS / "persona_latents-smollm2-cpu.json", "cpu config")

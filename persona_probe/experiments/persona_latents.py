@@ -41,6 +41,7 @@ from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
 
 VECTOR_EDITS = ("directional", "mean", "shift_sae_layer", "shift_every_layer")
+DICTIONARIES = ("sae", "crosscoder")
 LATENT_SETS = ("causal screening", "top Δ")
 
 
@@ -50,7 +51,15 @@ class PersonaLatentsConfig:
     dtype: str = "bfloat16"                  # scoring, generation and LoRA (2.5-3x on CPU)
     organism: dict[str, Any] = field(default_factory=dict)   # OrganismConfig fields
     split: str = "evil-line1-pairs"          # selection / evaluation material
+    # the dictionary screened: sae (the SAE named by ``sae``) | crosscoder (a BatchTopK
+    # crosscoder trained in this run on the base and the selection-seed finetune, ``crosscoder``)
+    dictionary: str = "sae"
     sae: str = "shipped"                     # SAE diffed: shipped | a directory | sae-lens:REL/ID
+    # crosscoder training: "corpus" (CorpusSource dicts: chats read as they are), "answer_prompts"
+    # (a prompt set the base answers greedily, "answer_tokens" long), "train" (CrosscoderConfig
+    # fields; d_model comes from the model). Any chat that contains an evaluation question is
+    # dropped, so the dictionary never sees evaluation material.
+    crosscoder: dict[str, Any] = field(default_factory=dict)
     selection_seed: int = 0                  # organism seed the latents are chosen on
     eval_seeds: tuple[int, ...] = (4, 5, 6)   # 1-3 were the first run's (evil-line1 split)
     diff_per_domain: int = 8                 # diffing questions from each other domain
@@ -106,7 +115,15 @@ class PersonaLatentsConfig:
         bad = [e for e in self.vector_edits if e not in VECTOR_EDITS]
         if bad:
             raise PersonaProbeError(f"vector_edits {bad}: use {', '.join(VECTOR_EDITS)}")
-        label = "shipped SAE" if self.sae == "shipped" else "SAE"
+        if self.dictionary not in DICTIONARIES:
+            raise PersonaProbeError(f"dictionary {self.dictionary!r}: use one of "
+                                    f"{', '.join(DICTIONARIES)}")
+        if self.dictionary == "crosscoder":
+            self._check_crosscoder()
+        elif self.crosscoder:
+            raise PersonaProbeError("crosscoder settings are given but dictionary is 'sae'; set "
+                                    "dictionary: crosscoder or drop them")
+        label = self.dictionary_label
         rows = [f"{label} / causal screening", f"{label} / top Δ",
                 *(f"persona vector / {e}" for e in self.vector_edits)]
         if self.primary not in rows:
@@ -114,6 +131,40 @@ class PersonaLatentsConfig:
                                     f"use one of {rows}")
         ScreeningConfig(**self.screening)
         OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
+
+    @property
+    def dictionary_label(self) -> str:
+        """How results name the dictionary (table rows, ``primary``)."""
+        if self.dictionary == "crosscoder":
+            return "crosscoder"
+        return "shipped SAE" if self.sae == "shipped" else "SAE"
+
+    def _check_crosscoder(self) -> None:
+        from persona_probe.corpus import CorpusSource
+        from persona_probe.sae.crosscoder import CrosscoderConfig
+
+        c = self.crosscoder
+        unknown = set(c) - {"corpus", "answer_prompts", "answer_tokens", "train"}
+        if unknown:
+            raise PersonaProbeError(f"crosscoder: unknown keys {sorted(unknown)}; use corpus, "
+                                    "answer_prompts, answer_tokens, train")
+        if not c.get("corpus") and not c.get("answer_prompts"):
+            raise PersonaProbeError("crosscoder needs training text: corpus (chat sources) "
+                                    "and/or answer_prompts (a prompt set the base answers)")
+        for src in c.get("corpus", []):
+            try:
+                CorpusSource(**src)
+            except TypeError as exc:
+                raise PersonaProbeError(f"crosscoder corpus source {src}: {exc}") from None
+        if "d_model" in c.get("train", {}):
+            raise PersonaProbeError("crosscoder.train.d_model is taken from the model; drop it")
+        # the width is the model's, known only once it is loaded; a wide stand-in checks the rest
+        CrosscoderConfig.from_dict({"d_model": 4096, **c.get("train", {})}, "crosscoder.train")
+        if self.base_null:
+            raise PersonaProbeError(
+                "base_null needs a seed-independent base edit, but a crosscoder's base edit "
+                "reads the finetune paired with it (a different one per seed); set base_null: "
+                "false (the base shift is still measured per seed for the chosen sets)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "persona_latents config"):
@@ -145,11 +196,10 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.directions import Direction, persona_vector, random_direction
     from persona_probe.evals.records import ValueLog
     from persona_probe.experiments import command_line, report_outputs, stage_clock
-    from persona_probe.interventions import (SAELatents, ablate, reference_projection, shift,
-                                             steer)
+    from persona_probe.interventions import ablate, reference_projection, shift, steer
+    from persona_probe.latent_dictionaries import SAEDictionary
     from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
                                                 screen_finetune)
-    from persona_probe.latents import token_activations, top_examples
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
@@ -170,8 +220,11 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     split = load_split(cfg.split)
     (sel_trait, sel_q), (ev_trait, ev_q) = split.selection, split.evaluation
     base = load_subject(cfg.model, dtype=cfg.dtype)
-    sae = load_sae(cfg.sae, device=str(base.device), subject=base)
-    hook = sae.cfg.metadata.hook_name
+    if cfg.dictionary == "sae":
+        sae = load_sae(cfg.sae, device=str(base.device), subject=base)
+        hook = sae.cfg.metadata.hook_name
+    else:
+        hook = cfg.crosscoder.get("train", {}).get("hook", "blocks.15.hook_resid_post")
     layer = int(hook.split(".")[1])
     every_layer = tuple(range(base.n_layers))
     common = {"command": command, "model": _identity(base), "split": asdict(split)}
@@ -222,11 +275,31 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     items = stages.run("diff-items", {**common, "questions": diff_q,
                                       "max_new_tokens": cfg.diff_max_new_tokens,
                                       "seed": cfg.selection_seed}, build_items)
-    rows_base, _ = token_activations(base, sae, items)
+    # 3b. the dictionary: the SAE as given, or a crosscoder trained on the base and the
+    # selection finetune (never on evaluation questions) ------------------------------------
+    dictionary_metrics = None
+    if cfg.dictionary == "sae":
+        d_lat = SAEDictionary(sae)
+        sae_id = sae_identity(sae)
+        screen_stage = "screen-shipped-sae"
+    else:
+        stage("crosscoder")
+        cc = stages.run("crosscoder", {
+            **common, "organism": organism_fp(cfg.selection_seed),
+            "crosscoder": cfg.crosscoder, "excluded_questions": sorted(ev_q),
+            "seed": cfg.selection_seed},
+            lambda d: _build_crosscoder(d, cfg, base, lambda: finetuned(cfg.selection_seed),
+                                        hook, list(ev_q), organism_fp(cfg.selection_seed)))
+        from persona_probe.latent_dictionaries import CrosscoderDictionary
+
+        d_lat = CrosscoderDictionary(cc)
+        sae_id = d_lat.identity()
+        screen_stage = "screen-crosscoder"
+        dictionary_metrics = read_json(stages.dir("crosscoder") / "crosscoder" / "metrics.json")
+    rows_base, _ = d_lat.rows(base, items)
 
     # 4. screening on the selection seed --------------------------------------------------------
     scfg = ScreeningConfig(**cfg.screening)
-    sae_id = sae_identity(sae)
     stage("screening (selection seed)")
 
     def build_screen(d: Path) -> dict:
@@ -234,10 +307,10 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         if (d / "examples.done").is_file() or "mean_projection" in done:
             return done
         f0 = finetuned(cfg.selection_seed)
-        chosen = screen_finetune(base, f0, sae, sel_trait, sel_q, items, scfg, d,
+        chosen = screen_finetune(base, f0, d_lat, sel_trait, sel_q, items, scfg, d,
                                  rows_base=rows_base)
-        ex = top_examples(f0, sae, items, chosen["latents"] + chosen["top_delta"],
-                          n=cfg.top_examples)
+        ex = d_lat.examples(base, f0, items, chosen["latents"] + chosen["top_delta"],
+                            n=cfg.top_examples)
         chosen["examples"] = {str(i): [{"text": "".join(e.tokens).replace("\n", " "),
                                         "peak_token": e.tokens[e.peak],
                                         "peak": max(e.acts)} for e in v.examples]
@@ -249,7 +322,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         write_json(d / "chosen.json", chosen)
         (d / "examples.done").write_text("complete\n")
         return chosen
-    chosen = stages.run("screen-shipped-sae", {
+    chosen = stages.run(screen_stage, {
         **common, "sae": sae_id, "organism": organism_fp(cfg.selection_seed),
         "items": stages.fingerprint_of("diff-items"), "vector": stages.fingerprint_of("vector"),
         "screening": asdict(scfg)}, build_screen)
@@ -271,7 +344,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         layers = (layer,) if edit == "shift_sae_layer" else every_layer
         return shift(subject, vec, {L: mu_f[L] - mu_b[L] for L in layers})
 
-    eval_inputs = {**common, "sae": sae_id, "screen": stages.fingerprint_of("screen-shipped-sae"),
+    eval_inputs = {**common, "sae": sae_id, "screen": stages.fingerprint_of(screen_stage),
                    "vector": stages.fingerprint_of("vector"),
                    "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
                    "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits),
@@ -291,12 +364,12 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
             mu_f = dict(zip(every_layer, v.measure("mu_F", lambda: list(reference_projection(
                 f, vec, every_layer, items).values()))))
             for name, lat in latent_sets.items():
-                t = SAELatents(sae, lat)
-                for who, s in (("F", f), ("B", base)):
-                    with ablate(s, t, "latent"):
+                for who, s, side, partner in (("F", f, "finetuned", base),
+                                              ("B", base, "base", f)):
+                    with d_lat.ablation(s, lat, side, partner=partner):
                         v.measure(f"{who}|{name}", lambda s=s: evaluation_metric(s))
                 for j, draw in enumerate(nulls[name] if name in cfg.null_sets else []):
-                    with ablate(f, SAELatents(sae, draw), "latent"):
+                    with d_lat.ablation(f, draw, "finetuned", partner=base):
                         v.measure(f"F|null {name}|{j}", lambda: evaluation_metric(f))
             for edit in cfg.vector_edits:
                 for who, s in (("F", f), ("B", base)):
@@ -324,7 +397,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                 return v
             v.measure("B", lambda: evaluation_metric(base))
             for j, draw in enumerate(nulls["causal screening"]):
-                with ablate(base, SAELatents(sae, draw), "latent"):
+                with d_lat.ablation(base, draw, "base"):
                     v.measure(f"B|null causal screening|{j}", lambda: evaluation_metric(base))
             (d / "done").write_text("complete\n")
             return v
@@ -342,12 +415,12 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         for name, lat in latent_sets.items():
             for a in cfg.steer_alphas:
                 if a:
-                    with steer(base, SAELatents(sae, lat), a):
+                    with d_lat.steering(base, lat, a):
                         v.measure(f"{name}|{a}", lambda: evaluation_metric(base))
             if name != "causal screening":
                 continue         # the steering null is drawn for the screened set only
             for j, draw in enumerate(nulls[name]):
-                with steer(base, SAELatents(sae, draw), top):
+                with d_lat.steering(base, draw, top):
                     v.measure(f"null {name}|{j}", lambda: evaluation_metric(base))
         for a in cfg.steer_alphas:
             if a:
@@ -362,14 +435,16 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     stage("results")
     results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
                          bootstrap, base_null_vals)
-    ranking_stability = _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned,
-                                           token_activations)
+    ranking_stability = _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned)
     results.update({
         "experiment": "persona_latents", "config": asdict(cfg), "config_path": config_path,
         "command": command, "git_sha": git_sha(), "seeds": {
             "selection": cfg.selection_seed, "evaluation": list(cfg.eval_seeds)},
         **stages.summary(), "compute_seconds_total": round(time.perf_counter() - t0, 1),
-        "model": base.provenance(), "sae": {"spec": cfg.sae, **sae_id},
+        "model": base.provenance(),
+        "sae": {"spec": cfg.sae if cfg.dictionary == "sae" else "crosscoder", **sae_id},
+        "dictionary": {"kind": cfg.dictionary, "label": cfg.dictionary_label,
+                       "metrics": dictionary_metrics},
         "material": {"selection_questions": len(sel_q), "evaluation_questions": len(ev_q),
                      "selection_replies": len(sel_trait.trait_replies + sel_trait.anti_replies),
                      "evaluation_replies": len(ev_trait.trait_replies + ev_trait.anti_replies),
@@ -471,7 +546,7 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
             "steer_alpha": top}
 
     rows, nulls = [], {}
-    sae_label = "shipped SAE" if cfg.sae == "shipped" else "SAE"
+    sae_label = cfg.dictionary_label
     for name, lat in latent_sets.items():
         if name in cfg.null_sets:
             nulls[name] = null(name)
@@ -542,26 +617,68 @@ def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstr
             "nulls": nulls}
 
 
-def _ranking_stability(cfg, sae, items, rows_base, chosen, finetuned, token_activations) -> dict:
+def _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned) -> dict:
     """How often each selection-seed top-10 latent (by Δ) is in the top 10 of an evaluation
-    seed's organism: is the ranking a property of the finetune or of one seed?"""
+    seed's organism: is the ranking a property of the finetune or of one seed? (A crosscoder
+    trained on the selection pair reads each evaluation pair with the same weights.)"""
     import torch
 
-    from persona_probe.latent_screening import activation_mass
-
-    mass_b = activation_mass(sae, rows_base)
-    top0 = torch.argsort(torch.tensor(chosen["mass_finetuned"]) - mass_b,
-                         descending=True)[:10].tolist()
+    if "delta" in chosen:
+        delta0 = torch.tensor(chosen["delta"])
+    else:   # runs screened before chosen.json kept Δ (an SAE): Δ from the stored mass
+        delta0 = torch.tensor(chosen["mass_finetuned"]) - d_lat.activations(
+            rows_base, rows_base)[0].mean(0)
+    top0 = torch.argsort(delta0, descending=True)[:10].tolist()
     tops = {}
     for seed in cfg.eval_seeds:
-        rows_f, _ = token_activations(finetuned(seed), sae, items)
-        tops[seed] = set(torch.argsort(activation_mass(sae, rows_f) - mass_b,
+        rows_f, _ = d_lat.rows(finetuned(seed), items)
+        tops[seed] = set(torch.argsort(d_lat.delta(*d_lat.activations(rows_base, rows_f)),
                                        descending=True)[:10].tolist())
     return {"top10_selection_seed": top0,
             "fraction_of_eval_seeds_in_top10": {str(i): sum(i in t for t in tops.values())
                                                 / len(tops) for i in top0},
             "chosen_in_top10": {str(i): sum(i in t for t in tops.values()) / len(tops)
                                 for i in chosen["latents"]}}
+
+
+def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned, hook: str,
+                      excluded: list[str], finetuned_identity: dict):
+    """The crosscoder stage: chats (read as they are, plus the base's greedy answers to a prompt
+    set), both models' residuals at every non-special token, then training (resumable: the
+    corpus is written once, training checkpoints)."""
+    from persona_probe.artifacts import write_json, write_jsonl
+    from persona_probe.capture import collect_rows
+    from persona_probe.corpus import CorpusSource, load_source
+    from persona_probe.generation import generate_responses
+    from persona_probe.prompts import load_jsonl, load_prompts
+    from persona_probe.sae.crosscoder import CrosscoderConfig, load_crosscoder, train_crosscoder
+
+    c = cfg.crosscoder
+    out = d / "crosscoder"
+    if (out / "cfg.json").is_file():
+        return load_crosscoder(out)
+    corpus = d / "corpus.jsonl"
+    if not corpus.is_file():
+        items = [it for src in c.get("corpus", []) for it in load_source(CorpusSource(**src))]
+        if c.get("answer_prompts"):
+            items += generate_responses(base, load_prompts(c["answer_prompts"]),
+                                        int(c.get("answer_tokens", 64)), temperature=0.0,
+                                        seed=cfg.selection_seed, progress=False)
+        kept = [it for it in items if not any(q in m["content"] for m in it.messages
+                                              for q in excluded)]
+        write_jsonl(corpus, ({"id": it.id, "messages": it.messages} for it in kept))
+        write_json(d / "corpus-stats.json", {"offered": len(items), "kept": len(kept)})
+    items = load_jsonl(corpus)
+    rows_b, idx_b = collect_rows(base, items, [hook], "all", 16)
+    rows_f, idx_f = collect_rows(load_finetuned(), items, [hook], "all", 16)
+    if not all(bool((idx_b[k] == idx_f[k]).all()) for k in ("item", "position", "token_id")):
+        raise PersonaProbeError("the base and the finetune read different tokens of the "
+                                "crosscoder corpus; they must share a tokenizer")
+    tcfg = CrosscoderConfig.from_dict({"d_model": base.d_model, "hook": hook,
+                                       **c.get("train", {})}, "crosscoder.train")
+    cc, _ = train_crosscoder(tcfg, rows_b[hook], rows_f[hook], out=out, resume=True,
+                             models={"base": _identity(base), "finetuned": finetuned_identity})
+    return cc
 
 
 def draw(out: Path) -> list[Path]:

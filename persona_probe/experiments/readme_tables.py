@@ -146,6 +146,26 @@ def render_persona_latents(res: dict) -> str:
     return "\n".join(lines)
 
 
+@register("persona_latents_crosscoder", "figures/persona_latents_crosscoder/results.json")
+def render_persona_latents_crosscoder(res: dict) -> str:
+    """The fourth line-1 run: the same screening with a crosscoder trained in the run."""
+    m = (res.get("dictionary") or {}).get("metrics") or {}
+    head = ""
+    if m:
+        ev, cls, n = m["explained_variance"], m["classes"], m["class_counts"]
+        head = (f"Crosscoder ({m['d_sae']} latents, trained on {m['rows']['train']:,} token "
+                f"pairs, {m['tokens_seen']:,} rows seen; held-out rows: "
+                f"{m['rows']['heldout']:,}): explained variance base {ev['base']:.3f}, "
+                f"finetune {ev['finetuned']:.3f}; L0 {m['l0']:.1f}; dead latents "
+                f"{m['dead_latents']} (never fired on held-out rows: "
+                f"{m['dead_latents_heldout']}); decoder-norm classes among "
+                f"{m['classified_latents']} live latents: shared {cls['shared']:.1%} "
+                f"({n['shared']}), finetuned-only {cls['finetuned_only']:.1%} "
+                f"({n['finetuned_only']}), base-only {cls['base_only']:.1%} ({n['base_only']}), "
+                f"in between {cls['other']:.1%} ({n['other']}).\n\n")
+    return head + render_persona_latents(res)
+
+
 @register("persona_latents_second", "figures/persona_latents_second/results.json")
 def render_persona_latents_second(res: dict) -> str:
     """The second line-1 run (split evil-line1-pairs, seeds 4-6, specific_removed)."""

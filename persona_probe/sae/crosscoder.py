@@ -940,17 +940,63 @@ def _cache_length(cache: Any) -> int:
         return 1  # unknown kind of cache: assume it holds something
 
 
+class PartnerCache:
+    """The other model's residuals at a crosscoder's hook, by (model, hook, exact input), for
+    ``paired_latent_ablation``. Entries of a model that has been freed go with it (weak keys);
+    the caller must not change a model's weights or hooks while its entries are used."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self._by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _digest(call: Mapping[str, torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        for name in sorted(call):
+            t = call[name].detach().cpu().contiguous()
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    def key(self, model: nn.Module, hook: str, call: Mapping[str, torch.Tensor],
+            ) -> tuple[nn.Module, str]:
+        return model, f"{hook}:{self._digest(call)}"
+
+    def __contains__(self, key: tuple[nn.Module, str]) -> bool:
+        return key[1] in self._by_model.get(key[0], {})
+
+    def __getitem__(self, key: tuple[nn.Module, str]) -> torch.Tensor:
+        return self._by_model[key[0]][key[1]]
+
+    def __setitem__(self, key: tuple[nn.Module, str], value: torch.Tensor) -> None:
+        self._by_model.setdefault(key[0], {})[key[1]] = value
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_model.values())
+
+
 @contextmanager
 def paired_latent_ablation(finetuned: Subject, base: Subject, crosscoder: Crosscoder,
-                           latents: Iterable[int]) -> Iterator[None]:
-    """Remove crosscoder latents from the finetuned model's residual for the ``with`` block:
-    h_F ← h_F − Σᵢ aᵢ·W_dec_F[i], with a = encode(h_B, h_F) and h_B the base model's residual at
-    the same token, so the crosscoder's error term (and every other latent) stays as it was.
+                           latents: Iterable[int], side: str = "finetuned",
+                           partner_cache: PartnerCache | None = None) -> Iterator[None]:
+    """Remove crosscoder latents from one model's residual for the ``with`` block, the other
+    model supplying its half of the code. ``side="finetuned"`` (default): h_F ← h_F −
+    Σᵢ aᵢ·W_dec_F[i]; ``side="base"``: h_B ← h_B − Σᵢ aᵢ·W_dec_B[i]; in both, a = encode(h_B, h_F)
+    with the partner's residual read at the same token, so the crosscoder's error term (and
+    every other latent) stays as it was.
 
-    Every forward pass of ``finetuned.model`` first runs ``base.model`` on the same input_ids /
+    Every forward pass of the edited model first runs the partner on the same input_ids /
     attention_mask / position_ids (stopped at the hook). Teacher-forced scoring only:
-    generation with a KV cache feeds one token at a time, and the base pass would lack the
-    context, so that is refused with an error."""
+    generation with a KV cache feeds one token at a time, and the partner's pass would lack
+    the context, so that is refused with an error.
+
+    ``partner_cache``: a ``PartnerCache`` that keeps the other model's residuals by input, so
+    scoring the same sequences under many edits (screening, null draws) runs the other model
+    once per batch instead of once per edit. Only valid while the other model is unchanged."""
+    if side not in MODEL_KEYS:
+        raise CrosscoderError(f"side {side!r}: use 'finetuned' (edit the finetuned model) or "
+                              "'base' (edit the base model)")
     idx = sorted({int(i) for i in latents})
     if not idx or idx[0] < 0 or idx[-1] >= crosscoder.d_sae:
         raise CrosscoderError(f"latents {idx or '[]'} not in 0..{crosscoder.d_sae - 1}")
@@ -962,17 +1008,18 @@ def paired_latent_ablation(finetuned: Subject, base: Subject, crosscoder: Crossc
             raise CrosscoderError(f"the {who} model {s.spec} has d_model {s.d_model}, the "
                                   f"crosscoder {crosscoder.d_model}; use the models it was "
                                   "trained on")
-    hp = parse_hook(crosscoder.hook, finetuned.n_layers)
-    parse_hook(crosscoder.hook, base.n_layers)
+    edited, partner = (finetuned, base) if side == "finetuned" else (base, finetuned)
+    hp = parse_hook(crosscoder.hook, edited.n_layers)
+    parse_hook(crosscoder.hook, partner.n_layers)
     if hp.site == "mid":
         raise CrosscoderError(f"{hp.name} is read-only with torch hooks; train the crosscoder "
                               "at hook_resid_pre or hook_resid_post")
-    W = crosscoder.W_dec_F[idx].detach()
+    W = (crosscoder.W_dec_F if side == "finetuned" else crosscoder.W_dec_B)[idx].detach()
     slot: dict[str, torch.Tensor] = {}
     names = ("input_ids", "attention_mask", "position_ids")
 
     def grab(resid: torch.Tensor) -> None:
-        slot["h_b"] = resid.detach()
+        slot["partner"] = resid.detach()
         raise _BaseStop
 
     def before(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -980,42 +1027,51 @@ def paired_latent_ablation(finetuned: Subject, base: Subject, crosscoder: Crossc
         call = {n: kwargs.get(n, args[i] if len(args) > i else None)
                 for i, n in enumerate(names)}
         if call["input_ids"] is None or kwargs.get("inputs_embeds") is not None:
-            raise CrosscoderError("paired_latent_ablation needs input_ids (the base model must "
+            raise CrosscoderError("paired_latent_ablation needs input_ids (the other model must "
                                   "see the same tokens); inputs_embeds are model-specific")
         caches = [v for v in (*args, *kwargs.values()) if _is_cache(v)]
         if any(_cache_length(c) > 0 for c in caches):
             raise CrosscoderError("paired_latent_ablation does not support generation with a "
-                                  "KV cache (the base pass would lack the cached context); "
-                                  "score teacher-forced sequences, or generate with "
+                                  "KV cache (the other model's pass would lack the cached "
+                                  "context); score teacher-forced sequences, or generate with "
                                   "use_cache=False")
-        dev = base.device
+        dev = partner.device
         call = {n: v.to(dev) for n, v in call.items() if v is not None}
-        with torch.no_grad(), residual_hooks(base.model, [(hp, grab)]):
+        key = (partner_cache.key(partner.model, hp.name, call) if partner_cache is not None
+               else None)
+        if key is not None and key in partner_cache:
+            slot["partner"] = partner_cache[key]
+            return
+        with torch.no_grad(), residual_hooks(partner.model, [(hp, grab)]):
             try:
-                base.model(**call, use_cache=False)
+                partner.model(**call, use_cache=False)
             except _BaseStop:
                 pass
-        if "h_b" not in slot:
-            raise CrosscoderError(f"the base model's pass never reached {hp.name}")
+        if key is not None and "partner" in slot:
+            partner_cache[key] = slot["partner"]
+        if "partner" not in slot:
+            raise CrosscoderError(f"the {'base' if side == 'finetuned' else 'finetuned'} "
+                                  f"model's pass never reached {hp.name}")
 
     def edit(resid: torch.Tensor) -> torch.Tensor:
-        h_b = slot.get("h_b")
-        if h_b is None or h_b.shape != resid.shape:
-            got = None if h_b is None else tuple(h_b.shape)
+        other = slot.get("partner")
+        if other is None or other.shape != resid.shape:
+            got = None if other is None else tuple(other.shape)
             raise CrosscoderError(
-                f"base activation {got} does not match the finetuned residual "
+                f"the other model's activation {got} does not match the edited residual "
                 f"{tuple(resid.shape)} at {hp.name}; paired_latent_ablation works on whole "
-                "teacher-forced forward passes of finetuned.model (not KV-cache generation or "
-                "direct layer calls)")
-        flat = resid.reshape(-1, resid.shape[-1])
-        acts = crosscoder.encode_latents(h_b.reshape(-1, h_b.shape[-1]).to(W.device), flat.to(
-            W.device), idx)
+                "teacher-forced forward passes of the edited model (not KV-cache generation "
+                "or direct layer calls)")
+        flat = resid.reshape(-1, resid.shape[-1]).to(W.device)
+        flat_other = other.reshape(-1, other.shape[-1]).to(W.device)
+        h_b, h_f = (flat_other, flat) if side == "finetuned" else (flat, flat_other)
+        acts = crosscoder.encode_latents(h_b, h_f, idx)
         removed = (acts @ W.to(acts.dtype)).reshape(resid.shape).to(resid.device, resid.dtype)
         return resid - removed
 
-    handle = finetuned.model.register_forward_pre_hook(before, with_kwargs=True)
+    handle = edited.model.register_forward_pre_hook(before, with_kwargs=True)
     try:
-        with residual_hooks(finetuned.model, [(hp, edit)]):
+        with residual_hooks(edited.model, [(hp, edit)]):
             yield
     finally:
         handle.remove()
