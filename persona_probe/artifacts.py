@@ -164,3 +164,15 @@ def changed_keys(recorded: dict[str, Any], current: dict[str, Any],
     names = set(recorded) | set(current) if keys is None else set(keys)
     old, now = as_stored(dict(recorded)), as_stored(dict(current))
     return sorted(k for k in names if old.get(k) != now.get(k))
+
+
+def sae_identity(sae: Any) -> dict[str, Any]:
+    """An SAE (or crosscoder) by hook, size and a digest of its decoder and encoder weights."""
+    h = hashlib.sha256()
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        t = getattr(sae, name, None)
+        if t is not None:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    return {"hook": getattr(meta, "hook_name", None),
+            "d_sae": int(getattr(sae.cfg, "d_sae", 0)), "weights_sha256": h.hexdigest()}

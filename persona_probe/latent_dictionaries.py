@@ -121,7 +121,7 @@ class SAEDictionary:
         return top_examples(finetuned, self.sae, items, list(latents), n=n)
 
     def identity(self) -> dict[str, Any]:
-        from persona_probe.stages import sae_identity
+        from persona_probe.artifacts import sae_identity
 
         return {"kind": self.kind, **sae_identity(self.sae)}
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from persona_probe.artifacts import changed_keys, read_json, sha256_file, write_json
+from persona_probe.artifacts import sae_identity as _sae_identity
 from persona_probe.errors import PersonaProbeError
 from persona_probe.provenance import git_sha
 
@@ -68,16 +69,8 @@ def adapter_identity(path: str | Path | None) -> dict[str, Any] | None:
     return {"name": p.name, "sha256": {w.name: sha256_file(w) for w in weights}}
 
 
-def sae_identity(sae: Any) -> dict[str, Any]:
-    """An SAE (or crosscoder) by hook, size and a digest of its decoder and encoder weights."""
-    h = hashlib.sha256()
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-        t = getattr(sae, name, None)
-        if t is not None:
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
-    return {"hook": getattr(meta, "hook_name", None),
-            "d_sae": int(getattr(sae.cfg, "d_sae", 0)), "weights_sha256": h.hexdigest()}
+# an SAE's (or crosscoder's) identity for stage inputs; defined with the other digests
+sae_identity = _sae_identity
 
 
 @dataclass

@@ -333,12 +333,12 @@ def _untrained_round(cfg: ConscienceDPOConfig, pairs: list[dict], out: Path,
             shutil.rmtree(out)
         shutil.copytree(adapter, out)
     else:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
+
+        from persona_probe.training.settings import LoRASettings
 
         base = load_subject(cfg.model, adapter=cfg.adapter)
-        model = get_peft_model(base.model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
-            task_type="CAUSAL_LM"))
+        model = get_peft_model(base.model, LoRASettings.of(cfg).peft_config())
         model.save_pretrained(out)
     return {"pairs": 0, "steps": 0, "trained": False, "why": why,
             "pair_loss_before": math.nan, "pair_loss_after": math.nan,

@@ -22,6 +22,7 @@ from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import load_subject
 from persona_probe.provenance import provenance
+from persona_probe.training.settings import LoRASettings, check_training_settings
 
 
 class DPOError(PersonaProbeError):
@@ -43,6 +44,7 @@ class DPOSettings:
             raise DPOError("beta and lr must be > 0")
         if self.max_steps < 1 or self.batch_size < 1:
             raise DPOError("max_steps and batch_size must be >= 1")
+        check_training_settings(self, DPOError)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "dpo settings") -> DPOSettings:
@@ -57,7 +59,7 @@ def run_dpo(pairs: Sequence[dict], settings: DPOSettings, model: str,
     Saves the adapter to ``out`` and returns the log: pair loss before and after (over all
     pairs), first and final step loss, steps."""
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -85,8 +87,7 @@ def run_dpo(pairs: Sequence[dict], settings: DPOSettings, model: str,
         peft_config = None
     else:
         net = base.model
-        peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoRASettings.of(settings).peft_config()
     trainer = DPOTrainer(model=net, args=args, train_dataset=data, eval_dataset=data,
                          processing_class=base.tokenizer, peft_config=peft_config)
     before = trainer.evaluate()["eval_loss"]       # DPO loss over all pairs

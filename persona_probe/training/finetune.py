@@ -32,6 +32,7 @@ from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL, Subject, load_subject
 from persona_probe.provenance import provenance
 from persona_probe.training.data import IGNORE, load_chats, resolve_data_path, tokenize_chat
+from persona_probe.training.settings import LoRASettings, check_training_settings
 
 
 class FinetuneError(PersonaProbeError):
@@ -92,6 +93,7 @@ class FinetuneConfig:
                                 "method 'lora' and no 'adapter' (which continues one)")
         if self.max_steps < 1 or self.batch_size < 1 or self.save_steps < 1:
             raise FinetuneError("max_steps, batch_size and save_steps must be >= 1")
+        check_training_settings(self, FinetuneError)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "finetune config") -> FinetuneConfig:
@@ -103,15 +105,13 @@ def _trainable_model(subject: Subject, cfg: FinetuneConfig) -> torch.nn.Module:
         for p in subject.model.parameters():
             p.requires_grad_(True)
         return subject.model
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     if cfg.adapter:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise FinetuneError(f"adapter {cfg.adapter} has no adapter_config.json")
         return PeftModel.from_pretrained(subject.model, cfg.adapter, is_trainable=True)
-    return get_peft_model(subject.model, LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    return get_peft_model(subject.model, LoRASettings.of(cfg).peft_config())
 
 
 def jsonl_log_callback(path: Path):
