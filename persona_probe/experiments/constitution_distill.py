@@ -535,7 +535,7 @@ def draw(out: Path) -> list[Path]:
     per category, each with its CI."""
     import plotly.graph_objects as go
 
-    from persona_probe.figures import write_figure_or_html
+    from persona_probe.figures import write_figures_or_html
 
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cd = res["constitution_distill"]
@@ -557,7 +557,7 @@ def draw(out: Path) -> list[Path]:
                       title="Refusal score per arm (refusal − compliance log-likelihood; "
                             "> 0 refuses)<br><sub>95% CIs, two-way bootstrap over seeds × "
                             "prompts</sub>")
-    paths = write_figure_or_html(fig, out / "refusal-by-arm")
+    figs = {"refusal-by-arm": fig}
     names = [*(f"sft-{c}-drafts" for c in cons), *(f"sft-{c}-instruct" for c in cons),
              "drafts-instruct"]
     fig = go.Figure()
@@ -568,7 +568,7 @@ def draw(out: Path) -> list[Path]:
                       yaxis_title="difference in refusal score",
                       title="Contrasts, paired by prompt and seed<br><sub>sft-&lt;c&gt; − "
                             "drafts is primary; 95% CIs</sub>")
-    paths += write_figure_or_html(fig, out / "contrasts")
+    figs["contrasts"] = fig
     per = cd["held_out"]["per_category"]
     cats = list(per)
     fig = go.Figure()
@@ -579,5 +579,5 @@ def draw(out: Path) -> list[Path]:
                       yaxis_title="sft − drafts refusal score",
                       title="Held-out categories: sft-&lt;c&gt; − drafts per category"
                             "<br><sub>95% CIs, two-way bootstrap</sub>")
-    paths += write_figure_or_html(fig, out / "held-out-by-category")
-    return paths
+    figs["held-out-by-category"] = fig
+    return write_figures_or_html(figs, out)   # one Chromium session for every PNG

@@ -263,7 +263,7 @@ def draw(out: Path) -> list[Path]:
     """Every figure of the experiment from ``out/results.json`` (HTML; PNG where kaleido finds
     a Chromium)."""
     from persona_probe.figures import (ablation_bars, dose_response_curves, latent_shift_bars,
-                                       realignment_curve, write_figure_or_html)
+                                       realignment_curve, write_figures_or_html)
 
     res = json.loads((out / "results.json").read_text())
     ws = res["would_say"]
@@ -285,8 +285,7 @@ def draw(out: Path) -> list[Path]:
             reference={k: ws[k]["mean"] for k in ("base", "control")},
             title="Re-alignment by SFT on good data"),
     }
-    paths = [p for name, fig in figs.items() for p in write_figure_or_html(fig, out / name)]
-    return paths
+    return write_figures_or_html(figs, out)   # one Chromium session for every PNG
 
 
 def summarize(res: dict) -> None:

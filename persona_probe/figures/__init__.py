@@ -5,7 +5,8 @@ HTML loads the ``plotly.min.js`` written beside it, so figures open offline)."""
 from persona_probe.figures.bars import (ablation_bars, arm_comparison_bars, latent_shift_bars,
                                         refusal_by_category)
 from persona_probe.figures.curves import dose_response_curves, realignment_curve
-from persona_probe.figures.export import (write_figure, write_figure_or_html, write_html,
+from persona_probe.figures.export import (write_figure, write_figure_or_html,
+                                          write_figures_or_html, write_html,
                                           write_plotlyjs)
 from persona_probe.figures.persona import (persona_radar, projectability_bars,
                                            projectability_heatmap)
@@ -15,4 +16,4 @@ from persona_probe.figures.timeline import early_warning_timeline
 __all__ = ["PALETTE", "ablation_bars", "arm_comparison_bars", "apply_style", "dose_response_curves",
            "early_warning_timeline", "latent_shift_bars", "persona_radar",
            "projectability_bars", "projectability_heatmap", "realignment_curve", "refusal_by_category", "write_figure",
-           "write_figure_or_html", "write_html", "write_plotlyjs"]
+           "write_figure_or_html", "write_figures_or_html", "write_html", "write_plotlyjs"]
