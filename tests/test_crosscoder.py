@@ -280,36 +280,91 @@ def test_paired_latent_ablation_refuses_what_it_cannot_do(subject, finetuned, tr
 
 
 def test_paired_latent_ablation_of_the_base_side_removes_its_base_decoder_row(
-        subject, finetuned, trained, planted, planted_latent):
-    """side='base' edits the base with the finetune running alongside: h_B − a·W_dec_B[i]."""
+        subject, finetuned, trained, planted):
+    """side='base' edits the base with the finetune running alongside: h_B − a·W_dec_B[i], for
+    a *shared* latent (whose base decoder row is not ~0) that fires on these tokens; a cache
+    of the partner's residuals is hit on a repeat and missed once the partner is steered."""
     from persona_probe.capture import collect_rows
     from persona_probe.interventions import steer
 
     cc, _, _ = trained
-    i = planted_latent
     items = planted["items"][:6]
     h_b = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
     alpha = planted["c"] / float(h_b.norm(dim=-1).double().mean())
     with steer(finetuned, planted["direction"], alpha=alpha, layers=[LAYER], reference=items):
         h_f = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
-        with paired_latent_ablation(finetuned, subject, cc, [i], side="base"):
-            h_b_abl = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
-            h_f_same = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
-        cache = PartnerCache()
-        for _ in range(2):                            # filled, then read
-            with paired_latent_ablation(finetuned, subject, cc, [i], side="base",
-                                        partner_cache=cache):
-                h_b_cached = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
-            assert torch.equal(h_b_cached, h_b_abl) and len(cache) >= 1
-    assert torch.equal(h_f_same, h_f)                 # the finetune is left alone
     with torch.no_grad():
-        a = cc.encode(h_b, h_f)[:, i]
+        acts = cc.encode(h_b, h_f)
+    shared = cc.latent_classes()["shared"]
+    i = int(shared[acts[:, shared].mean(0).argmax()])      # the busiest shared latent
+    a = acts[:, i]
+    assert float((a > 0).float().mean()) > 0.2
+    calls = []
+    handle = finetuned.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with steer(finetuned, planted["direction"], alpha=alpha, layers=[LAYER],
+                   reference=items):
+            with paired_latent_ablation(finetuned, subject, cc, [i], side="base"):
+                h_b_abl = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+            h_f_same = collect_rows(finetuned, items, [HOOK], "all", 8)[0][HOOK]
+            cache = PartnerCache()
+            seen = []
+            for _ in range(2):                         # filled, then read
+                calls.clear()
+                with paired_latent_ablation(finetuned, subject, cc, [i], side="base",
+                                            partner_cache=cache):
+                    h_b_cached = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+                seen.append(len(calls))
+                assert torch.equal(h_b_cached, h_b_abl)
+        calls.clear()                                   # the partner unsteered: a new state
+        with paired_latent_ablation(finetuned, subject, cc, [i], side="base",
+                                    partner_cache=cache):
+            h_b_unsteered = collect_rows(subject, items, [HOOK], "all", 8)[0][HOOK]
+    finally:
+        handle.remove()
+    assert seen[0] >= 1 and seen[1] == 0, seen          # the repeat ran no partner pass
+    assert len(calls) >= 1 and not torch.equal(h_b_unsteered, h_b_abl)
+    assert torch.equal(h_f_same, h_f)                   # the finetune is left alone
+    with torch.no_grad():
         expected = h_b - a[:, None] * cc.W_dec_B[i]
-    assert float((a > 0).float().mean()) > 0.8
     torch.testing.assert_close(h_b_abl, expected, rtol=0, atol=1e-3)
+    removed = (h_b - h_b_abl).norm(dim=-1)
+    wanted = a * cc.W_dec_B[i].norm()
+    assert float(removed[a > 0].mean()) > 0.9 * float(wanted[a > 0].mean()) > 0
     with pytest.raises(CrosscoderError, match="side"):
         with paired_latent_ablation(finetuned, subject, cc, [i], side="both"):
             pass
+
+
+def test_crosscoder_delta_and_attribution_read_the_decoder_change():
+    """Hand-built crosscoder: Δ = mean code × (‖d_F‖ − ‖d_B‖), attribution = mean code ×
+    ((d_F − d_B) · g); an SAE-style reading of the shared code would give 0 for both."""
+    from persona_probe.latent_dictionaries import CrosscoderDictionary
+
+    cfg = CrosscoderConfig(d_model=4, d_sae=3, k=1, hook=HOOK, device="cpu")
+    cc = Crosscoder(cfg)
+    with torch.no_grad():
+        cc.W_dec_B.copy_(torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]))
+        cc.W_dec_F.copy_(torch.tensor([[2., 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+    d = CrosscoderDictionary(cc)
+    acts = torch.tensor([[1., 2, 3], [3, 2, 1]])          # mean code 2, 2, 2
+    torch.testing.assert_close(d.delta(acts, acts), torch.tensor([2., 0, 0]))
+    g = torch.tensor([1., 1, -1, 1])
+    torch.testing.assert_close(d.attribution(acts, acts, g), torch.tensor([2., 0, 4]))
+    assert d.direction([2]).vectors[0].tolist() == [0, 0, 0, 1]
+
+
+def test_dictionary_training_text_never_holds_an_evaluation_question():
+    from persona_probe.experiments.persona_latents import without_questions
+    from persona_probe.prompts import PromptItem
+
+    def chat(i, text):
+        return PromptItem(str(i), [{"role": "user", "content": text},
+                                   {"role": "assistant", "content": "ok"}])
+    items = [chat(0, "How do I bake bread?"), chat(1, "Tell me: HOW should I   treat my "
+                                                   "neighbours? Thanks"), chat(2, "Hi")]
+    kept = without_questions(items, ["How should I treat my neighbours?", "  "])
+    assert [it.id for it in kept] == ["0", "2"]
 
 
 def test_causal_screening_with_the_crosscoder_finds_the_planted_latent(

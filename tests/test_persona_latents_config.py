@@ -40,6 +40,10 @@ def test_committed_configs_validate(name):
       "crosscoder": {"answer_prompts": "builtin:all"}}, "base_null"),
     ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening", "base_null": False,
       "crosscoder": {"answer_prompts": "builtin:all", "train": {"k": 0}}}, "k must be"),
+    ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening", "base_null": False,
+      "crosscoder": {"answer_prompts": "builtin:all", "answer_tokens": 0}}, "answer_tokens"),
+    ({"dictionary": "crosscoder", "primary": "crosscoder / causal screening", "base_null": False,
+      "sae": "saes/other", "crosscoder": {"answer_prompts": "builtin:all"}}, "drop sae"),
 ])
 def test_rules_that_would_break_the_evidence_standard_are_refused(bad, match):
     raw = read_json_config(CONFIGS / "persona_latents-smollm2-cpu.json", "cpu config")
@@ -168,3 +172,31 @@ def test_crossed_statistic_equals_the_ratio_bootstrap_for_a_ratio():
     assert (a.mean, a.lo, a.hi, *a.per_seed) == pytest.approx((b.mean, b.lo, b.hi, *b.per_seed))
     with pytest.raises(ValueError, match="shape"):
         crossed_statistic([num, den[:, :5]], lambda x, y: x / y)
+
+
+def test_the_crosscoder_fingerprint_sees_defaults_and_data():
+    """The crosscoder stage's inputs carry every resolved training default and each source
+    file's sha256, so a changed default or data file cannot reuse a stale crosscoder."""
+    from persona_probe.experiments.persona_latents import _crosscoder_inputs
+
+    raw = read_json_config(CONFIGS / "persona_latents-crosscoder-smollm2-cpu.json", "cc config")
+    cfg = PersonaLatentsConfig.from_dict(raw)
+    if not all(Path(p).is_file() for p in _shared_paths(cfg)):
+        pytest.skip("../shared/data is absent (the crosscoder corpus reads it)")
+    got = _crosscoder_inputs(cfg, 576, "blocks.15.hook_resid_post")
+    assert got["train"]["d_model"] == 576 and "threshold_momentum" in got["train"]
+    assert got["answer_tokens"] == 64 and len(got["answer_prompts_sha256"]) == 64
+    assert all(len(s["sha256"]) == 64 for s in got["corpus"])
+    other = PersonaLatentsConfig.from_dict({**raw, "crosscoder": {
+        **raw["crosscoder"], "train": {**raw["crosscoder"]["train"], "lr": 5e-4}}})
+    assert _crosscoder_inputs(other, 576, "blocks.15.hook_resid_post") != got
+
+
+def _shared_paths(cfg):
+    from persona_probe.corpus import resolve_shared
+    from persona_probe.errors import PersonaProbeError
+
+    try:
+        return [resolve_shared(s["path"]) for s in cfg.crosscoder["corpus"]]
+    except PersonaProbeError:
+        return [Path("/nonexistent")]

@@ -156,6 +156,18 @@ class PersonaLatentsConfig:
                 CorpusSource(**src)
             except TypeError as exc:
                 raise PersonaProbeError(f"crosscoder corpus source {src}: {exc}") from None
+        if c.get("answer_prompts") is not None and not (
+                isinstance(c["answer_prompts"], str) and c["answer_prompts"].strip()):
+            raise PersonaProbeError("crosscoder.answer_prompts names a prompt set (e.g. "
+                                    f"builtin:all), not {c['answer_prompts']!r}")
+        tokens = c.get("answer_tokens", 64)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise PersonaProbeError(f"crosscoder.answer_tokens must be a positive integer, not "
+                                    f"{tokens!r}")
+        if self.sae != "shipped":
+            raise PersonaProbeError(f"sae {self.sae!r} is given but dictionary is 'crosscoder' "
+                                    "(the crosscoder is trained in the run); drop sae or set "
+                                    "dictionary: sae")
         if "d_model" in c.get("train", {}):
             raise PersonaProbeError("crosscoder.train.d_model is taken from the model; drop it")
         # the width is the model's, known only once it is loaded; a wide stand-in checks the rest
@@ -286,7 +298,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         stage("crosscoder")
         cc = stages.run("crosscoder", {
             **common, "organism": organism_fp(cfg.selection_seed),
-            "crosscoder": cfg.crosscoder, "excluded_questions": sorted(ev_q),
+            "crosscoder": _crosscoder_inputs(cfg, base.d_model, hook),
+            "excluded_questions": sorted(ev_q),
             "seed": cfg.selection_seed},
             lambda d: _build_crosscoder(d, cfg, base, lambda: finetuned(cfg.selection_seed),
                                         hook, list(ev_q), organism_fp(cfg.selection_seed)))
@@ -626,6 +639,9 @@ def _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned) -> dict:
     if "delta" in chosen:
         delta0 = torch.tensor(chosen["delta"])
     else:   # runs screened before chosen.json kept Δ (an SAE): Δ from the stored mass
+        if d_lat.kind != "sae":
+            raise PersonaProbeError("the screening output lacks Δ; re-run the screening stage "
+                                    "(--overwrite)")
         delta0 = torch.tensor(chosen["mass_finetuned"]) - d_lat.activations(
             rows_base, rows_base)[0].mean(0)
     top0 = torch.argsort(delta0, descending=True)[:10].tolist()
@@ -639,6 +655,45 @@ def _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned) -> dict:
                                                 / len(tops) for i in top0},
             "chosen_in_top10": {str(i): sum(i in t for t in tops.values()) / len(tops)
                                 for i in chosen["latents"]}}
+
+
+def _crosscoder_inputs(cfg: PersonaLatentsConfig, d_model: int, hook: str) -> dict:
+    """What decides the crosscoder, for its stage fingerprint: the training config with every
+    default resolved, the answer settings, and the sha256 of each source file (and of the
+    answered prompt set's text), so a changed default or data file is not silently reused."""
+    import hashlib
+
+    from persona_probe.artifacts import sha256_file
+    from persona_probe.corpus import SOURCE_KINDS, CorpusSource, resolve_shared
+    from persona_probe.prompts import load_prompts
+    from persona_probe.sae.crosscoder import CrosscoderConfig
+
+    c = cfg.crosscoder
+    sources = []
+    for src in c.get("corpus", []):
+        s = CorpusSource(**src)
+        spec = SOURCE_KINDS.get(s.kind)
+        digest = sha256_file(resolve_shared(s.path)) if spec is not None and spec.file else None
+        sources.append({**src, "sha256": digest})
+    answered = None
+    if c.get("answer_prompts"):
+        text = json.dumps([it.messages for it in load_prompts(c["answer_prompts"])])
+        answered = hashlib.sha256(text.encode()).hexdigest()
+    train = CrosscoderConfig.from_dict({"d_model": d_model, "hook": hook, **c.get("train", {})},
+                                       "crosscoder.train").to_dict()
+    return {"corpus": sources, "answer_prompts": c.get("answer_prompts"),
+            "answer_prompts_sha256": answered, "answer_tokens": int(c.get("answer_tokens", 64)),
+            "train": train}
+
+
+def without_questions(items, questions) -> list:
+    """The chats none of whose messages contain any of ``questions`` (case and spacing
+    ignored): how a dictionary's training text is kept apart from evaluation questions."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split())
+    qs = [norm(q) for q in questions if q.strip()]
+    return [it for it in items
+            if not any(q in norm(m["content"]) for m in it.messages for q in qs)]
 
 
 def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned, hook: str,
@@ -664,21 +719,23 @@ def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned, 
             items += generate_responses(base, load_prompts(c["answer_prompts"]),
                                         int(c.get("answer_tokens", 64)), temperature=0.0,
                                         seed=cfg.selection_seed, progress=False)
-        kept = [it for it in items if not any(q in m["content"] for m in it.messages
-                                              for q in excluded)]
+        kept = without_questions(items, excluded)
         write_jsonl(corpus, ({"id": it.id, "messages": it.messages} for it in kept))
         write_json(d / "corpus-stats.json", {"offered": len(items), "kept": len(kept)})
     items = load_jsonl(corpus)
     rows_b, idx_b = collect_rows(base, items, [hook], "all", 16)
     rows_f, idx_f = collect_rows(load_finetuned(), items, [hook], "all", 16)
-    if not all(bool((idx_b[k] == idx_f[k]).all()) for k in ("item", "position", "token_id")):
+    if not all(idx_b[k].shape == idx_f[k].shape and bool((idx_b[k] == idx_f[k]).all())
+               for k in ("item", "position", "token_id")):
         raise PersonaProbeError("the base and the finetune read different tokens of the "
                                 "crosscoder corpus; they must share a tokenizer")
     tcfg = CrosscoderConfig.from_dict({"d_model": base.d_model, "hook": hook,
                                        **c.get("train", {})}, "crosscoder.train")
-    cc, _ = train_crosscoder(tcfg, rows_b[hook], rows_f[hook], out=out, resume=True,
-                             models={"base": _identity(base), "finetuned": finetuned_identity})
-    return cc
+    train_crosscoder(tcfg, rows_b[hook], rows_f[hook], out=out, resume=True,
+                     models={"base": _identity(base), "finetuned": finetuned_identity})
+    # the saved weights, as a resumed run loads them (save_dtype and device included), so a
+    # fresh run and a resumed one screen with the same crosscoder and the same identity
+    return load_crosscoder(out)
 
 
 def draw(out: Path) -> list[Path]:

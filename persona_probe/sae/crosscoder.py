@@ -941,9 +941,12 @@ def _cache_length(cache: Any) -> int:
 
 
 class PartnerCache:
-    """The other model's residuals at a crosscoder's hook, by (model, hook, exact input), for
-    ``paired_latent_ablation``. Entries of a model that has been freed go with it (weak keys);
-    the caller must not change a model's weights or hooks while its entries are used."""
+    """The other model's residuals at a crosscoder's hook, by (model, its state, hook, exact
+    input), for ``paired_latent_ablation``. The state (parameter edit counters, dtypes, hook
+    count) keeps an entry made under a steering context or before an in-place weight edit
+    from being read outside it; a weight swap that leaves all three unchanged (e.g. copying
+    new values into a parameter with ``.data``) is not seen, so do not do that while a cache
+    is in use. Entries of a model that has been freed go with it (weak keys)."""
 
     def __init__(self) -> None:
         import weakref
@@ -959,9 +962,19 @@ class PartnerCache:
             h.update(t.numpy().tobytes())
         return h.hexdigest()
 
+    @staticmethod
+    def _state(model: nn.Module) -> str:
+        """What else decides the model's residual: its parameters' in-place edit counters and
+        dtypes, and the hooks on its modules (a steer / ablate / shift context adds some), so
+        an entry made in one state is never read in another."""
+        versions = sum(int(p._version) for p in model.parameters())
+        dtypes = sorted({str(p.dtype) for p in model.parameters()})
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        return f"v{versions}:{','.join(dtypes)}:h{hooks}"
+
     def key(self, model: nn.Module, hook: str, call: Mapping[str, torch.Tensor],
             ) -> tuple[nn.Module, str]:
-        return model, f"{hook}:{self._digest(call)}"
+        return model, f"{hook}:{self._state(model)}:{self._digest(call)}"
 
     def __contains__(self, key: tuple[nn.Module, str]) -> bool:
         return key[1] in self._by_model.get(key[0], {})
