@@ -959,7 +959,7 @@ class PartnerCache:
         for name in sorted(call):
             t = call[name].detach().cpu().contiguous()
             h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype (bf16 too)
         return h.hexdigest()
 
     @staticmethod
