@@ -409,3 +409,14 @@ def test_causal_screening_with_the_crosscoder_finds_the_planted_latent(
     assert max(others) < 0.2, chosen["screen"]
     draws = matched_random_sets(cand["mass_finetuned"], chosen["latents"], 20, seed=0)
     assert all(planted_latent not in s for s in draws)
+
+
+def test_partner_cache_keys_inputs_of_any_dtype():
+    """Models scored in bfloat16 pass a bfloat16 attention mask: the key must take it (numpy
+    has no bfloat16) and tell it from the same values in another dtype."""
+    ids = torch.tensor([[5, 6, 7]])
+    bf = {"input_ids": ids, "attention_mask": torch.ones(1, 3, dtype=torch.bfloat16)}
+    f32 = {"input_ids": ids, "attention_mask": torch.ones(1, 3)}
+    d = PartnerCache._digest
+    assert d(bf) == d(dict(bf)) and d(bf) != d(f32)
+    assert d({"input_ids": ids}) != d({"input_ids": torch.tensor([[5, 6, 8]])})
