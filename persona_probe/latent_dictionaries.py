@@ -41,28 +41,32 @@ from persona_probe.hooks import parse_hook
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
 
-SIDES = ("finetuned", "base")
-
-
 class DictionaryError(PersonaProbeError):
     pass
 
 
-def _rows(subject: Subject, hook: str, items: Sequence[PromptItem], positions: str,
-          ) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-    from persona_probe.capture import collect_rows
-
-    hp = parse_hook(hook, subject.n_layers)
-    acts, index = collect_rows(subject, list(items), [hp.name], positions, 16)  # type: ignore[arg-type]
-    where = list(zip(index["item"].tolist(), index["position"].tolist(),
-                     index["token_id"].tolist()))
-    return acts[hp.name], where
-
-
 def _side(side: str) -> str:
-    if side not in SIDES:
+    from persona_probe.sae.crosscoder import MODEL_KEYS
+
+    if side not in MODEL_KEYS:
         raise DictionaryError(f"side {side!r}: use 'finetuned' or 'base'")
     return side
+
+
+def paired_rows(base: Subject, finetuned: Subject, hook: str, items: Sequence[PromptItem],
+                positions: str = "all",
+                ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+    """Both models' residuals at ``hook`` on the same tokens of ``items`` (what a crosscoder
+    reads), and (item, position, token_id) per row; refused when the two read different
+    tokens (a crosscoder pairs models that share a tokenizer)."""
+    from persona_probe.latents import hook_rows
+
+    rows_b, where = hook_rows(base, hook, items, positions)
+    rows_f, where_f = hook_rows(finetuned, hook, items, positions)
+    if where != where_f:
+        raise DictionaryError("the base and the finetune read different tokens of the items; a "
+                              "crosscoder pairs models that share a tokenizer")
+    return rows_b, rows_f, where
 
 
 class SAEDictionary:
@@ -83,7 +87,9 @@ class SAEDictionary:
 
     def rows(self, subject: Subject, items: Sequence[PromptItem], positions: str = "response",
              ) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-        return _rows(subject, self.hook, items, positions)
+        from persona_probe.latents import hook_rows
+
+        return hook_rows(subject, self.hook, items, positions)
 
     def activations(self, rows_b: torch.Tensor, rows_f: torch.Tensor,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +156,9 @@ class CrosscoderDictionary:
 
     def rows(self, subject: Subject, items: Sequence[PromptItem], positions: str = "response",
              ) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-        return _rows(subject, self.hook, items, positions)
+        from persona_probe.latents import hook_rows
+
+        return hook_rows(subject, self.hook, items, positions)
 
     @torch.no_grad()
     def activations(self, rows_b: torch.Tensor, rows_f: torch.Tensor,
@@ -221,10 +229,7 @@ class CrosscoderDictionary:
         """Top-activating token pairs of each latent (every non-special token of ``items``)."""
         from persona_probe.latents import examples_from_activations
 
-        rows_b, where = self.rows(base, items, "all")
-        rows_f, where_f = self.rows(finetuned, items, "all")
-        if where != where_f:
-            raise DictionaryError("the base and the finetune tokenized the items differently")
+        rows_b, rows_f, where = paired_rows(base, finetuned, self.hook, items, "all")
         acts, _ = self.activations(rows_b, rows_f)
         return examples_from_activations(acts[:, list(latents)], where, finetuned.tokenizer,
                                          items, list(latents), n)

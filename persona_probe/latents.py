@@ -54,7 +54,15 @@ def token_activations(subject: Subject, sae, items: Sequence[PromptItem], positi
                       batch_size: int = 16) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
     """Residuals at the SAE's hook over ``positions`` of every item, and (item, position,
     token_id) per row. In memory: meant for eval-sized prompt sets."""
-    hp = parse_hook(sae.cfg.metadata.hook_name, subject.n_layers)
+    return hook_rows(subject, sae.cfg.metadata.hook_name, items, positions, batch_size)
+
+
+@torch.no_grad()
+def hook_rows(subject: Subject, hook: str, items: Sequence[PromptItem],
+              positions: str = "response", batch_size: int = 16,
+              ) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """``token_activations`` at a named hook point (any dictionary's, e.g. a crosscoder's)."""
+    hp = parse_hook(hook, subject.n_layers)
     acts, index = collect_rows(subject, list(items), [hp.name], positions, batch_size)  # type: ignore[arg-type]
     where = list(zip(index["item"].tolist(), index["position"].tolist(),
                      index["token_id"].tolist()))

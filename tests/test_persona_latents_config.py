@@ -183,13 +183,13 @@ def test_the_crosscoder_fingerprint_sees_defaults_and_data():
     cfg = PersonaLatentsConfig.from_dict(raw)
     if not all(Path(p).is_file() for p in _shared_paths(cfg)):
         pytest.skip("../shared/data is absent (the crosscoder corpus reads it)")
-    got = _crosscoder_inputs(cfg, 576, "blocks.15.hook_resid_post")
+    got = _crosscoder_inputs(cfg, 576)
     assert got["train"]["d_model"] == 576 and "threshold_momentum" in got["train"]
     assert got["answer_tokens"] == 64 and len(got["answer_prompts_sha256"]) == 64
     assert all(len(s["sha256"]) == 64 for s in got["corpus"])
     other = PersonaLatentsConfig.from_dict({**raw, "crosscoder": {
         **raw["crosscoder"], "train": {**raw["crosscoder"]["train"], "lr": 5e-4}}})
-    assert _crosscoder_inputs(other, 576, "blocks.15.hook_resid_post") != got
+    assert _crosscoder_inputs(other, 576) != got
 
 
 def _shared_paths(cfg):

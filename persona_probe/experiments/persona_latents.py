@@ -42,6 +42,7 @@ from persona_probe.models import DEFAULT_MODEL
 
 VECTOR_EDITS = ("directional", "mean", "shift_sae_layer", "shift_every_layer")
 DICTIONARIES = ("sae", "crosscoder")
+ANSWER_TOKENS = 64          # default length of the base's answers in a crosscoder's corpus
 LATENT_SETS = ("causal screening", "top Δ")
 
 
@@ -141,7 +142,6 @@ class PersonaLatentsConfig:
 
     def _check_crosscoder(self) -> None:
         from persona_probe.corpus import CorpusSource
-        from persona_probe.sae.crosscoder import CrosscoderConfig
 
         c = self.crosscoder
         unknown = set(c) - {"corpus", "answer_prompts", "answer_tokens", "train"}
@@ -160,7 +160,7 @@ class PersonaLatentsConfig:
                 isinstance(c["answer_prompts"], str) and c["answer_prompts"].strip()):
             raise PersonaProbeError("crosscoder.answer_prompts names a prompt set (e.g. "
                                     f"builtin:all), not {c['answer_prompts']!r}")
-        tokens = c.get("answer_tokens", 64)
+        tokens = c.get("answer_tokens", ANSWER_TOKENS)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise PersonaProbeError(f"crosscoder.answer_tokens must be a positive integer, not "
                                     f"{tokens!r}")
@@ -171,12 +171,21 @@ class PersonaLatentsConfig:
         if "d_model" in c.get("train", {}):
             raise PersonaProbeError("crosscoder.train.d_model is taken from the model; drop it")
         # the width is the model's, known only once it is loaded; a wide stand-in checks the rest
-        CrosscoderConfig.from_dict({"d_model": 4096, **c.get("train", {})}, "crosscoder.train")
+        self.crosscoder_train(4096)
         if self.base_null:
             raise PersonaProbeError(
                 "base_null needs a seed-independent base edit, but a crosscoder's base edit "
                 "reads the finetune paired with it (a different one per seed); set base_null: "
                 "false (the base shift is still measured per seed for the chosen sets)")
+
+    def crosscoder_train(self, d_model: int):
+        """The crosscoder's training config (``sae.crosscoder.CrosscoderConfig``), every default
+        resolved, for a model of width ``d_model``."""
+        from persona_probe.sae.crosscoder import CrosscoderConfig
+
+        return CrosscoderConfig.from_dict({"d_model": d_model,
+                                           **self.crosscoder.get("train", {})},
+                                          "crosscoder.train")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "persona_latents config"):
@@ -236,7 +245,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         sae = load_sae(cfg.sae, device=str(base.device), subject=base)
         hook = sae.cfg.metadata.hook_name
     else:
-        hook = cfg.crosscoder.get("train", {}).get("hook", "blocks.15.hook_resid_post")
+        hook = cfg.crosscoder_train(base.d_model).hook
     layer = int(hook.split(".")[1])
     every_layer = tuple(range(base.n_layers))
     common = {"command": command, "model": _identity(base), "split": asdict(split)}
@@ -298,11 +307,11 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         stage("crosscoder")
         cc = stages.run("crosscoder", {
             **common, "organism": organism_fp(cfg.selection_seed),
-            "crosscoder": _crosscoder_inputs(cfg, base.d_model, hook),
+            "crosscoder": _crosscoder_inputs(cfg, base.d_model),
             "excluded_questions": sorted(ev_q),
             "seed": cfg.selection_seed},
             lambda d: _build_crosscoder(d, cfg, base, lambda: finetuned(cfg.selection_seed),
-                                        hook, list(ev_q), organism_fp(cfg.selection_seed)))
+                                        list(ev_q), organism_fp(cfg.selection_seed)))
         from persona_probe.latent_dictionaries import CrosscoderDictionary
 
         d_lat = CrosscoderDictionary(cc)
@@ -657,7 +666,7 @@ def _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned) -> dict:
                                 for i in chosen["latents"]}}
 
 
-def _crosscoder_inputs(cfg: PersonaLatentsConfig, d_model: int, hook: str) -> dict:
+def _crosscoder_inputs(cfg: PersonaLatentsConfig, d_model: int) -> dict:
     """What decides the crosscoder, for its stage fingerprint: the training config with every
     default resolved, the answer settings, and the sha256 of each source file (and of the
     answered prompt set's text), so a changed default or data file is not silently reused."""
@@ -666,7 +675,6 @@ def _crosscoder_inputs(cfg: PersonaLatentsConfig, d_model: int, hook: str) -> di
     from persona_probe.artifacts import sha256_file
     from persona_probe.corpus import SOURCE_KINDS, CorpusSource, resolve_shared
     from persona_probe.prompts import load_prompts
-    from persona_probe.sae.crosscoder import CrosscoderConfig
 
     c = cfg.crosscoder
     sources = []
@@ -679,11 +687,10 @@ def _crosscoder_inputs(cfg: PersonaLatentsConfig, d_model: int, hook: str) -> di
     if c.get("answer_prompts"):
         text = json.dumps([it.messages for it in load_prompts(c["answer_prompts"])])
         answered = hashlib.sha256(text.encode()).hexdigest()
-    train = CrosscoderConfig.from_dict({"d_model": d_model, "hook": hook, **c.get("train", {})},
-                                       "crosscoder.train").to_dict()
     return {"corpus": sources, "answer_prompts": c.get("answer_prompts"),
-            "answer_prompts_sha256": answered, "answer_tokens": int(c.get("answer_tokens", 64)),
-            "train": train}
+            "answer_prompts_sha256": answered,
+            "answer_tokens": int(c.get("answer_tokens", ANSWER_TOKENS)),
+            "train": cfg.crosscoder_train(d_model).to_dict()}
 
 
 def without_questions(items, questions) -> list:
@@ -696,17 +703,17 @@ def without_questions(items, questions) -> list:
             if not any(q in norm(m["content"]) for m in it.messages for q in qs)]
 
 
-def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned, hook: str,
+def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned,
                       excluded: list[str], finetuned_identity: dict):
     """The crosscoder stage: chats (read as they are, plus the base's greedy answers to a prompt
     set), both models' residuals at every non-special token, then training (resumable: the
     corpus is written once, training checkpoints)."""
     from persona_probe.artifacts import write_json, write_jsonl
-    from persona_probe.capture import collect_rows
     from persona_probe.corpus import CorpusSource, load_source
     from persona_probe.generation import generate_responses
+    from persona_probe.latent_dictionaries import paired_rows
     from persona_probe.prompts import load_jsonl, load_prompts
-    from persona_probe.sae.crosscoder import CrosscoderConfig, load_crosscoder, train_crosscoder
+    from persona_probe.sae.crosscoder import load_crosscoder, train_crosscoder
 
     c = cfg.crosscoder
     out = d / "crosscoder"
@@ -717,21 +724,16 @@ def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned, 
         items = [it for src in c.get("corpus", []) for it in load_source(CorpusSource(**src))]
         if c.get("answer_prompts"):
             items += generate_responses(base, load_prompts(c["answer_prompts"]),
-                                        int(c.get("answer_tokens", 64)), temperature=0.0,
+                                        int(c.get("answer_tokens", ANSWER_TOKENS)),
+                                        temperature=0.0,
                                         seed=cfg.selection_seed, progress=False)
         kept = without_questions(items, excluded)
         write_jsonl(corpus, ({"id": it.id, "messages": it.messages} for it in kept))
         write_json(d / "corpus-stats.json", {"offered": len(items), "kept": len(kept)})
     items = load_jsonl(corpus)
-    rows_b, idx_b = collect_rows(base, items, [hook], "all", 16)
-    rows_f, idx_f = collect_rows(load_finetuned(), items, [hook], "all", 16)
-    if not all(idx_b[k].shape == idx_f[k].shape and bool((idx_b[k] == idx_f[k]).all())
-               for k in ("item", "position", "token_id")):
-        raise PersonaProbeError("the base and the finetune read different tokens of the "
-                                "crosscoder corpus; they must share a tokenizer")
-    tcfg = CrosscoderConfig.from_dict({"d_model": base.d_model, "hook": hook,
-                                       **c.get("train", {})}, "crosscoder.train")
-    train_crosscoder(tcfg, rows_b[hook], rows_f[hook], out=out, resume=True,
+    tcfg = cfg.crosscoder_train(base.d_model)
+    rows_b, rows_f, _ = paired_rows(base, load_finetuned(), tcfg.hook, items, "all")
+    train_crosscoder(tcfg, rows_b, rows_f, out=out, resume=True,
                      models={"base": _identity(base), "finetuned": finetuned_identity})
     # the saved weights, as a resumed run loads them (save_dtype and device included), so a
     # fresh run and a resumed one screen with the same crosscoder and the same identity

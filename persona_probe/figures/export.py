@@ -70,6 +70,28 @@ def write_html(fig: go.Figure, path: str | Path) -> Path:
     return path
 
 
+def _static_formats(formats: tuple[str, ...]) -> list[str]:
+    """The static formats asked for, refused when unknown."""
+    static = [f for f in formats if f != "html"]
+    bad = [f for f in static if f not in STATIC]
+    if bad:
+        raise FigureExportError(f"unknown figure formats {bad}; use html, {', '.join(STATIC)}")
+    return static
+
+
+def _require_static_export() -> None:
+    """kaleido and a Chromium for it (named to kaleido through ``BROWSER_PATH``), or an error
+    naming the fix."""
+    if importlib.util.find_spec("kaleido") is None:
+        raise FigureExportError("static figures need kaleido: pip install 'kaleido>=1'")
+    browser = find_browser()
+    if browser is None:
+        raise FigureExportError("static figures need Chromium for kaleido: install it "
+                                "(Debian/Ubuntu: apt-get install chromium) or set BROWSER_PATH "
+                                "to a Chrome/Chromium binary; the HTML was written")
+    os.environ.setdefault("BROWSER_PATH", browser)
+
+
 def write_figure(fig: go.Figure, path: str | Path, formats: tuple[str, ...] = ("html",),
                  ) -> list[Path]:
     """``path`` without suffix + ``.html`` (with the shared ``plotly.min.js`` beside it) and
@@ -79,20 +101,10 @@ def write_figure(fig: go.Figure, path: str | Path, formats: tuple[str, ...] = ("
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     written.append(write_html(fig, path.with_suffix(".html")))
-    static = [f for f in formats if f != "html"]
-    bad = [f for f in static if f not in STATIC]
-    if bad:
-        raise FigureExportError(f"unknown figure formats {bad}; use html, {', '.join(STATIC)}")
+    static = _static_formats(formats)
     if not static:
         return written
-    if importlib.util.find_spec("kaleido") is None:
-        raise FigureExportError("static figures need kaleido: pip install 'kaleido>=1'")
-    browser = find_browser()
-    if browser is None:
-        raise FigureExportError("static figures need Chromium for kaleido: install it "
-                                "(Debian/Ubuntu: apt-get install chromium) or set BROWSER_PATH "
-                                "to a Chrome/Chromium binary; the HTML was written")
-    os.environ.setdefault("BROWSER_PATH", browser)
+    _require_static_export()
     for fmt in static:
         out = path.with_suffix(f".{fmt}")
         atomic_write(out, lambda tmp, fmt=fmt: fig.write_image(str(tmp), format=fmt))
@@ -132,25 +144,16 @@ def write_figures_or_html(figs: dict[str, go.Figure], out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_figure(fig, out / name, ("html",))[0] for name, fig in figs.items()]
-    static = [f for f in formats if f != "html"]
-    if not static or not figs:
+    if not figs:
         return paths
-    bad = [f for f in static if f not in STATIC]
-    if bad:
-        raise FigureExportError(f"unknown figure formats {bad}; use html, {', '.join(STATIC)}")
+    static = _static_formats(formats)
+    if not static:
+        return paths
     try:
-        if importlib.util.find_spec("kaleido") is None:
-            raise FigureExportError("static figures need kaleido: pip install 'kaleido>=1'")
-        browser = find_browser()
-        if browser is None:
-            raise FigureExportError("static figures need Chromium for kaleido: install it "
-                                    "(Debian/Ubuntu: apt-get install chromium) or set "
-                                    "BROWSER_PATH to a Chrome/Chromium binary; the HTML was "
-                                    "written")
+        _require_static_export()
     except FigureExportError as exc:
         print(f"{', '.join(figs)}: HTML only ({exc})")
         return paths
-    os.environ.setdefault("BROWSER_PATH", browser)
     jobs = [(fig, out / f"{name}.{fmt}", fmt) for fmt in static for name, fig in figs.items()]
     tmps = []
     try:
