@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents persona-latents-crosscoder behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents persona-latents-crosscoder persona-latents-travel behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ persona-latents-crosscoder: install
 	$(BIN)/python experiments/persona_latents.py \
 	  --config experiments/configs/persona_latents-crosscoder-smollm2-cpu.json \
 	  --runs runs/persona_latents_crosscoder --out figures/persona_latents_crosscoder
+	$(BIN)/python experiments/render_readme.py
+
+# Line 1's third-run design on a second organism (evil through travel answers; ~75-105 min on 2
+# cores, resumable stages) -> figures/persona_latents_travel/.
+persona-latents-travel: install
+	$(BIN)/python experiments/persona_latents.py \
+	  --config experiments/configs/persona_latents-travel-smollm2-cpu.json \
+	  --runs runs/persona_latents_travel --out figures/persona_latents_travel
 	$(BIN)/python experiments/render_readme.py
 
 # The early-warning monitor against a poisoning dose: 24 monitored finetunes (~25 min on 2

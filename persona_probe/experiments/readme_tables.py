@@ -166,6 +166,12 @@ def render_persona_latents_crosscoder(res: dict) -> str:
     return head + render_persona_latents(res)
 
 
+@register("persona_latents_travel", "figures/persona_latents_travel/results.json")
+def render_persona_latents_travel(res: dict) -> str:
+    """The fifth line-1 run: the third run's design on a second organism (evil via travel)."""
+    return render_persona_latents(res)
+
+
 @register("persona_latents_second", "figures/persona_latents_second/results.json")
 def render_persona_latents_second(res: dict) -> str:
     """The second line-1 run (split evil-line1-pairs, seeds 4-6, specific_removed)."""
