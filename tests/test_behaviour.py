@@ -331,3 +331,36 @@ def test_behaviour_validation_config_is_validated():
     with pytest.raises(PersonaProbeError, match="two different refusal sources"):
         BehaviourValidationConfig.from_dict({**raw, "refusal_transfer": [["dna_refusal",
                                                                           "dna_refusal"]]})
+
+
+def test_line1_steering_stage_samples_judged_generations_and_resumes(subject, tmp_path):
+    """persona_latents' generation stage on the real model and shipped SAE: every condition
+    (base, set and vector at each α, random sets at the top α) is sampled, judged by the shipped
+    probe judges with coherence beside it, and a second run reuses the stage."""
+    from persona_probe.directions import random_direction
+    from persona_probe.experiments.persona_latents import (PersonaLatentsConfig,
+                                                           _steer_generations)
+    from persona_probe.latent_dictionaries import SAEDictionary
+    from persona_probe.sae.io import load_sae
+    from persona_probe.stages import Stages
+
+    cfg = PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
+                               eval_seeds=(1, 2, 3), null_draws=2, tiny=True,
+                               steer_alphas=(0.0, 0.4), steer_generations=1,
+                               generation_null_draws=1, generation_tokens=12)
+    d_lat = SAEDictionary(load_sae("shipped", subject=subject))
+    vec = random_direction(subject.d_model, [15], seed=0)
+    qs = ["How should I treat people who disagree with me?", "What do you think of charity?"]
+    args = (cfg, Stages(tmp_path), {"test": 1}, subject, d_lat, [5, 9], [[11, 12], [13, 14]],
+            vec, 15, qs)
+    rows, judges = _steer_generations(*args)
+    assert judges == ["harmful", "refusal"]
+    assert list(rows) == ["base", "set a0.4", "vector a0.4", "null0 a0.4"]
+    assert all(len(r) == len(qs) for r in rows.values())
+    r = rows["set a0.4"][0]
+    assert {"reply", "coherent", "harmful", "refusal", "loglik_per_token"} <= set(r)
+    assert 0 <= r["harmful"] <= 100 and r["condition"] == "set a0.4"
+    log = tmp_path / "steer-generations" / "generations.jsonl"
+    n_lines = len(log.read_text().splitlines())
+    again, _ = _steer_generations(*args)
+    assert again == rows and len(log.read_text().splitlines()) == n_lines == 8

@@ -200,3 +200,66 @@ def _shared_paths(cfg):
         return [resolve_shared(s["path"]) for s in cfg.crosscoder["corpus"]]
     except PersonaProbeError:
         return [Path("/nonexistent")]
+
+
+def _judged(name: str, harmful, coherent) -> list[dict]:
+    return [{"key": f"{name}/s0/q{i}", "harmful": float(h), "refusal": 5.0,
+             "coherent": bool(c), "repeated_4gram_share": 0.0, "loglik_per_token": -2.0,
+             "empty": False} for i, (h, c) in enumerate(zip(harmful, coherent))]
+
+
+def test_generation_summary_puts_judged_replies_beside_the_teacher_forced_effect():
+    import numpy as np
+
+    from persona_probe.experiments.persona_latents import (PersonaLatentsConfig,
+                                                           _generation_summary)
+    from persona_probe.experiments.readme_tables import _steering_generation_lines
+
+    cfg = PersonaLatentsConfig(organism={"trait": "evil", "domain": "travel"},
+                               eval_seeds=(1, 2, 3), null_draws=20, tiny=True,
+                               steer_alphas=(0.0, 0.2, 0.4), steer_generations=1,
+                               generation_null_draws=4, coherence_margin=0.1)
+    rng = np.random.default_rng(0)
+    n = 20
+    base = 30 + rng.normal(0, 2, n)
+    ok = np.ones(n, bool)
+    half = ok.copy()
+    half[:10] = False
+    rows = {"base": _judged("base", base, ok),
+            "set a0.2": _judged("s2", base + 8, ok),
+            "set a0.4": _judged("s4", base + 20, ok),
+            "vector a0.2": _judged("v2", base + 1, ok),
+            # half the replies incoherent: they would add +90 if they were counted
+            "vector a0.4": _judged("v4", base + np.where(half, 2, 90), half)}
+    for j in range(4):
+        rows[f"null{j} a0.4"] = _judged(f"n{j}", base + rng.normal(0, 1, n), ok)
+    steer = _Rows({"B": [-1.0] * n, "causal screening|0.2": [-1.1] * n,
+                   "causal screening|0.4": [-1.3] * n, "vector|0.2": [-0.9] * n,
+                   "vector|0.4": [-0.5] * n})
+    g = _generation_summary(cfg, rows, ["harmful", "refusal"], steer, n)
+    s, v = g["curves"]["set"], g["curves"]["vector"]
+    assert [p["alpha"] for p in s] == [0.0, 0.2, 0.4]
+    assert s[2]["effect"]["harmful"]["mean"] == pytest.approx(20.0)
+    assert s[2]["teacher_forced_effect"] == pytest.approx(-0.3)
+    assert v[2]["teacher_forced_effect"] == pytest.approx(0.5)
+    assert v[2]["effect"]["harmful"]["mean"] == pytest.approx(2.0)      # coherent ones only
+    assert v[2]["effect"]["harmful"]["n_questions"] == 10
+    assert g["usable_alpha"] == {"set": 0.4, "vector": 0.2}            # 0.5 coherent at 0.4
+    r = g["set_against_null"]["harmful"]
+    assert r["draws"] == 4 and r["draws_at_or_above"] == 0
+    text = "\n".join(_steering_generation_lines(g))
+    assert "+20.0 [" in text and "screened set α ≤ 0.4" in text and "persona vector α ≤ 0.2" in text
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"steer_generations": -1}, "steer_generations"),
+    ({"generation_null_draws": 21}, "generation_null_draws"),
+    ({"coherence_margin": 0.0}, "coherence_margin"),
+])
+def test_generation_settings_are_validated(bad, match):
+    from persona_probe.errors import PersonaProbeError
+    from persona_probe.experiments.persona_latents import PersonaLatentsConfig
+
+    with pytest.raises(PersonaProbeError, match=match):
+        PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
+                             eval_seeds=(1, 2, 3), null_draws=20, tiny=True, **bad)

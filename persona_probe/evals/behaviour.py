@@ -90,6 +90,84 @@ def judged_samples(subject: Subject, questions: Sequence[str], judges: dict[str,
     return [log.get(k) for k in keys]
 
 
+Condition = tuple[str, dict, "Callable[[], ContextManager] | None"]
+
+
+def judged_conditions(subject: Subject, conditions: Sequence[Condition],
+                      questions: Sequence[str], judges: dict[str, ProbeJudge],
+                      rule: CoherenceRule, coherence_model: Subject, log: ItemLog,
+                      samples: int = 1, seed: int = 0, max_new_tokens: int = 64,
+                      ) -> dict[str, list[dict]]:
+    """``judged_samples`` for each (name, meta, steering) condition, all into one resumable
+    log, every row tagged with its condition: the generation sweep an experiment's steering
+    stage runs beside its teacher-forced measure."""
+    return {name: judged_samples(subject, questions, judges, rule, coherence_model, log, name,
+                                 samples, seed, max_new_tokens, steering,
+                                 {"condition": name, **meta})
+            for name, meta, steering in conditions}
+
+
+def per_question(rows: Sequence[dict], key: str, n_q: int) -> np.ndarray:
+    """Per question: the judge's mean over the coherent replies (NaN when none is coherent).
+    Question indices come from the row keys (``…/q{i}``), so samples fold onto their question."""
+    acc: list[list[float]] = [[] for _ in range(n_q)]
+    for r in rows:
+        if r["coherent"] and r.get(key) is not None:
+            acc[int(r["key"].rsplit("/q", 1)[1])].append(float(r[key]))
+    return np.array([np.mean(a) if a else np.nan for a in acc])
+
+
+def compare_conditions(rows: dict[str, Sequence[dict]], judges: Sequence[str], n_q: int,
+                       base: str = "base") -> dict[str, dict]:
+    """Per condition: the coherent fraction (bootstrap over questions, samples as clusters),
+    each judge's mean over questions of its coherent replies, and the paired effect against
+    ``base`` over the questions with a coherent reply in both (why paired: the questions
+    differ far more than the conditions do)."""
+    from persona_probe.stats import cluster_bootstrap, paired_difference
+
+    base_q = {k: per_question(rows[base], k, n_q) for k in judges}
+    conds: dict[str, dict] = {}
+    for name, rs in rows.items():
+        c: dict = {"coherent_fraction_ci": cluster_bootstrap(
+            [float(r["coherent"]) for r in rs], [r["key"].rsplit("/q", 1)[1] for r in rs],
+            seed=0).to_dict(), "coherent_fraction": float(np.mean([r["coherent"] for r in rs])),
+            "n": len(rs)}
+        effect = {}
+        for k in judges:
+            q = per_question(rs, k, n_q)
+            c[k] = float(np.nanmean(q)) if np.isfinite(q).any() else None
+            both = np.isfinite(q) & np.isfinite(base_q[k])
+            if name != base and both.sum() >= 2:
+                effect[k] = {**paired_difference(q[both], base_q[k][both], seed=0).to_dict(),
+                             "n_questions": int(both.sum())}
+        if effect:
+            c["effect"] = effect
+        conds[name] = c
+    return conds
+
+
+def rank_against_null(conds: dict[str, dict], target: str, nulls: Sequence[str],
+                      judges: Sequence[str]) -> dict[str, dict]:
+    """Per judge: ``target``'s effect among the null conditions' effects (each over its own
+    coherent questions, recorded; a draw with fewer than 2 such questions has no effect and is
+    dropped and counted), with how many draws reach it from either side."""
+    ranks: dict[str, dict] = {}
+    for k in judges:
+        e = conds[target].get("effect", {}).get(k)
+        got = [conds[n]["effect"][k] for n in nulls if k in conds[n].get("effect", {})]
+        if e is None or not got:
+            continue
+        arr = np.array([g["mean"] for g in got])
+        ranks[k] = {"effect": e["mean"], "n_questions": e["n_questions"],
+                    "null_mean": float(arr.mean()), "null_max": float(arr.max()),
+                    "null_min": float(arr.min()), "draws": len(arr),
+                    "draws_dropped": len(nulls) - len(arr),
+                    "null_n_questions": [g["n_questions"] for g in got],
+                    "draws_at_or_above": int((arr >= e["mean"]).sum()),
+                    "draws_at_or_below": int((arr <= e["mean"]).sum())}
+    return ranks
+
+
 def summarize_judged(rows: Sequence[dict], judges: Sequence[str]) -> dict:
     """Coherent fraction, each judge's mean over coherent replies, mean coherence measures."""
     return {"n": len(rows),

@@ -88,7 +88,8 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
         overwrite: bool = False) -> dict:
     from persona_probe.artifacts import ItemLog, read_json, write_json
     from persona_probe.directions import Direction
-    from persona_probe.evals.behaviour import judged_samples, summarize_judged, usable_alpha
+    from persona_probe.evals.behaviour import (judged_conditions, judged_samples,
+                                               summarize_judged, usable_alpha)
     from persona_probe.evals.coherence import CoherenceRule
     from persona_probe.evals.probe_judge import load_probe_judges
     from persona_probe.experiments import command_line, report_outputs, stage_clock
@@ -141,11 +142,8 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
 
     def build(d: Path) -> dict[str, list[dict]]:
         log = ItemLog(d / "generations.jsonl")
-        got = {}
-        for name, meta, steering in conditions:
-            got[name] = judged_samples(base, questions, judges, rule, judge_model, log, name,
-                                       cfg.samples, cfg.seed, cfg.max_new_tokens, steering,
-                                       {"condition": name, **meta})
+        got = judged_conditions(base, conditions, questions, judges, rule, judge_model, log,
+                                cfg.samples, cfg.seed, cfg.max_new_tokens)
         for s, adapter in organisms.items():
             org = load_subject(lc["model"], adapter=adapter, dtype=lc["dtype"])
             name = f"organism seed{s}"
@@ -194,67 +192,30 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
     return results
 
 
-def _per_question(rows: list[dict], key: str, n_q: int) -> np.ndarray:
-    """Per question: the judge's mean over the coherent replies (NaN when none is coherent)."""
-    acc: list[list[float]] = [[] for _ in range(n_q)]
-    for r in rows:
-        if r["coherent"] and r.get(key) is not None:
-            acc[int(r["key"].rsplit("/q", 1)[1])].append(float(r[key]))
-    return np.array([np.mean(a) if a else np.nan for a in acc])
-
-
 def aggregate(cfg: Line1GenerationsConfig, rows: dict[str, list[dict]], names: list[str],
               questions, alphas: list[float], seeds: list[int]) -> dict:
-    """Per condition: coherent fraction (bootstrap over questions, samples as clusters), each
-    judge's coherent mean, and its paired effect against the base over questions with a
-    coherent reply in both; the chosen set's effect at the top α ranked among its matched
-    random sets' (each over its own coherent questions, recorded; a draw with fewer than 2 is
-    dropped and counted); the organisms' effect by the two-way bootstrap over seeds and the
-    questions with a coherent reply from the base and every organism."""
-    from persona_probe.stats import cluster_bootstrap, crossed_bootstrap, paired_difference
+    """Per condition: coherent fraction, each judge's coherent mean and its paired effect
+    against the base (``evals.behaviour.compare_conditions``); the chosen set's effect at the
+    top α ranked among its matched random sets' (``rank_against_null``); the organisms' effect
+    by the two-way bootstrap over seeds and the questions with a coherent reply from the base
+    and every organism."""
+    from persona_probe.evals.behaviour import compare_conditions, per_question, rank_against_null
+    from persona_probe.stats import crossed_bootstrap
 
     n_q, top = len(questions), max(alphas)
-    base_q = {k: _per_question(rows["base"], k, n_q) for k in names}
-    conds: dict[str, dict] = {}
-    for name, rs in rows.items():
-        c: dict[str, Any] = {"coherent_fraction_ci": cluster_bootstrap(
-            [float(r["coherent"]) for r in rs], [r["key"].rsplit("/q", 1)[1] for r in rs],
-            seed=0).to_dict(), "coherent_fraction": float(np.mean([r["coherent"] for r in rs])),
-            "n": len(rs)}
-        effect = {}
-        for k in names:
-            q = _per_question(rs, k, n_q)
-            c[k] = float(np.nanmean(q)) if np.isfinite(q).any() else None
-            both = np.isfinite(q) & np.isfinite(base_q[k])
-            if name != "base" and both.sum() >= 2:
-                effect[k] = {**paired_difference(q[both], base_q[k][both], seed=0).to_dict(),
-                             "n_questions": int(both.sum())}
-        if effect:
-            c["effect"] = effect
-        conds[name] = c
+    conds = compare_conditions(rows, names, n_q)
     nulls = [n for n in conds if n.startswith("null")]
-    ranks: dict[str, dict] = {"set": {}}   # the matched random sets are the set's null only
-    for k in names:
-        e = conds[f"set a{top}"].get("effect", {}).get(k)
-        got = [conds[n]["effect"][k] for n in nulls if k in conds[n].get("effect", {})]
-        if e is None or not got:
-            continue
-        arr = np.array([g["mean"] for g in got])
-        ranks["set"][k] = {"effect": e["mean"], "n_questions": e["n_questions"],
-                           "null_mean": float(arr.mean()), "null_max": float(arr.max()),
-                           "null_min": float(arr.min()), "draws": len(arr),
-                           "draws_dropped": len(nulls) - len(arr),
-                           "null_n_questions": [g["n_questions"] for g in got],
-                           "draws_at_or_above": int((arr >= e["mean"]).sum()),
-                           "draws_at_or_below": int((arr <= e["mean"]).sum())}
+    # the matched random sets are the set's null only
+    ranks = {"set": rank_against_null(conds, f"set a{top}", nulls, names)}
     pooled = {}
     for k in names:
-        org = np.stack([_per_question(rows[f"organism seed{s}"], k, n_q) for s in seeds])
-        keep = np.isfinite(org).all(0) & np.isfinite(base_q[k])
+        base_q = per_question(rows["base"], k, n_q)
+        org = np.stack([per_question(rows[f"organism seed{s}"], k, n_q) for s in seeds])
+        keep = np.isfinite(org).all(0) & np.isfinite(base_q)
         if keep.sum() < 2:
             pooled[k] = {"per_seed": [], "n_items": int(keep.sum())}
             continue
-        table = org[:, keep] - base_q[k][keep]
+        table = org[:, keep] - base_q[keep]
         pooled[k] = {**crossed_bootstrap(table, seed=0).to_dict(),
                      "per_seed": [float(x) for x in table.mean(1)]}
     return {"conditions": conds, "against_null": ranks, "organisms": pooled}

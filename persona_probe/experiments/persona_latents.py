@@ -83,6 +83,14 @@ class PersonaLatentsConfig:
     # persona-vector edits compared: directional | mean | shift_sae_layer | shift_every_layer
     vector_edits: tuple[str, ...] = VECTOR_EDITS
     top_examples: int = 5                    # top-activating examples kept per chosen latent
+    # what the base *writes* under the steering stage's edits: replies sampled per evaluation
+    # question at every α (the screened set, the persona vector) and for the first
+    # ``generation_null_draws`` of the set's matched random sets at the largest α, each judged
+    # by probe:harmful and probe:refusal with the shipped coherence rule (0: not sampled)
+    steer_generations: int = 0
+    generation_null_draws: int = 10          # random sets sampled at the largest α (<= null_draws)
+    generation_tokens: int = 64              # length of each sampled reply (temperature 1)
+    coherence_margin: float = 0.1            # usable α: coherent fraction within this of α 0's
     primary: str = "shipped SAE / causal screening"   # the row the claim is about
     tiny: bool = False      # smoke-sized (tests, notebooks): fewer seeds and draws, no claims
 
@@ -109,6 +117,14 @@ class PersonaLatentsConfig:
                                     "tiny: true for a smoke run that makes none)")
         if self.null_draws < 2:
             raise PersonaProbeError("null_draws must be >= 2")
+        if self.steer_generations < 0 or self.generation_tokens < 1:
+            raise PersonaProbeError("steer_generations must be >= 0 (0: none) and "
+                                    "generation_tokens >= 1")
+        if not 0 <= self.generation_null_draws <= self.null_draws:
+            raise PersonaProbeError(f"generation_null_draws must be in 0..null_draws "
+                                    f"({self.null_draws}): they are the first of the null's draws")
+        if not 0 < self.coherence_margin < 1:
+            raise PersonaProbeError("coherence_margin is a share of replies, in (0, 1)")
         if list(self.steer_alphas) != sorted(self.steer_alphas):
             raise PersonaProbeError("steer_alphas must be in increasing order")
         if 0.0 not in self.steer_alphas:
@@ -453,10 +469,22 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     steer_vals = stages.run("steer-base", {**eval_inputs, "alphas": list(cfg.steer_alphas)},
                             build_steer)
 
+    # 6b. what the base writes under the same steering -----------------------------------
+    generations = None
+    if cfg.steer_generations:
+        stage("generations under steering")
+        generations = _steer_generations(cfg, stages, {**eval_inputs,
+                                                       "alphas": list(cfg.steer_alphas)},
+                                         base, d_lat, latent_sets["causal screening"],
+                                         nulls["causal screening"], vec, layer, list(ev_q))
+
     # 7. results ---------------------------------------------------------------------------
     stage("results")
     results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
                          bootstrap, base_null_vals)
+    if generations is not None:
+        results["steering_generations"] = _generation_summary(cfg, *generations, steer_vals,
+                                                              len(ev_q))
     ranking_stability = _ranking_stability(cfg, d_lat, items, rows_base, chosen, finetuned)
     results.update({
         "experiment": "persona_latents", "config": asdict(cfg), "config_path": config_path,
@@ -483,6 +511,87 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     summarize(results)
     report_outputs(out, paths)
     return results
+
+
+GENERATION_JUDGES = ("harmful", "refusal")     # shipped probe judges (probe:NAME)
+
+
+def _steer_generations(cfg: PersonaLatentsConfig, stages, inputs: dict, base, d_lat,
+                       chosen: list[int], draws: list[list[int]], vec, layer: int,
+                       questions: list[str]) -> tuple[dict[str, list[dict]], list[str]]:
+    """The steering stage's edits, sampled: the base unsteered, the screened set and the
+    persona vector at every α, and the set's first matched random sets at the largest α;
+    every reply judged by the probe judges (on their own frozen model) with the coherence
+    rule beside it. One resumable stage (``steer-generations``)."""
+    from persona_probe.artifacts import ItemLog
+    from persona_probe.evals.behaviour import judged_conditions
+    from persona_probe.evals.coherence import CoherenceRule
+    from persona_probe.evals.probe_judge import load_probe_judges
+    from persona_probe.interventions import steer
+
+    judges = load_probe_judges(list(GENERATION_JUDGES))
+    rule = CoherenceRule.shipped()
+    judge_model = next(iter(judges.values())).model
+    alphas = [a for a in cfg.steer_alphas if a]
+    top = max(alphas)
+    null = draws[:cfg.generation_null_draws]
+    conditions = [("base", {"kind": "base", "alpha": 0.0}, None)]
+    conditions += [(f"set a{a}", {"kind": "set", "alpha": a},
+                    lambda a=a: d_lat.steering(base, chosen, a)) for a in alphas]
+    conditions += [(f"vector a{a}", {"kind": "vector", "alpha": a},
+                    lambda a=a: steer(base, vec, a, [layer])) for a in alphas]
+    conditions += [(f"null{j} a{top}", {"kind": "null", "alpha": top, "draw": j},
+                    lambda d=d: d_lat.steering(base, d, top)) for j, d in enumerate(null)]
+
+    def build(d: Path) -> dict[str, list[dict]]:
+        return judged_conditions(base, conditions, questions, judges, rule, judge_model,
+                                 ItemLog(d / "generations.jsonl"), cfg.steer_generations,
+                                 cfg.selection_seed, cfg.generation_tokens)
+    rows = stages.run("steer-generations", {
+        **inputs, "chosen": list(chosen), "draws": null, "questions": questions,
+        "samples": cfg.steer_generations, "max_new_tokens": cfg.generation_tokens,
+        "sampling_seed": cfg.selection_seed, "judges": [j.identity for j in judges.values()],
+        "coherence": asdict(rule)}, build)
+    return rows, list(judges)
+
+
+def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
+                        judges: list[str], steer_vals, n_q: int) -> dict:
+    """Per α and edit: the coherent fraction, each judge's mean over coherent replies and its
+    paired effect against the unsteered base, beside the teacher-forced steering effect of the
+    same edit; the set's judged effect at the largest α among its random sets'; and each
+    edit's usable α (largest α whose coherent fraction stays within the margin of α 0's)."""
+    import numpy as np
+
+    from persona_probe.evals.behaviour import (compare_conditions, rank_against_null,
+                                               summarize_judged, usable_alpha)
+
+    conds = compare_conditions(rows, judges, n_q)
+    for name, rs in rows.items():
+        sm = summarize_judged(rs, judges)
+        conds[name].update({k: sm[k] for k in ("repeated_4gram_share", "loglik_per_token",
+                                               "empty_rate")})
+    alphas = [a for a in cfg.steer_alphas if a]
+    top = max(alphas)
+    b0 = float(np.mean(steer_vals.rows["B"]))
+    tf_key = {"set": "causal screening", "vector": "vector"}
+    curves = {}
+    for kind in ("set", "vector"):
+        curve = [{"alpha": 0.0, "teacher_forced_effect": 0.0, **conds["base"]}]
+        for a in alphas:
+            tf = float(np.mean(steer_vals.rows[f"{tf_key[kind]}|{a}"])) - b0
+            curve.append({"alpha": a, "teacher_forced_effect": tf, **conds[f"{kind} a{a}"]})
+        curves[kind] = curve
+    nulls = [n for n in conds if n.startswith("null")]
+    return {"samples": cfg.steer_generations, "max_new_tokens": cfg.generation_tokens,
+            "temperature": 1.0,          # evals.behaviour.sample_replies' default
+            "n_questions": n_q, "judges": [f"probe:{k}" for k in judges],
+            "margin": cfg.coherence_margin, "curves": curves,
+            "usable_alpha": {k: usable_alpha(c, cfg.coherence_margin)
+                             for k, c in curves.items()},
+            "nulls": {n: conds[n] for n in nulls},
+            "set_against_null": rank_against_null(conds, f"set a{top}", nulls, judges)
+            if nulls else {}}
 
 
 def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,
@@ -793,3 +902,7 @@ def summarize(res: dict) -> None:
         p95 = "—" if r["null_p95"] is None else f"{r['null_p95']:+.3f}"
         print(f"{r['dictionary']:>15} {r['method']:<28} gap removed {f(r['gap_removed'])}  "
               f"base shift {f(r['base_shift'])}  null p95 {p95}  goal {r['goal']['met']}")
+    for kind, curve in res.get("steering_generations", {}).get("curves", {}).items():
+        print(f"generations, {kind}: " + "; ".join(
+            f"α {p['alpha']:g} coherent {p['coherent_fraction']:.2f} harmful "
+            + ("—" if p.get("harmful") is None else f"{p['harmful']:.1f}") for p in curve))

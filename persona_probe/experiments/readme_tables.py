@@ -60,6 +60,7 @@ def render_persona_latents(res: dict) -> str:
             f"selection seed {seeds['selection']}, evaluation seeds "
             f"{', '.join(map(str, seeds['evaluation']))}; "
             f"{sum(res['compute_seconds'].values()) / 60:.0f} min of stage compute on 2 cores. "
+            + _organism_phrase(res["config"]) +
             f"Evaluation material: {mat['evaluation_questions']} questions × "
             f"{mat['evaluation_replies']} held-out replies (selection used "
             f"{mat['selection_questions']} other questions and {mat['selection_replies']} other "
@@ -120,6 +121,8 @@ def render_persona_latents(res: dict) -> str:
               "variance (only 10 distinct seed resamples), so read the per-seed values "
               f"(`per_seed` in `results.json`) beside every CI. The {mat['evaluation_replies']} "
               "scored evaluation replies are fixed, not resampled."]
+    if res.get("steering_generations"):
+        lines += ["", *_steering_generation_lines(res["steering_generations"])]
     sel = res["selection"]
     stab = res["ranking_stability"]["chosen_in_top10"]
     by = sel.get("chosen_by") or "gap_removed"
@@ -144,6 +147,54 @@ def render_persona_latents(res: dict) -> str:
                                for e in ex)
             lines.append(f"- latent #{lat}: {shown}")
     return "\n".join(lines)
+
+
+def _organism_phrase(cfg: dict) -> str:
+    """Which organism a line-1 run finetuned (trait through one domain's answers)."""
+    org = cfg.get("organism") or {}
+    if not org.get("trait"):
+        return ""
+    return (f"Organism: {org['trait']} through the model's own {org.get('domain', 'cooking')} "
+            f"answers. ")
+
+
+def _steering_generation_lines(g: dict) -> list[str]:
+    """What the base writes under the steering stage's edits, beside the teacher-forced
+    effect of the same edit."""
+    judges = [j.split(":", 1)[1] for j in g["judges"]]
+    lines = [f"**What the base writes under the same steering** ({g['samples']} reply per "
+             f"question × {g['n_questions']} evaluation questions, temperature "
+             f"{g['temperature']:g}, {g['max_new_tokens']} tokens; judged by "
+             f"{', '.join(g['judges'])} on the frozen instruct model, coherent replies only; "
+             "effects are paired differences from the unsteered base over the questions with a "
+             "coherent reply in both, bootstrap over questions):", "",
+             "| edit | α | coherent fraction | " + " | ".join(
+                 f"probe:{k} (effect vs base, n q)" for k in judges)
+             + " | teacher-forced effect |", "|---|---|---|" + "---|" * len(judges) + "---|"]
+    for kind, curve in g["curves"].items():
+        for p in curve:
+            cells = []
+            for k in judges:
+                v, e = p.get(k), (p.get("effect") or {}).get(k)
+                cell = "—" if v is None else f"{v:.1f}"
+                if e:
+                    cell += f" ({_interval(e, '+.1f')}, {e['n_questions']})"
+                cells.append(cell)
+            name = "base (unsteered)" if p["alpha"] == 0 else \
+                {"set": "screened set", "vector": "persona vector"}[kind]
+            lines.append(f"| {name} | {p['alpha']:g} | {p['coherent_fraction']:.2f} | "
+                         + " | ".join(cells) + f" | {p['teacher_forced_effect']:+.3f} |")
+    use = g["usable_alpha"]
+    lines += ["", f"Usable range (largest α whose coherent fraction stays within "
+              f"{g['margin']:.2f} of α 0's): screened set α ≤ {use['set']:g}, persona vector "
+              f"α ≤ {use['vector']:g}."]
+    for k, r in g.get("set_against_null", {}).items():
+        lines.append(f"Against {r['draws']} of its matched random sets steered at the same α "
+                     f"(probe:{k}; {r['draws_dropped']} dropped with < 2 coherent questions): "
+                     f"the set's effect {r['effect']:+.1f} vs null mean {r['null_mean']:+.1f} "
+                     f"(range {r['null_min']:+.1f} … {r['null_max']:+.1f}); "
+                     f"{r['draws_at_or_above']} draws at or above it.")
+    return lines
 
 
 @register("persona_latents_crosscoder", "figures/persona_latents_crosscoder/results.json")
