@@ -23,6 +23,10 @@ operations:
   teacher-forced only);
 - ``steering(subject, latents, alpha)``: add the latents' decoder direction (a crosscoder's
   *finetuned* rows: what the latents write in the finetune) at α × the mean residual norm;
+- ``write_norms()``: the norm of each latent's decoder row in the finetune, so a latent's
+  mean activation × its norm is the residual mass its ablation removes there (what random
+  latent sets can be matched on, ``latent_screening.null_matching_mass``). An SAE trained with
+  unit decoder rows gives ones; a crosscoder's finetuned rows vary in norm;
 - ``identity()``: what a stage fingerprint records.
 
 New dictionary kinds implement the same methods and are returned by ``as_dictionary``.
@@ -107,6 +111,11 @@ class SAEDictionary:
         rows = decoder_rows(self.sae, range(self.d_sae)).float().cpu()
         return self.delta(acts_b, acts_f) * (rows @ gradient.float())
 
+    def write_norms(self) -> torch.Tensor:
+        from persona_probe.interventions import decoder_rows
+
+        return decoder_rows(self.sae, range(self.d_sae)).detach().float().norm(dim=-1).cpu()
+
     def ablation(self, subject: Subject, latents: Sequence[int], side: str = "finetuned",
                  partner: Subject | None = None):
         from persona_probe.interventions import SAELatents, ablate
@@ -177,6 +186,9 @@ class CrosscoderDictionary:
         cc = self.crosscoder
         return (cc.W_dec_B.detach().float().norm(dim=-1).cpu(),
                 cc.W_dec_F.detach().float().norm(dim=-1).cpu())
+
+    def write_norms(self) -> torch.Tensor:
+        return self._write_norms()[1]
 
     def delta(self, acts_b: torch.Tensor, acts_f: torch.Tensor) -> torch.Tensor:
         n_b, n_f = self._write_norms()

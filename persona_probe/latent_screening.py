@@ -244,6 +244,24 @@ def decile_bins(mass: torch.Tensor | Sequence[float], n_bins: int = 10) -> np.nd
     return bins
 
 
+NULL_MATCHING = ("activation", "write")
+
+
+def null_matching_mass(dictionary, mass_finetuned: torch.Tensor | Sequence[float],
+                       match: str = "activation") -> np.ndarray:
+    """The per-latent quantity random sets are matched on: ``activation``, each latent's mean
+    activation on the finetune's tokens; ``write``, that times the norm of its finetuned
+    decoder row, the residual mass an ablation removes (why: a dictionary whose decoder rows
+    differ in norm lets an activation-matched set remove far more or less than the chosen
+    one; with unit-norm rows the two agree)."""
+    m = np.asarray(mass_finetuned, dtype=np.float64)
+    if match == "activation":
+        return m
+    if match == "write":
+        return m * as_dictionary(dictionary).write_norms().double().numpy()
+    raise ScreeningError(f"null matching {match!r}: use one of {', '.join(NULL_MATCHING)}")
+
+
 def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[int],
                         n_draws: int = 100, seed: int = 0, n_bins: int = 10,
                         ) -> list[list[int]]:

@@ -420,3 +420,34 @@ def test_partner_cache_keys_inputs_of_any_dtype():
     d = PartnerCache._digest
     assert d(bf) == d(dict(bf)) and d(bf) != d(f32)
     assert d({"input_ids": ids}) != d({"input_ids": torch.tensor([[5, 6, 8]])})
+
+
+def test_write_matched_nulls_follow_what_an_ablation_removes():
+    """A crosscoder whose finetuned decoder rows differ in norm: random sets matched on
+    ``write`` (mean activation × ‖W_dec_F[i]‖) come from the chosen latents' write-mass decile,
+    while activation-matched ones need not; for an SAE with unit rows the two are the same."""
+    import numpy as np
+
+    from persona_probe.latent_dictionaries import CrosscoderDictionary
+    from persona_probe.latent_screening import (ScreeningError, decile_bins,
+                                                matched_random_sets, null_matching_mass)
+
+    cfg = CrosscoderConfig(d_model=8, d_sae=400, k=4, hook=HOOK, device="cpu", seed=3)
+    cc = Crosscoder(cfg)
+    rng = np.random.default_rng(0)
+    norms = torch.tensor(np.exp(rng.normal(0, 1.0, 400)), dtype=torch.float32)
+    with torch.no_grad():
+        cc.W_dec_F.mul_(norms[:, None])
+    d = CrosscoderDictionary(cc)
+    torch.testing.assert_close(d.write_norms(), norms, rtol=1e-4, atol=1e-5)
+    mass = rng.gamma(2.0, 1.0, 400)
+    write = null_matching_mass(d, mass, "write")
+    np.testing.assert_allclose(write, mass * norms.double().numpy(), rtol=1e-5)
+    chosen = [int(np.argmax(write)), int(np.argsort(write)[200])]
+    wb = decile_bins(write)
+    for draw in matched_random_sets(write, chosen, 50, seed=1):
+        assert [wb[i] for i in draw] == [wb[c] for c in chosen]
+    by_act = matched_random_sets(null_matching_mass(d, mass), chosen, 50, seed=1)
+    assert any([wb[i] for i in draw] != [wb[c] for c in chosen] for draw in by_act)
+    with pytest.raises(ScreeningError, match="null matching"):
+        null_matching_mass(d, mass, "removed")

@@ -23,6 +23,23 @@ def test_shipped_sae_loads_and_is_small():
     assert (path / "sae_weights.safetensors").stat().st_size < 6_000_000
 
 
+def test_shipped_sae_decoder_rows_are_unit_norm_so_write_matching_equals_activation():
+    """Line 1's SAE runs match their nulls on activation; that equals matching on the mass an
+    ablation removes only because the decoder rows have unit norm, checked here."""
+    import numpy as np
+
+    from persona_probe.latent_dictionaries import SAEDictionary
+    from persona_probe.latent_screening import matched_random_sets, null_matching_mass
+
+    d = SAEDictionary(load_sae("shipped"))
+    norms = d.write_norms()
+    assert float((norms - 1).abs().max()) < 2e-3
+    mass = np.random.default_rng(0).gamma(2.0, 1.0, d.d_sae)
+    chosen = [int(np.argmax(mass)), 7, 300]
+    assert matched_random_sets(null_matching_mass(d, mass, "write"), chosen, 100, seed=2026) \
+        == matched_random_sets(mass, chosen, 100, seed=2026)
+
+
 def test_readme_numbers_are_the_measured_ones():
     metrics = json.loads((shipped_sae_path() / "metrics.json").read_text())
     text = (ROOT / "saes" / "README.md").read_text()

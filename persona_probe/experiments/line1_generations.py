@@ -94,7 +94,7 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
     from persona_probe.evals.probe_judge import load_probe_judges
     from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.interventions import SAELatents, steer
-    from persona_probe.latent_screening import matched_random_sets
+    from persona_probe.latent_screening import matched_random_sets, null_matching_mass
     from persona_probe.models import load_subject
     from persona_probe.provenance import git_sha, provenance
     from persona_probe.sae.io import load_sae
@@ -116,11 +116,13 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
     alphas = [float(a) for a in lc["steer_alphas"] if a]
     top = max(alphas)
     screen = read_json(line1_runs / SCREEN_STAGE / "chosen.json")
-    draws = matched_random_sets(screen["mass_finetuned"], chosen, cfg.null_draws,
-                                lc["null_seed"])
     _, questions = load_split(lc["split"]).evaluation
     base = load_subject(lc["model"], dtype=lc["dtype"])
     sae = load_sae(lc["sae"], device=str(base.device), subject=base)
+    # line 1's own draws: the same matching quantity, seed and count it used
+    draws = matched_random_sets(
+        null_matching_mass(sae, screen["mass_finetuned"], lc.get("null_match", "activation")),
+        chosen, cfg.null_draws, lc["null_seed"])
     layer = int(sae.cfg.metadata.hook_name.split(".")[1])
     vec = Direction.load(line1_runs / "vector")
     judges = load_probe_judges([j.split(":")[1] for j in JUDGES])

@@ -68,6 +68,10 @@ class PersonaLatentsConfig:
     screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
     null_draws: int = 100                    # random sets/directions per null (>= 100 unless tiny)
     null_seed: int = 2026                    # seed of those random draws
+    # what random latent sets are matched on, decile by decile: activation (mean activation on
+    # the finetune's selection tokens) | write (that × the finetuned decoder row's norm: the
+    # mass an ablation removes; the same for unit-norm SAEs, not for a crosscoder)
+    null_match: str = "activation"
     # latent sets ablated against their matched random null (the primary's set always is; the
     # naive top-Δ baseline's null costs 100 more measurements per evaluation seed)
     null_sets: tuple[str, ...] = LATENT_SETS
@@ -115,6 +119,11 @@ class PersonaLatentsConfig:
         if not self.tiny and self.null_draws < 100:
             raise PersonaProbeError("null_draws must be >= 100 for a 95th percentile (set "
                                     "tiny: true for a smoke run that makes none)")
+        from persona_probe.latent_screening import NULL_MATCHING
+
+        if self.null_match not in NULL_MATCHING:
+            raise PersonaProbeError(f"null_match {self.null_match!r}: use one of "
+                                    f"{', '.join(NULL_MATCHING)}")
         if self.null_draws < 2:
             raise PersonaProbeError("null_draws must be >= 2")
         if self.steer_generations < 0 or self.generation_tokens < 1:
@@ -236,7 +245,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.interventions import ablate, reference_projection, shift, steer
     from persona_probe.latent_dictionaries import SAEDictionary
     from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
-                                                screen_finetune)
+                                                null_matching_mass, screen_finetune)
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
@@ -365,8 +374,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         "items": stages.fingerprint_of("diff-items"), "vector": stages.fingerprint_of("vector"),
         "screening": asdict(scfg)}, build_screen)
     latent_sets = {"causal screening": chosen["latents"], "top Δ": chosen["top_delta"]}
-    nulls = {name: matched_random_sets(chosen["mass_finetuned"], lat, cfg.null_draws,
-                                       cfg.null_seed)
+    null_mass = null_matching_mass(d_lat, chosen["mass_finetuned"], cfg.null_match)
+    nulls = {name: matched_random_sets(null_mass, lat, cfg.null_draws, cfg.null_seed)
              for name, lat in latent_sets.items() if name in cfg.null_sets}
     random_dirs = [random_direction(base.d_model, every_layer, seed=cfg.null_seed + j,
                                     name=f"random{j}") for j in range(cfg.null_draws)
@@ -387,7 +396,9 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
                    "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
                    "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits),
                    "null_sets": list(cfg.null_sets),
-                   **({} if cfg.directional_null else {"directional_null": False})}
+                   **({} if cfg.directional_null else {"directional_null": False}),
+                   # recorded off its default only, so earlier runs' stages keep their keys
+                   **({} if cfg.null_match == "activation" else {"null_match": cfg.null_match})}
     values: dict[int, ValueLog] = {}
     for seed in cfg.eval_seeds:
         stage(f"evaluation seed {seed}")
