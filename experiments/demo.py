@@ -11,7 +11,7 @@ from pathlib import Path
 from persona_probe.configs import read_json_config
 from persona_probe.errors import PersonaProbeError
 from persona_probe.experiments.persona_latents import PersonaLatentsConfig, run
-from persona_probe.experiments.readme_tables import render_persona_latents
+from persona_probe.experiments.readme_tables import render_persona_latents, rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "configs" / "persona_latents-demo-smollm2-cpu.json"
@@ -45,4 +45,7 @@ if __name__ == "__main__":
         print(f"\n=== COMMITTED, full experiment (figures/persona_latents/results.json: "
               f"{describe(full)}) ===\n")
         print(render_persona_latents(full))
+        print("\n=== COMMITTED, every full line-1 run side by side (primary rows: shipped SAE and "
+              "crosscoder on the cooking organism, and a second organism once run) ===\n")
+        print(rendered("line1_summary", ROOT))
     print(f"\nlive results: {args.out / 'results.json'}; figures: {args.out}")

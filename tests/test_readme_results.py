@@ -68,3 +68,28 @@ def test_missing_results_file_is_a_clear_error(tmp_path):
                                         "<!-- /results:persona_latents -->\n")
     with pytest.raises(PersonaProbeError, match="run the experiment first"):
         render_readme(tmp_path)
+
+
+def test_a_summary_block_reads_every_file_it_names(tmp_path):
+    """The line-1 summary is rendered from several results files: a change in any of them makes
+    the README block stale, and a run without a file is listed as not run, not invented."""
+    import json
+    import shutil
+
+    from persona_probe.experiments.readme_tables import ALSO, LINE1_RUNS, rendered
+
+    assert ALSO["line1_summary"] == tuple(p for _, p in LINE1_RUNS[1:])
+    main, second = LINE1_RUNS[0][1], LINE1_RUNS[1][1]
+    for p in (main, second):
+        (tmp_path / Path(p).parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / p, tmp_path / p)
+    before = rendered("line1_summary", tmp_path)
+    assert "fourth run" in before and "Not run yet: fifth run." in before
+    res = json.loads((tmp_path / second).read_text())
+    row = next(r for r in res["screening"] if r["primary"])
+    row["gap_removed"]["mean"] = 0.123
+    (tmp_path / second).write_text(json.dumps(res))
+    after = rendered("line1_summary", tmp_path)
+    assert after != before and "+12% [" in after
+    (tmp_path / second).unlink()
+    assert "fourth run" not in rendered("line1_summary", tmp_path).split("Not run yet")[0]

@@ -17,12 +17,19 @@ from persona_probe.errors import PersonaProbeError
 
 Renderer = Callable[[dict], str]
 RENDERERS: dict[str, tuple[str, Renderer]] = {}     # name -> (results path, renderer)
+# name -> further results files a block reads beside its own (a summary over experiments);
+# the renderer gets them under res["_also"] (path -> results, absent files left out)
+ALSO: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str, results: str) -> Callable[[Renderer], Renderer]:
-    """Add a renderer for the block ``name``, fed from ``results`` (relative to the repo)."""
+def register(name: str, results: str, also: tuple[str, ...] = ()
+             ) -> Callable[[Renderer], Renderer]:
+    """Add a renderer for the block ``name``, fed from ``results`` (relative to the repo) and,
+    for a summary, the ``also`` files that exist."""
     def deco(fn: Renderer) -> Renderer:
         RENDERERS[name] = (results, fn)
+        if also:
+            ALSO[name] = tuple(also)
         return fn
     return deco
 
@@ -221,6 +228,41 @@ def render_persona_latents_crosscoder(res: dict) -> str:
 def render_persona_latents_travel(res: dict) -> str:
     """The fifth line-1 run: the third run's design on a second organism (evil via travel)."""
     return render_persona_latents(res)
+
+
+LINE1_RUNS = (("third run", "figures/persona_latents/results.json"),
+              ("fourth run", "figures/persona_latents_crosscoder/results.json"),
+              ("fifth run", "figures/persona_latents_travel/results.json"))
+
+
+@register("line1_summary", LINE1_RUNS[0][1], also=tuple(p for _, p in LINE1_RUNS[1:]))
+def render_line1_summary(res: dict) -> str:
+    """Line 1's primary rows side by side: one row per (dictionary, organism) run, each read
+    from its own results file (the issue's one-table comparison)."""
+    runs = [(label, res if path == LINE1_RUNS[0][1] else res["_also"].get(path))
+            for label, path in LINE1_RUNS]
+    lines = ["| run | dictionary | organism | evaluation seeds | treatment − base | latents | "
+             "gap removed | base shift | null p95 (gap removed) | steer base at the top α "
+             "(null p95) | goal met |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in runs:
+        if r is None:
+            continue
+        row = next(x for x in r["screening"] if x["primary"])
+        org = r["config"].get("organism") or {}
+        lat = ", ".join(f"#{i}" for i in row["latents"]) if row["latents"] else "—"
+        p95 = "—" if row["null_p95"] is None else f"{row['null_p95']:+.0%}"
+        sn = "" if row["steer_null_p95"] is None else f" ({row['steer_null_p95']:+.3f})"
+        met = {True: "yes", False: "no", None: "n/a"}[row["goal"]["met"]]
+        lines.append(f"| {label} (`{_sha(r['git_sha'])}`) | {row['dictionary']} | "
+                     f"{org.get('trait', '?')} via {org.get('domain', '?')} | "
+                     f"{', '.join(map(str, r['seeds']['evaluation']))} | "
+                     f"{_ci(r['treatment_minus_base'])} | {lat} | "
+                     f"{_ci(row['gap_removed'], True)} | {_ci(row['base_shift'], True)} | "
+                     f"{p95} | {_ci(row['steer_effect'])}{sn} | {met} |")
+    missing = [label for label, r in runs if r is None]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    return "\n".join(lines)
 
 
 @register("persona_latents_second", "figures/persona_latents_second/results.json")
@@ -893,7 +935,11 @@ def rendered(name: str, root: Path) -> str:
     path, fn = RENDERERS[name]
     if not (root / path).is_file():
         raise PersonaProbeError(f"{root / path} does not exist; run the experiment first")
-    return fn(json.loads((root / path).read_text(encoding="utf-8")))
+    res = json.loads((root / path).read_text(encoding="utf-8"))
+    if name in ALSO:
+        res = {**res, "_also": {p: json.loads((root / p).read_text(encoding="utf-8"))
+                                for p in ALSO[name] if (root / p).is_file()}}
+    return fn(res)
 
 
 def render_readme(root: Path, readme: str = "README.md") -> list[str]:
