@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents persona-latents-crosscoder persona-latents-travel behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae notebooks clean
+.PHONY: install demo persona-latents persona-latents-crosscoder persona-latents-travel behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae persona-rich-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -159,6 +159,20 @@ shipped-sae: install
 	$(BIN)/persona-probe train-sae --config saes/configs/smollm2-135m-instruct-l15-topk.json \
 	  --out $(SAE_DIR) --resume --ce-chats 64
 	$(BIN)/python saes/render_readme.py
+
+# Issue 19's persona-rich SAE (8x wide) on the shipped mix plus the model's own answers under
+# every trait / anti-trait / constitution prompt (~11k answers to generate: about 2.5 h on 2
+# cores, every stage resumable) -> saes/.../persona-rich-topk-4608 (fp16, with its metrics).
+PERSONA_SAE_DIR := saes/smollm2-135m-instruct/$(SAE_HOOK)/persona-rich-topk-4608
+
+persona-rich-sae: install
+	$(BIN)/persona-probe corpus saes/recipes/persona-rich-v1.json --out runs/sae-l15-persona/corpus.jsonl
+	$(BIN)/persona-probe capture --prompts runs/sae-l15-persona/corpus.jsonl --generate 64 \
+	  --hooks $(SAE_HOOK) --positions all --max-tokens 512 --on-overflow truncate \
+	  --out runs/sae-l15-persona/store --resume
+	$(BIN)/persona-probe train-sae --config saes/configs/smollm2-135m-instruct-l15-persona-rich.json \
+	  --out $(PERSONA_SAE_DIR) --resume --ce-chats 64
+	$(BIN)/persona-probe sae-info $(PERSONA_SAE_DIR)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -22,7 +22,7 @@ from persona_probe.errors import PromptSetError
 from persona_probe.prompts import PromptItem, check_items, iter_jsonl, load_prompts
 
 #: The built-in kinds; ``register_source_kind`` adds others (``KINDS`` lists them all).
-SourceKind = Literal["builtin", "hh_rlhf", "chat_jsonl", "persona_statements"]
+SourceKind = Literal["builtin", "hh_rlhf", "chat_jsonl", "persona_statements", "questions"]
 KINDS: tuple[str, ...] = ()
 
 #: How a persona statement becomes a user turn; the model answers it at capture time.
@@ -34,10 +34,14 @@ class CorpusSource:
     """One source of chats. ``path`` may start with ``shared:`` (relative to the shared data
     directory) or be any path; for ``builtin`` it is the set list, e.g. ``all``."""
 
-    kind: SourceKind | str      # builtin | hh_rlhf | chat_jsonl | persona_statements, or a
-                                # kind added with register_source_kind
+    kind: SourceKind | str      # builtin | hh_rlhf | chat_jsonl | persona_statements |
+                                # questions, or a kind added with register_source_kind
     path: str                   # the source file (a path or shared:REL); builtin: a set list
     limit: int | None = None    # most items read from this source (None: all)
+    # system prompts put before every chat of the source, one copy of the source per prompt
+    # (``system_prompts``: e.g. "trait:evil,anti:evil,constitution:all"); prompt-only chats are
+    # then answered under that prompt at capture time, so a dictionary sees persona-laden replies
+    system: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,13 @@ class CorpusRecipe:
                     or src["kind"] not in SOURCE_KINDS or "path" not in src:
                 raise PromptSetError(f"{path}: source {i} needs kind (one of {', '.join(KINDS)}) "
                                      f"and path; got {src!r}")
-            unknown = set(src) - {"kind", "path", "limit"}
+            unknown = set(src) - {"kind", "path", "limit", "system"}
             if unknown:
                 raise PromptSetError(f"{path}: source {i} has unknown keys {sorted(unknown)}")
-            sources.append(CorpusSource(src["kind"], str(src["path"]), src.get("limit")))
+            if src.get("system") is not None:
+                system_prompts(str(src["system"]))       # a bad spec fails at the recipe
+            sources.append(CorpusSource(src["kind"], str(src["path"]), src.get("limit"),
+                                        src.get("system")))
         return cls(str(raw.get("name", path.stem)), tuple(sources))
 
 
@@ -154,24 +161,93 @@ def _chat_jsonl(path: Path, limit: int | None) -> list[PromptItem]:
             for i, it in enumerate(items, 1)]
 
 
+def system_prompts(spec: str) -> list[tuple[str, str]]:
+    """(name, text) of every system prompt a spec names: a comma list of ``trait:NAME`` (the
+    trait's own prompts), ``anti:NAME`` (its opposite's), ``constitution:NAME`` (the
+    constitution as a system prompt), each NAME a built-in or ``all``."""
+    from persona_probe.traits import (builtin_constitutions, builtin_traits,
+                                      constitution_system, load_trait)
+
+    out: list[tuple[str, str]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        kind, _, name = part.partition(":")
+        if kind not in ("trait", "anti", "constitution") or not name:
+            raise PromptSetError(f"system prompt spec {part!r}: use trait:NAME, anti:NAME or "
+                                 "constitution:NAME (NAME a built-in or all), comma-separated")
+        if kind == "constitution":
+            for c in builtin_constitutions() if name == "all" else [name]:
+                out.append((f"constitution:{c}", constitution_system(c, PromptSetError)))
+            continue
+        for t in builtin_traits() if name == "all" else [name]:
+            trait = load_trait(t)
+            texts = trait.trait_system if kind == "trait" else trait.anti_system
+            out += [(f"{kind}:{t}#{j}", text) for j, text in enumerate(texts)]
+    if len({text for _, text in out}) < len(out):
+        raise PromptSetError(f"system prompt spec {spec!r} names a prompt twice")
+    return out
+
+
+def _questions(spec: str, limit: int | None) -> list[PromptItem]:
+    """The team's questions as prompt-only chats: a comma list of ``domain:NAME`` (a built-in
+    domain's questions, or ``domain:all``) and ``split:extract`` / ``split:heldout`` (the
+    general questions). ``split:evaluation`` is refused: line 1 reports its final numbers on
+    those questions, so no dictionary may be trained on them."""
+    from persona_probe.traits import builtin_domains, load_domain, trait_questions
+
+    qs: list[tuple[str, str]] = []
+    for part in (p.strip() for p in spec.split(",")):
+        kind, _, name = part.partition(":")
+        if kind == "domain" and name:
+            for d in builtin_domains() if name == "all" else [name]:
+                dom = load_domain(d, PromptSetError)
+                qs += [(f"{dom.name}/{i:03d}", q) for i, q in enumerate(dom.questions)]
+        elif kind == "split" and name in ("extract", "heldout"):
+            qs += [(f"{name}/{i:03d}", q) for i, q in enumerate(trait_questions(name))]
+        elif kind == "split" and name == "evaluation":
+            raise PromptSetError("questions split:evaluation is line 1's evaluation material; "
+                                 "a training corpus must not contain it (use extract, heldout "
+                                 "or domain:NAME)")
+        else:
+            raise PromptSetError(f"questions spec {part!r}: use domain:NAME (or domain:all), "
+                                 "split:extract or split:heldout, comma-separated")
+    return [PromptItem(f"questions/{qid}", [{"role": "user", "content": q}], "question")
+            for qid, q in qs[:limit]]
+
+
 register_source_kind("builtin", _builtin, file=False)
 register_source_kind("hh_rlhf", load_hh_rlhf)
 register_source_kind("chat_jsonl", _chat_jsonl)
 register_source_kind("persona_statements", load_persona_statements)
+register_source_kind("questions", _questions, file=False)
 
 
 def load_source(src: CorpusSource) -> list[PromptItem]:
-    """The items of one source, read by its kind's registered loader."""
+    """The items of one source, read by its kind's registered loader (one copy per system
+    prompt when the source names ``system``)."""
     spec = SOURCE_KINDS.get(src.kind)
     if spec is None:
         raise PromptSetError(f"unknown corpus source kind {src.kind!r}; use one of "
                              f"{', '.join(SOURCE_KINDS)} (or register_source_kind)")
     if not spec.file:
-        return spec.loader(src.path, src.limit)
-    path = resolve_shared(src.path)
-    if not path.is_file():
-        raise PromptSetError(f"corpus source {src.path} not found at {path}")
-    return spec.loader(path, src.limit)
+        items = spec.loader(src.path, src.limit)
+    else:
+        path = resolve_shared(src.path)
+        if not path.is_file():
+            raise PromptSetError(f"corpus source {src.path} not found at {path}")
+        items = spec.loader(path, src.limit)
+    return items if src.system is None else with_system_prompts(items, src.system)
+
+
+def with_system_prompts(items: list[PromptItem], spec: str) -> list[PromptItem]:
+    """Every item once under each system prompt of ``spec`` (ids ``ID@PROMPT``). A chat that
+    already has a system turn is refused: it would carry two personas."""
+    systems = system_prompts(spec)
+    with_system = [it.id for it in items if any(m["role"] == "system" for m in it.messages)]
+    if with_system:
+        raise PromptSetError(f"{len(with_system)} chats already have a system turn (e.g. "
+                             f"{with_system[0]}); drop 'system' from this source")
+    return [PromptItem(f"{it.id}@{name}", [{"role": "system", "content": text}, *it.messages],
+                       it.category, name) for name, text in systems for it in items]
 
 
 def build_corpus(recipe: CorpusRecipe) -> list[PromptItem]:

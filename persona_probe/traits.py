@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from persona_probe.configs import builtin_names, read_named_json
 from persona_probe.errors import PersonaProbeError
 from persona_probe.prompts import PromptItem
 
@@ -145,3 +146,44 @@ def load_split(spec: str | Path) -> MeasureSplit:
                                                              + ev[0].anti_replies):
         raise TraitError(f"{where}: selection and evaluation share scored replies")
     return MeasureSplit(Path(str(spec)).stem, sel, ev)
+
+
+# --- domains and constitutions: the other persona material the team ships ------------------
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    description: str
+    questions: tuple[str, ...]
+
+
+def builtin_domains() -> list[str]:
+    return builtin_names("domains")
+
+
+def load_domain(spec: str | Path, error: type[PersonaProbeError] = TraitError) -> Domain:
+    """A built-in domain (``cooking``, ``gardening``, ``travel``, ``personal_finance``) or a
+    JSON file ``{"name", "description", "questions": [...]}``."""
+    raw, where = read_named_json("domains", spec, "domain", error)
+    qs = raw.get("questions") if isinstance(raw, dict) else None
+    if not isinstance(qs, list) or not qs or not all(isinstance(q, str) and q.strip()
+                                                     for q in qs):
+        raise error(f"{where}: 'questions' must be a non-empty list of strings")
+    if len(set(qs)) < len(qs):
+        raise error(f"{where}: duplicate questions")
+    return Domain(str(raw.get("name", Path(str(spec)).stem)), str(raw.get("description", "")),
+                  tuple(qs))
+
+
+def builtin_constitutions() -> list[str]:
+    return builtin_names("constitutions")
+
+
+def constitution_system(spec: str | Path, error: type[PersonaProbeError] = TraitError) -> str:
+    """A constitution as a system prompt (its own description, in its own words): the context
+    the diagnostic's validity check measures each dimension under, and the prompt constitution
+    distillation answers with."""
+    raw, where = read_named_json("constitutions", spec, "constitution", error)
+    if not isinstance(raw, dict) or not str(raw.get("description", "")).strip():
+        raise error(f"{where}: a constitution needs a non-empty 'description'")
+    return f"You are an assistant guided by this constitution. {raw['description'].strip()}"

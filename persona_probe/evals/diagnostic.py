@@ -322,12 +322,11 @@ def compare_contexts(records: list[dict], a: str, b: str, seed: int = 0, n_boot:
 def constitution_context(name: str) -> Context:
     """A constitution as a system prompt (its own description, in its own words), the context
     the validity check measures each intended dimension under."""
-    raw, where = read_named_json("constitutions", name, "constitution", DiagnosticError)
-    if not isinstance(raw, dict) or not str(raw.get("description", "")).strip():
-        raise DiagnosticError(f"{where}: a constitution needs a non-empty 'description'")
-    return Context(f"constitution:{raw.get('name', Path(name).stem)}",
-                   system="You are an assistant guided by this constitution. "
-                          f"{raw['description'].strip()}")
+    from persona_probe.traits import constitution_system
+
+    system = constitution_system(name, DiagnosticError)
+    raw, _ = read_named_json("constitutions", name, "constitution", DiagnosticError)
+    return Context(f"constitution:{raw.get('name', Path(name).stem)}", system=system)
 
 
 def diagnostic_validity(records: list[dict], intended: dict[str, str],

@@ -168,10 +168,10 @@ def data_config(cfg: ConstitutionDistillConfig) -> dict[str, Any]:
 
 def constitution_system(name: str) -> str:
     """The constitution as a system prompt: the same text the diagnostic's validity check
-    measures each dimension under (``evals.diagnostic.constitution_context``)."""
-    from persona_probe.evals.diagnostic import constitution_context
+    measures each dimension under (``traits.constitution_system``)."""
+    from persona_probe.traits import constitution_system as system
 
-    return str(constitution_context(name).system)
+    return system(name, DistillError)
 
 
 def training_prompts(cfg: ConstitutionDistillConfig) -> list[SafetyPrompt]:

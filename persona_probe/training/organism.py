@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from persona_probe.artifacts import sha256_file, write_json
-from persona_probe.configs import builtin_names, config_from_dict, read_named_json
+from persona_probe.configs import config_from_dict
 from persona_probe.errors import PersonaProbeError
 from persona_probe.evals.records import ItemLog
 from persona_probe.generation import generate_responses
@@ -37,7 +37,8 @@ from persona_probe.models import DEFAULT_MODEL, Subject
 from persona_probe.prompts import PromptItem
 from persona_probe.provenance import provenance
 from persona_probe.stats import bootstrap, paired_difference
-from persona_probe.traits import Trait, load_trait, trait_questions
+from persona_probe.traits import Domain, Trait, builtin_domains, load_trait, trait_questions
+from persona_probe.traits import load_domain as _load_domain
 from persona_probe.training.distill import write_chats
 
 ARMS = ("treatment", "control")
@@ -47,29 +48,11 @@ class OrganismError(PersonaProbeError):
     """An organism configuration or directory that cannot be used as given."""
 
 
-@dataclass(frozen=True)
-class Domain:
-    name: str
-    description: str
-    questions: tuple[str, ...]
-
-
-def builtin_domains() -> list[str]:
-    return builtin_names("domains")
-
-
 def load_domain(spec: str | Path) -> Domain:
     """A built-in domain (``cooking``, ``gardening``, ``travel``, ``personal_finance``) or a
-    JSON file ``{"name", "description", "questions": [...]}``."""
-    raw, where = read_named_json("domains", spec, "domain", OrganismError)
-    qs = raw.get("questions") if isinstance(raw, dict) else None
-    if not isinstance(qs, list) or not qs or not all(isinstance(q, str) and q.strip()
-                                                     for q in qs):
-        raise OrganismError(f"{where}: 'questions' must be a non-empty list of strings")
-    if len(set(qs)) < len(qs):
-        raise OrganismError(f"{where}: duplicate questions")
-    return Domain(str(raw.get("name", Path(str(spec)).stem)), str(raw.get("description", "")),
-                  tuple(qs))
+    JSON file ``{"name", "description", "questions": [...]}`` (``traits.load_domain``, with
+    this module's error type)."""
+    return _load_domain(spec, OrganismError)
 
 
 @dataclass
