@@ -360,6 +360,9 @@ def test_line1_steering_stage_samples_judged_generations_and_resumes(subject, tm
     r = rows["set a0.4"][0]
     assert {"reply", "coherent", "harmful", "refusal", "loglik_per_token"} <= set(r)
     assert 0 <= r["harmful"] <= 100 and r["condition"] == "set a0.4"
+    base_replies = [x["reply"] for x in rows["base"]]    # same sampling seed: steering shows
+    assert any([x["reply"] for x in rows[c]] != base_replies
+               for c in ("set a0.4", "vector a0.4", "null0 a0.4"))
     log = tmp_path / "steer-generations" / "generations.jsonl"
     n_lines = len(log.read_text().splitlines())
     again, _ = _steer_generations(*args)

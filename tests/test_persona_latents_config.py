@@ -231,11 +231,14 @@ def test_generation_summary_puts_judged_replies_beside_the_teacher_forced_effect
             "vector a0.2": _judged("v2", base + 1, ok),
             # half the replies incoherent: they would add +90 if they were counted
             "vector a0.4": _judged("v4", base + np.where(half, 2, 90), half)}
-    for j in range(4):
+    for j in range(3):
         rows[f"null{j} a0.4"] = _judged(f"n{j}", base + rng.normal(0, 1, n), ok)
+    # one random set between the set's effects at α 0.2 (+8) and 0.4 (+20), coherent on half
+    rows["null3 a0.4"] = _judged("n3", base + np.where(half, 14, -50), half)
     steer = _Rows({"B": [-1.0] * n, "causal screening|0.2": [-1.1] * n,
                    "causal screening|0.4": [-1.3] * n, "vector|0.2": [-0.9] * n,
-                   "vector|0.4": [-0.5] * n})
+                   "vector|0.4": [-0.5] * n,
+                   **{f"null causal screening|{j}": [-1.0 + 0.1 * j] * n for j in range(4)}})
     g = _generation_summary(cfg, rows, ["harmful", "refusal"], steer, n)
     s, v = g["curves"]["set"], g["curves"]["vector"]
     assert [p["alpha"] for p in s] == [0.0, 0.2, 0.4]
@@ -245,16 +248,28 @@ def test_generation_summary_puts_judged_replies_beside_the_teacher_forced_effect
     assert v[2]["effect"]["harmful"]["mean"] == pytest.approx(2.0)      # coherent ones only
     assert v[2]["effect"]["harmful"]["n_questions"] == 10
     assert g["usable_alpha"] == {"set": 0.4, "vector": 0.2}            # 0.5 coherent at 0.4
-    r = g["set_against_null"]["harmful"]
-    assert r["draws"] == 4 and r["draws_at_or_above"] == 0
+    r = g["set_against_null"]["harmful"]       # ranked against the set at the largest α
+    assert r["draws"] == 4 and r["draws_at_or_above"] == 0 and r["draws_at_or_below"] == 4
+    assert r["null_max"] == pytest.approx(14.0)
+    c = g["set_against_null_common"]
+    assert c["harmful"]["n_questions"] == 10         # coherent in the base, set and every draw
+    assert c["harmful"]["effect"] == pytest.approx(20.0)
+    assert max(c["harmful"]["null"]) == pytest.approx(14.0)
+    assert c["coherent_fraction"] == {"set": 1.0, "null": [1.0, 1.0, 1.0, 0.5],
+                                      "draws_at_or_above": 3}
+    assert g["nulls"]["null3 a0.4"]["teacher_forced_effect"] == pytest.approx(0.3)
     text = "\n".join(_steering_generation_lines(g))
     assert "+20.0 [" in text and "screened set α ≤ 0.4" in text and "persona vector α ≤ 0.2" in text
+    assert text.count("| base (unsteered) |") == 1 and "1 reply per question" in text
 
 
 @pytest.mark.parametrize("bad, match", [
     ({"steer_generations": -1}, "steer_generations"),
-    ({"generation_null_draws": 21}, "generation_null_draws"),
-    ({"coherence_margin": 0.0}, "coherence_margin"),
+    ({"steer_generations": 1, "generation_null_draws": 21}, "generation_null_draws"),
+    ({"steer_generations": 1, "coherence_margin": 0.0}, "coherence_margin"),
+    ({"steer_generations": 1, "generation_tokens": 0}, "generation_tokens"),
+    ({"steer_generations": 1, "steer_alphas": (0.0,)}, "positive alpha"),
+    ({"null_match": "removed"}, "null_match"),
 ])
 def test_generation_settings_are_validated(bad, match):
     from persona_probe.errors import PersonaProbeError
@@ -263,3 +278,65 @@ def test_generation_settings_are_validated(bad, match):
     with pytest.raises(PersonaProbeError, match=match):
         PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
                              eval_seeds=(1, 2, 3), null_draws=20, tiny=True, **bad)
+
+
+def test_generation_settings_are_ignored_when_nothing_is_sampled():
+    from persona_probe.experiments.persona_latents import PersonaLatentsConfig
+
+    cfg = PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
+                               eval_seeds=(1, 2, 3), null_draws=4, tiny=True)
+    assert cfg.steer_generations == 0 and cfg.generation_null_draws > cfg.null_draws
+
+
+def test_null_options_enter_the_evaluation_fingerprint_only_off_their_defaults():
+    """Earlier runs' evaluation stages keep their fingerprints; a changed matching rule or
+    draw count is a different stage."""
+    from persona_probe.experiments.persona_latents import PersonaLatentsConfig, null_inputs
+
+    def cfg(**kw):
+        return PersonaLatentsConfig(organism={"trait": "evil", "domain": "cooking"},
+                                    eval_seeds=(1, 2, 3), null_draws=20, tiny=True, **kw)
+    assert null_inputs(cfg()) == {"null_draws": 20, "null_seed": 2026,
+                                  "null_sets": ["causal screening", "top Δ"]}
+    assert null_inputs(cfg(null_match="write"))["null_match"] == "write"
+    assert null_inputs(cfg(directional_null=False))["directional_null"] is False
+    assert null_inputs(cfg(null_seed=1)) != null_inputs(cfg())
+
+
+def test_null_matching_report_measures_how_well_draws_match():
+    """A crosscoder whose first latents write 10x more per unit of activation: random sets
+    matched on activation fall short of a chosen set of them on write mass, and the report
+    says so; matched on write they come closer, not all the way (deciles are coarse)."""
+    import numpy as np
+    import torch
+
+    from persona_probe.experiments.persona_latents import null_matching_report
+    from persona_probe.latent_dictionaries import CrosscoderDictionary
+    from persona_probe.latent_screening import matched_random_sets, null_matching_mass
+    from persona_probe.sae.crosscoder import Crosscoder, CrosscoderConfig
+
+    cc = Crosscoder(CrosscoderConfig(d_model=4, d_sae=200, k=2,
+                                     hook="blocks.0.hook_resid_post", device="cpu"))
+    with torch.no_grad():
+        cc.W_dec_F[:5] *= 10.0
+    d = CrosscoderDictionary(cc)
+    mass = np.linspace(1, 2, 200)
+    chosen = [0, 1]                  # low activation, large write mass
+    report, drawn = {}, {}
+    for match in ("activation", "write"):
+        drawn[match] = matched_random_sets(null_matching_mass(d, mass, match), chosen, 50, 0)
+        report[match] = null_matching_report(d, mass, {"causal screening": chosen},
+                                             {"causal screening": drawn[match]}, match)
+    by_act = report["activation"]["causal screening"]
+    assert report["activation"]["match"] == "activation" and by_act["write"]["draws"] == 50
+    norm = np.where(np.arange(200) < 5, 10.0, 1.0)     # computed apart from the dictionary
+    target = float((mass * norm)[chosen].sum())
+    assert by_act["write"]["chosen"] == pytest.approx(target, rel=1e-4)
+    assert by_act["write"]["null_p95"] < target
+    assert by_act["write"]["draws_at_or_above_chosen"] == sum(
+        float((mass * norm)[x].sum()) >= target * (1 - 1e-4) for x in drawn["activation"])
+    # matching on write mass brings the draws closer, but deciles stay coarse at the top (the
+    # top decile here mixes the 10x latents with ordinary ones), which the report makes visible
+    by_write = report["write"]["causal screening"]["write"]
+    assert by_write["null_median"] > by_act["write"]["null_median"]
+    assert by_write["null_median"] < target

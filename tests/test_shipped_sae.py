@@ -23,21 +23,36 @@ def test_shipped_sae_loads_and_is_small():
     assert (path / "sae_weights.safetensors").stat().st_size < 6_000_000
 
 
-def test_shipped_sae_decoder_rows_are_unit_norm_so_write_matching_equals_activation():
-    """Line 1's SAE runs match their nulls on activation; that equals matching on the mass an
-    ablation removes only because the decoder rows have unit norm, checked here."""
+def test_write_norms_are_what_an_ablation_removes_per_unit_of_activation():
+    """Line 1's SAE runs match their nulls on activation, which equals matching on write mass
+    when every latent writes a unit row per unit of activation. The shipped TopK SAE rescales
+    its activations by the decoder norm, so that holds whatever W_dec's norms; its raw rows
+    are unit-norm too. Without the rescaling, a row's norm is what it writes."""
+    import copy
+
     import numpy as np
+    import torch
 
     from persona_probe.latent_dictionaries import SAEDictionary
     from persona_probe.latent_screening import matched_random_sets, null_matching_mass
 
-    d = SAEDictionary(load_sae("shipped"))
-    norms = d.write_norms()
-    assert float((norms - 1).abs().max()) < 2e-3
+    sae = load_sae("shipped")
+    assert float((sae.W_dec.detach().norm(dim=-1) - 1).abs().max()) < 2e-3
+    d = SAEDictionary(sae)
+    torch.testing.assert_close(d.write_norms(), torch.ones(d.d_sae), atol=1e-5, rtol=0)
     mass = np.random.default_rng(0).gamma(2.0, 1.0, d.d_sae)
     chosen = [int(np.argmax(mass)), 7, 300]
     assert matched_random_sets(null_matching_mass(d, mass, "write"), chosen, 100, seed=2026) \
         == matched_random_sets(mass, chosen, 100, seed=2026)
+    plain = copy.deepcopy(sae)
+    plain.cfg.rescale_acts_by_decoder_norm = False
+    scale = torch.linspace(0.5, 2.0, d.d_sae)
+    with torch.no_grad():
+        plain.W_dec.mul_(scale[:, None])
+    got = SAEDictionary(plain).write_norms()
+    torch.testing.assert_close(got, plain.W_dec.detach().norm(dim=-1), atol=1e-4, rtol=1e-4)
+    assert matched_random_sets(null_matching_mass(plain, mass, "write"), chosen, 100, 2026) \
+        != matched_random_sets(mass, chosen, 100, seed=2026)
 
 
 def test_readme_numbers_are_the_measured_ones():

@@ -126,14 +126,20 @@ class PersonaLatentsConfig:
                                     f"{', '.join(NULL_MATCHING)}")
         if self.null_draws < 2:
             raise PersonaProbeError("null_draws must be >= 2")
-        if self.steer_generations < 0 or self.generation_tokens < 1:
-            raise PersonaProbeError("steer_generations must be >= 0 (0: none) and "
-                                    "generation_tokens >= 1")
-        if not 0 <= self.generation_null_draws <= self.null_draws:
-            raise PersonaProbeError(f"generation_null_draws must be in 0..null_draws "
-                                    f"({self.null_draws}): they are the first of the null's draws")
-        if not 0 < self.coherence_margin < 1:
-            raise PersonaProbeError("coherence_margin is a share of replies, in (0, 1)")
+        if self.steer_generations < 0:
+            raise PersonaProbeError("steer_generations must be >= 0 (0: no generations)")
+        if self.steer_generations:         # the generation settings matter only when sampled
+            if self.generation_tokens < 1:
+                raise PersonaProbeError("generation_tokens must be >= 1")
+            if not 0 <= self.generation_null_draws <= self.null_draws:
+                raise PersonaProbeError(f"generation_null_draws must be in 0..null_draws "
+                                        f"({self.null_draws}): they are the first of the "
+                                        "null's draws")
+            if not 0 < self.coherence_margin < 1:
+                raise PersonaProbeError("coherence_margin is a share of replies, in (0, 1)")
+            if not any(a > 0 for a in self.steer_alphas):
+                raise PersonaProbeError("steer_generations needs a positive alpha in "
+                                        "steer_alphas to sample at")
         if list(self.steer_alphas) != sorted(self.steer_alphas):
             raise PersonaProbeError("steer_alphas must be in increasing order")
         if 0.0 not in self.steer_alphas:
@@ -393,12 +399,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
     eval_inputs = {**common, "sae": sae_id, "screen": stages.fingerprint_of(screen_stage),
                    "vector": stages.fingerprint_of("vector"),
-                   "items": stages.fingerprint_of("diff-items"), "null_draws": cfg.null_draws,
-                   "null_seed": cfg.null_seed, "vector_edits": list(cfg.vector_edits),
-                   "null_sets": list(cfg.null_sets),
-                   **({} if cfg.directional_null else {"directional_null": False}),
-                   # recorded off its default only, so earlier runs' stages keep their keys
-                   **({} if cfg.null_match == "activation" else {"null_match": cfg.null_match})}
+                   "items": stages.fingerprint_of("diff-items"),
+                   "vector_edits": list(cfg.vector_edits), **null_inputs(cfg)}
     values: dict[int, ValueLog] = {}
     for seed in cfg.eval_seeds:
         stage(f"evaluation seed {seed}")
@@ -493,6 +495,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     stage("results")
     results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
                          bootstrap, base_null_vals)
+    results["null_matching"] = null_matching_report(
+        d_lat, chosen["mass_finetuned"], latent_sets, nulls, cfg.null_match)
     if generations is not None:
         results["steering_generations"] = _generation_summary(cfg, *generations, steer_vals,
                                                               len(ev_q))
@@ -525,6 +529,43 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
 
 
 GENERATION_JUDGES = ("harmful", "refusal")     # shipped probe judges (probe:NAME)
+
+
+def null_inputs(cfg: PersonaLatentsConfig) -> dict[str, Any]:
+    """What the random draws depend on, for the evaluation stages' fingerprints. Options added
+    after the first runs are recorded off their defaults only, so those runs' stages keep
+    their fingerprints."""
+    return {"null_draws": cfg.null_draws, "null_seed": cfg.null_seed,
+            "null_sets": list(cfg.null_sets),
+            **({} if cfg.directional_null else {"directional_null": False}),
+            **({} if cfg.null_match == "activation" else {"null_match": cfg.null_match})}
+
+
+def null_matching_report(d_lat, mass_finetuned, sets: dict[str, list[int]],
+                         nulls: dict[str, list[list[int]]], match: str) -> dict:
+    """How well the random sets match each chosen set on both quantities they could be matched
+    on: summed mean activation, and summed write mass (activation × the finetuned decoder
+    row's norm, what an ablation in the finetune removes). Deciles are coarse at the top, where
+    screened latents sit, so the match is measured, not assumed. The base side of a crosscoder
+    (rows W_dec_B) is not matched by either."""
+    import numpy as np
+
+    from persona_probe.latent_screening import null_matching_mass
+
+    act = np.asarray(mass_finetuned, dtype=np.float64)
+    write = null_matching_mass(d_lat, act, "write")
+    out: dict[str, Any] = {"match": match}
+    for name, draws in nulls.items():
+        row = {}
+        for q, m in (("activation", act), ("write", write)):
+            chosen = float(m[list(sets[name])].sum())
+            d = np.array([m[list(x)].sum() for x in draws])
+            row[q] = {"chosen": chosen, "null_median": float(np.median(d)),
+                      "null_p5": float(np.percentile(d, 5)),
+                      "null_p95": float(np.percentile(d, 95)),
+                      "draws_at_or_above_chosen": int((d >= chosen).sum()), "draws": len(d)}
+        out[name] = row
+    return out
 
 
 def _steer_generations(cfg: PersonaLatentsConfig, stages, inputs: dict, base, d_lat,
@@ -594,6 +635,11 @@ def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
             curve.append({"alpha": a, "teacher_forced_effect": tf, **conds[f"{kind} a{a}"]})
         curves[kind] = curve
     nulls = [n for n in conds if n.startswith("null")]
+    for n in nulls:        # the same draw's teacher-forced effect at the same α
+        j = int(n.split()[0].removeprefix("null"))
+        key = f"null causal screening|{j}"
+        if key in steer_vals.rows:
+            conds[n]["teacher_forced_effect"] = float(np.mean(steer_vals.rows[key])) - b0
     return {"samples": cfg.steer_generations, "max_new_tokens": cfg.generation_tokens,
             "temperature": 1.0,          # evals.behaviour.sample_replies' default
             "n_questions": n_q, "judges": [f"probe:{k}" for k in judges],
@@ -602,7 +648,36 @@ def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
                              for k, c in curves.items()},
             "nulls": {n: conds[n] for n in nulls},
             "set_against_null": rank_against_null(conds, f"set a{top}", nulls, judges)
-            if nulls else {}}
+            if nulls else {},
+            "set_against_null_common": _against_null_common(rows, f"set a{top}", nulls,
+                                                            judges, n_q) if nulls else {}}
+
+
+def _against_null_common(rows: dict[str, list[dict]], target: str, nulls: list[str],
+                         judges: list[str], n_q: int) -> dict:
+    """The set against its random sets on one question set: the questions with a coherent
+    reply from the base, the set and every draw (each condition's own coherent questions
+    differ where coherence falls), and the coherent fractions ranked the same way."""
+    import numpy as np
+
+    from persona_probe.evals.behaviour import per_question
+
+    frac = {n: float(np.mean([r["coherent"] for r in rows[n]])) for n in [target, *nulls]}
+    out: dict[str, Any] = {"coherent_fraction": {
+        "set": frac[target], "null": [frac[n] for n in nulls],
+        "draws_at_or_above": int(sum(frac[n] >= frac[target] for n in nulls))}}
+    for k in judges:
+        q = {n: per_question(rows[n], k, n_q) for n in ["base", target, *nulls]}
+        keep = np.all([np.isfinite(v) for v in q.values()], axis=0)
+        if keep.sum() < 2:
+            out[k] = {"n_questions": int(keep.sum())}
+            continue
+        eff = {n: float((q[n][keep] - q["base"][keep]).mean()) for n in [target, *nulls]}
+        null = np.array([eff[n] for n in nulls])
+        out[k] = {"n_questions": int(keep.sum()), "effect": eff[target],
+                  "null": null.tolist(), "draws_at_or_above": int((null >= eff[target]).sum()),
+                  "draws_at_or_below": int((null <= eff[target]).sum())}
+    return out
 
 
 def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,

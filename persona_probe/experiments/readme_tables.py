@@ -128,6 +128,7 @@ def render_persona_latents(res: dict) -> str:
               "variance (only 10 distinct seed resamples), so read the per-seed values "
               f"(`per_seed` in `results.json`) beside every CI. The {mat['evaluation_replies']} "
               "scored evaluation replies are fixed, not resampled."]
+    lines += _null_matching_lines(res)
     if res.get("steering_generations"):
         lines += ["", *_steering_generation_lines(res["steering_generations"])]
     sel = res["selection"]
@@ -161,7 +162,7 @@ def _organism_phrase(cfg: dict) -> str:
     org = cfg.get("organism") or {}
     if not org.get("trait"):
         return ""
-    return (f"Organism: {org['trait']} through the model's own {org.get('domain', 'cooking')} "
+    return (f"Organism: {org['trait']} through the model's own {org.get('domain', '?')} "
             f"answers. ")
 
 
@@ -169,39 +170,77 @@ def _steering_generation_lines(g: dict) -> list[str]:
     """What the base writes under the steering stage's edits, beside the teacher-forced
     effect of the same edit."""
     judges = [j.split(":", 1)[1] for j in g["judges"]]
-    lines = [f"**What the base writes under the same steering** ({g['samples']} reply per "
-             f"question × {g['n_questions']} evaluation questions, temperature "
-             f"{g['temperature']:g}, {g['max_new_tokens']} tokens; judged by "
-             f"{', '.join(g['judges'])} on the frozen instruct model, coherent replies only; "
+    n = g["samples"]
+    lines = [f"**What the base writes under the same steering** ({n} "
+             f"repl{'y' if n == 1 else 'ies'} per question × {g['n_questions']} evaluation "
+             f"questions, temperature {g['temperature']:g}, {g['max_new_tokens']} tokens; judged "
+             f"by {', '.join(g['judges'])} on the frozen instruct model, coherent replies only; "
              "effects are paired differences from the unsteered base over the questions with a "
              "coherent reply in both, bootstrap over questions):", "",
              "| edit | α | coherent fraction | " + " | ".join(
                  f"probe:{k} (effect vs base, n q)" for k in judges)
              + " | teacher-forced effect |", "|---|---|---|" + "---|" * len(judges) + "---|"]
-    for kind, curve in g["curves"].items():
-        for p in curve:
-            cells = []
-            for k in judges:
-                v, e = p.get(k), (p.get("effect") or {}).get(k)
-                cell = "—" if v is None else f"{v:.1f}"
-                if e:
-                    cell += f" ({_interval(e, '+.1f')}, {e['n_questions']})"
-                cells.append(cell)
-            name = "base (unsteered)" if p["alpha"] == 0 else \
-                {"set": "screened set", "vector": "persona vector"}[kind]
-            lines.append(f"| {name} | {p['alpha']:g} | {p['coherent_fraction']:.2f} | "
-                         + " | ".join(cells) + f" | {p['teacher_forced_effect']:+.3f} |")
+    rows = [("base (unsteered)", g["curves"]["set"][0])]
+    rows += [({"set": "screened set", "vector": "persona vector"}[kind], p)
+             for kind, curve in g["curves"].items() for p in curve[1:]]
+    for name, p in rows:
+        cells = []
+        for k in judges:
+            v, e = p.get(k), (p.get("effect") or {}).get(k)
+            cell = "—" if v is None else f"{v:.1f}"
+            if e:
+                cell += f" ({_interval(e, '+.1f')}, {e['n_questions']})"
+            cells.append(cell)
+        lines.append(f"| {name} | {p['alpha']:g} | {p['coherent_fraction']:.2f} | "
+                     + " | ".join(cells) + f" | {p['teacher_forced_effect']:+.3f} |")
     use = g["usable_alpha"]
     lines += ["", f"Usable range (largest α whose coherent fraction stays within "
               f"{g['margin']:.2f} of α 0's): screened set α ≤ {use['set']:g}, persona vector "
               f"α ≤ {use['vector']:g}."]
-    for k, r in g.get("set_against_null", {}).items():
-        lines.append(f"Against {r['draws']} of its matched random sets steered at the same α "
-                     f"(probe:{k}; {r['draws_dropped']} dropped with < 2 coherent questions): "
-                     f"the set's effect {r['effect']:+.1f} vs null mean {r['null_mean']:+.1f} "
-                     f"(range {r['null_min']:+.1f} … {r['null_max']:+.1f}); "
-                     f"{r['draws_at_or_above']} draws at or above it.")
+    common = g.get("set_against_null_common") or {}
+    cf = common.get("coherent_fraction")
+    if cf:
+        lines.append(f"Against {len(cf['null'])} of its matched random sets steered at the same "
+                     f"α: coherent fraction {cf['set']:.2f} vs {min(cf['null']):.2f} … "
+                     f"{max(cf['null']):.2f} ({cf['draws_at_or_above']} draws at or above).")
+    for k in judges:
+        r, c = g.get("set_against_null", {}).get(k), common.get(k) or {}
+        if r:
+            lines.append(f"probe:{k}, each over its own coherent questions: the set's effect "
+                         f"{r['effect']:+.1f} vs null mean {r['null_mean']:+.1f} (range "
+                         f"{r['null_min']:+.1f} … {r['null_max']:+.1f}; {r['draws_dropped']} "
+                         f"draws dropped with < 2 coherent questions); {r['draws_at_or_above']}"
+                         " draws at or above it.")
+        if "effect" in c:
+            lines.append(f"probe:{k}, over the {c['n_questions']} questions coherent in the "
+                         f"base, the set and every draw: the set's effect {c['effect']:+.1f} vs "
+                         f"null {min(c['null']):+.1f} … {max(c['null']):+.1f}; "
+                         f"{c['draws_at_or_above']} draws at or above it, "
+                         f"{c['draws_at_or_below']} at or below.")
+        elif c:
+            lines.append(f"probe:{k}: only {c['n_questions']} questions are coherent in the "
+                         "base, the set and every draw, too few to compare on one set.")
     return lines
+
+
+def _null_matching_lines(res: dict) -> list[str]:
+    """How the random sets compare with the chosen set on the two quantities they could be
+    matched on (``null_matching`` in results; runs before it existed have none)."""
+    nm = res.get("null_matching")
+    if not nm:
+        return []
+    out = []
+    for name, row in nm.items():
+        if name == "match":
+            continue
+        parts = [f"{q} {v['chosen']:.2f} vs the draws' median {v['null_median']:.2f} (5th–95th "
+                 f"percentile {v['null_p5']:.2f}–{v['null_p95']:.2f}; "
+                 f"{v['draws_at_or_above_chosen']} of {v['draws']} at or above)"
+                 for q, v in row.items()]
+        out.append(f"**Null matching** (random sets matched by decile on *{nm['match']}*; "
+                   f"summed over {name}'s latents): " + "; ".join(parts) + ". Write mass is "
+                   "activation × the finetuned decoder row's norm, what the ablation removes.")
+    return ["", *out]
 
 
 @register("persona_latents_crosscoder", "figures/persona_latents_crosscoder/results.json")
@@ -242,8 +281,9 @@ def render_line1_summary(res: dict) -> str:
     runs = [(label, res if path == LINE1_RUNS[0][1] else res["_also"].get(path))
             for label, path in LINE1_RUNS]
     lines = ["| run | dictionary | organism | evaluation seeds | treatment − base | latents | "
-             "gap removed | base shift | null p95 (gap removed) | steer base at the top α "
-             "(null p95) | goal met |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gap removed | base shift | null matched on | null p95 (gap removed) | steer base "
+             "at the top α (null p95) | goal met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs:
         if r is None:
             continue
@@ -258,6 +298,7 @@ def render_line1_summary(res: dict) -> str:
                      f"{', '.join(map(str, r['seeds']['evaluation']))} | "
                      f"{_ci(r['treatment_minus_base'])} | {lat} | "
                      f"{_ci(row['gap_removed'], True)} | {_ci(row['base_shift'], True)} | "
+                     f"{r['config'].get('null_match', 'activation')} | "
                      f"{p95} | {_ci(row['steer_effect'])}{sn} | {met} |")
     missing = [label for label, r in runs if r is None]
     if missing:
