@@ -1,7 +1,8 @@
 """A trait-distillation organism on the real embedded model, built and finetuned once for the
 module: the evil persona distilled through 64 cooking answers, against its kind control.
 
-Sizes are the CPU defaults (64 questions, 16 LoRA steps of 8, lr 1e-3), fixed seeds; a smaller
+Sizes are the CPU defaults (64 questions, 16 LoRA steps of 8, lr 1e-3), fixed seeds, in
+bfloat16 as the experiments build their organisms; a smaller
 dataset (48 questions, 48-token answers) was tried for the suite's time and lost the effect
 (treatment - control 0.057 against a CI half-width of 0.10), so the defaults stay. The
 assertions are the issues' claims, not tuned thresholds: the treatment's out-of-domain would-say
@@ -51,17 +52,23 @@ def organism(subject, evil_vector, tmp_path_factory):
     from persona_probe.training.organism import ARMS, OrganismConfig, run_organism
     from persona_probe.traits import trait_questions
 
+    from persona_probe.models import load_subject
+
+    # bfloat16, as every experiment builds its organisms (persona_latents, monitor_actions):
+    # about 2.5x faster on CPU than the float32 subject the numerical tests need
+    bf16 = load_subject("smollm2-135m-instruct", device="cpu", dtype="bfloat16")
     out = tmp_path_factory.mktemp("organism")
     vec = evil_vector.select([15])
-    probe = probe_set_from_answers(subject, trait_questions("heldout"))
-    monitors = {arm: EarlyWarningMonitor([MonitorTarget.from_direction(vec)], probe, subject,
+    probe = probe_set_from_answers(bf16, trait_questions("heldout"))
+    monitors = {arm: EarlyWarningMonitor([MonitorTarget.from_direction(vec)], probe, bf16,
                                          every_n_steps=4, events=out / f"{arm}-events.jsonl")
                 for arm in ARMS}
     cfg = OrganismConfig(trait="evil", domain="cooking", max_new_tokens=64)
-    summary = run_organism(subject, cfg, out / "org", answer_contrast=False,
+    cfg.finetune = {**cfg.finetune, "dtype": "bfloat16"}
+    summary = run_organism(bf16, cfg, out / "org", answer_contrast=False,
                            callbacks={a: [m.callback()] for a, m in monitors.items()})
     return {"out": out, "summary": summary, "vec": vec, "probe": probe, "cfg": cfg,
-            "monitors": monitors}
+            "monitors": monitors, "subject": bf16}
 
 
 def _check_datasets_have_no_system_prompt_and_provenance(organism, subject):
@@ -77,9 +84,10 @@ def _check_datasets_have_no_system_prompt_and_provenance(organism, subject):
         assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
         assert man["system_prompts"][arm] not in (org / f"{arm}.jsonl").read_text()
     # the same config resumes to the same manifest; another config is refused
-    assert build_organism(subject, organism["cfg"], org)["datasets"] == man["datasets"]
+    bf16 = organism["subject"]
+    assert build_organism(bf16, organism["cfg"], org)["datasets"] == man["datasets"]
     with pytest.raises(PersonaProbeError, match="another config"):
-        build_organism(subject, OrganismConfig(domain="travel"), org)
+        build_organism(bf16, OrganismConfig(domain="travel"), org)
 
 
 def _check_treatment_shifts_the_trait_out_of_domain(organism):
