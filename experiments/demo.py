@@ -45,7 +45,7 @@ if __name__ == "__main__":
         print(f"\n=== COMMITTED, full experiment (figures/persona_latents/results.json: "
               f"{describe(full)}) ===\n")
         print(render_persona_latents(full))
-        print("\n=== COMMITTED, every full line-1 run side by side (primary rows: shipped SAE and "
-              "crosscoder on the cooking organism, and a second organism once run) ===\n")
+        print("\n=== COMMITTED, every full line-1 run side by side (each run's primary row, "
+              "read from its own results.json) ===\n")
         print(rendered("line1_summary", ROOT))
     print(f"\nlive results: {args.out / 'results.json'}; figures: {args.out}")
