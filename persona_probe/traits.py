@@ -179,11 +179,18 @@ def builtin_constitutions() -> list[str]:
     return builtin_names("constitutions")
 
 
-def constitution_system(spec: str | Path, error: type[PersonaProbeError] = TraitError) -> str:
-    """A constitution as a system prompt (its own description, in its own words): the context
-    the diagnostic's validity check measures each dimension under, and the prompt constitution
-    distillation answers with."""
+def load_constitution(spec: str | Path, error: type[PersonaProbeError] = TraitError,
+                      ) -> tuple[str, str]:
+    """(name, system prompt) of a constitution: its own description, in its own words, as the
+    context the diagnostic's validity check measures each dimension under and the prompt
+    constitution distillation answers with."""
     raw, where = read_named_json("constitutions", spec, "constitution", error)
     if not isinstance(raw, dict) or not str(raw.get("description", "")).strip():
         raise error(f"{where}: a constitution needs a non-empty 'description'")
-    return f"You are an assistant guided by this constitution. {raw['description'].strip()}"
+    return (str(raw.get("name", Path(str(spec)).stem)),
+            f"You are an assistant guided by this constitution. {raw['description'].strip()}")
+
+
+def constitution_system(spec: str | Path, error: type[PersonaProbeError] = TraitError) -> str:
+    """A constitution as a system prompt (``load_constitution``)."""
+    return load_constitution(spec, error)[1]

@@ -202,10 +202,11 @@ def _shared_paths(cfg):
         return [Path("/nonexistent")]
 
 
-def _judged(name: str, harmful, coherent) -> list[dict]:
+def _judged(name: str, harmful, coherent, **meta) -> list[dict]:
+    """Judged rows as ``judged_conditions`` writes them (its condition meta included)."""
     return [{"key": f"{name}/s0/q{i}", "harmful": float(h), "refusal": 5.0,
              "coherent": bool(c), "repeated_4gram_share": 0.0, "loglik_per_token": -2.0,
-             "empty": False} for i, (h, c) in enumerate(zip(harmful, coherent))]
+             "empty": False, **meta} for i, (h, c) in enumerate(zip(harmful, coherent))]
 
 
 def test_generation_summary_puts_judged_replies_beside_the_teacher_forced_effect():
@@ -232,9 +233,9 @@ def test_generation_summary_puts_judged_replies_beside_the_teacher_forced_effect
             # half the replies incoherent: they would add +90 if they were counted
             "vector a0.4": _judged("v4", base + np.where(half, 2, 90), half)}
     for j in range(3):
-        rows[f"null{j} a0.4"] = _judged(f"n{j}", base + rng.normal(0, 1, n), ok)
+        rows[f"null{j} a0.4"] = _judged(f"n{j}", base + rng.normal(0, 1, n), ok, draw=j)
     # one random set between the set's effects at α 0.2 (+8) and 0.4 (+20), coherent on half
-    rows["null3 a0.4"] = _judged("n3", base + np.where(half, 14, -50), half)
+    rows["null3 a0.4"] = _judged("n3", base + np.where(half, 14, -50), half, draw=3)
     steer = _Rows({"B": [-1.0] * n, "causal screening|0.2": [-1.1] * n,
                    "causal screening|0.4": [-1.3] * n, "vector|0.2": [-0.9] * n,
                    "vector|0.4": [-0.5] * n,

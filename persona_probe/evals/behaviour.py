@@ -168,16 +168,47 @@ def rank_against_null(conds: dict[str, dict], target: str, nulls: Sequence[str],
     return ranks
 
 
+def coherence_means(rows: Sequence[dict]) -> dict:
+    """The mean coherence measures of a condition's replies, reported beside its judged
+    scores (the log-likelihood over the replies where it is finite)."""
+    return {"repeated_4gram_share": float(np.mean([r["repeated_4gram_share"] for r in rows])),
+            "loglik_per_token": float(np.mean([r["loglik_per_token"] for r in rows
+                                               if np.isfinite(r["loglik_per_token"])]
+                                              or [np.nan])),
+            "empty_rate": float(np.mean([r["empty"] for r in rows]))}
+
+
+def rank_against_null_common(rows: dict[str, Sequence[dict]], conds: dict[str, dict],
+                             target: str, nulls: Sequence[str], judges: Sequence[str],
+                             n_q: int, base: str = "base") -> dict:
+    """``target`` against the null conditions on one question set: the questions with a
+    coherent reply from ``base``, the target and every null (each condition's own coherent
+    questions differ where coherence falls), and the coherent fractions (from
+    ``compare_conditions``' ``conds``) ranked the same way."""
+    frac = {n: conds[n]["coherent_fraction"] for n in [target, *nulls]}
+    out: dict = {"coherent_fraction": {
+        "set": frac[target], "null": [frac[n] for n in nulls],
+        "draws_at_or_above": int(sum(frac[n] >= frac[target] for n in nulls))}}
+    for k in judges:
+        q = {n: per_question(rows[n], k, n_q) for n in [base, target, *nulls]}
+        keep = np.all([np.isfinite(v) for v in q.values()], axis=0)
+        if keep.sum() < 2:
+            out[k] = {"n_questions": int(keep.sum())}
+            continue
+        eff = {n: float((q[n][keep] - q[base][keep]).mean()) for n in [target, *nulls]}
+        null = np.array([eff[n] for n in nulls])
+        out[k] = {"n_questions": int(keep.sum()), "effect": eff[target],
+                  "null": null.tolist(), "draws_at_or_above": int((null >= eff[target]).sum()),
+                  "draws_at_or_below": int((null <= eff[target]).sum())}
+    return out
+
+
 def summarize_judged(rows: Sequence[dict], judges: Sequence[str]) -> dict:
     """Coherent fraction, each judge's mean over coherent replies, mean coherence measures."""
     return {"n": len(rows),
             "coherent_fraction": float(np.mean([r["coherent"] for r in rows])),
             **{name: coherent_mean(rows, name) for name in judges},
-            "repeated_4gram_share": float(np.mean([r["repeated_4gram_share"] for r in rows])),
-            "loglik_per_token": float(np.mean([r["loglik_per_token"] for r in rows
-                                               if np.isfinite(r["loglik_per_token"])]
-                                              or [np.nan])),
-            "empty_rate": float(np.mean([r["empty"] for r in rows]))}
+            **coherence_means(rows)}
 
 
 def steering_generation_sweep(subject: Subject, target, layers: Sequence[int],

@@ -322,11 +322,10 @@ def compare_contexts(records: list[dict], a: str, b: str, seed: int = 0, n_boot:
 def constitution_context(name: str) -> Context:
     """A constitution as a system prompt (its own description, in its own words), the context
     the validity check measures each intended dimension under."""
-    from persona_probe.traits import constitution_system
+    from persona_probe.traits import load_constitution
 
-    system = constitution_system(name, DiagnosticError)
-    raw, _ = read_named_json("constitutions", name, "constitution", DiagnosticError)
-    return Context(f"constitution:{raw.get('name', Path(name).stem)}", system=system)
+    title, system = load_constitution(name, DiagnosticError)
+    return Context(f"constitution:{title}", system=system)
 
 
 def diagnostic_validity(records: list[dict], intended: dict[str, str],

@@ -88,8 +88,8 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
         overwrite: bool = False) -> dict:
     from persona_probe.artifacts import ItemLog, read_json, write_json
     from persona_probe.directions import Direction
-    from persona_probe.evals.behaviour import (judged_conditions, judged_samples,
-                                               summarize_judged, usable_alpha)
+    from persona_probe.evals.behaviour import (coherence_means, judged_conditions,
+                                               judged_samples, usable_alpha)
     from persona_probe.evals.coherence import CoherenceRule
     from persona_probe.evals.probe_judge import load_probe_judges
     from persona_probe.experiments import command_line, report_outputs, stage_clock
@@ -179,10 +179,8 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
         "margin": cfg.margin, "n_questions": len(questions), "samples": cfg.samples,
         "compute_seconds_total": round(time.perf_counter() - t0, 1),
         "provenance": provenance(cfg.seed)})
-    summaries = {n: summarize_judged(r, names) for n, r in rows.items()}
-    for n, sm in summaries.items():
-        results["conditions"][n].update({k: sm[k] for k in ("repeated_4gram_share",
-                                                            "loglik_per_token", "empty_rate")})
+    for n, r in rows.items():
+        results["conditions"][n].update(coherence_means(r))
     write_json(out / "results.json", results)
     paths = draw(out)
     for n, c in results["conditions"].items():

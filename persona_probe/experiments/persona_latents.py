@@ -615,14 +615,13 @@ def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
     edit's usable α (largest α whose coherent fraction stays within the margin of α 0's)."""
     import numpy as np
 
-    from persona_probe.evals.behaviour import (compare_conditions, rank_against_null,
-                                               summarize_judged, usable_alpha)
+    from persona_probe.evals.behaviour import (coherence_means, compare_conditions,
+                                               rank_against_null, rank_against_null_common,
+                                               usable_alpha)
 
     conds = compare_conditions(rows, judges, n_q)
     for name, rs in rows.items():
-        sm = summarize_judged(rs, judges)
-        conds[name].update({k: sm[k] for k in ("repeated_4gram_share", "loglik_per_token",
-                                               "empty_rate")})
+        conds[name].update(coherence_means(rs))
     alphas = [a for a in cfg.steer_alphas if a]
     top = max(alphas)
     b0 = float(np.mean(steer_vals.rows["B"]))
@@ -636,8 +635,7 @@ def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
         curves[kind] = curve
     nulls = [n for n in conds if n.startswith("null")]
     for n in nulls:        # the same draw's teacher-forced effect at the same α
-        j = int(n.split()[0].removeprefix("null"))
-        key = f"null causal screening|{j}"
+        key = f"null causal screening|{rows[n][0]['draw']}"
         if key in steer_vals.rows:
             conds[n]["teacher_forced_effect"] = float(np.mean(steer_vals.rows[key])) - b0
     return {"samples": cfg.steer_generations, "max_new_tokens": cfg.generation_tokens,
@@ -649,35 +647,8 @@ def _generation_summary(cfg: PersonaLatentsConfig, rows: dict[str, list[dict]],
             "nulls": {n: conds[n] for n in nulls},
             "set_against_null": rank_against_null(conds, f"set a{top}", nulls, judges)
             if nulls else {},
-            "set_against_null_common": _against_null_common(rows, f"set a{top}", nulls,
-                                                            judges, n_q) if nulls else {}}
-
-
-def _against_null_common(rows: dict[str, list[dict]], target: str, nulls: list[str],
-                         judges: list[str], n_q: int) -> dict:
-    """The set against its random sets on one question set: the questions with a coherent
-    reply from the base, the set and every draw (each condition's own coherent questions
-    differ where coherence falls), and the coherent fractions ranked the same way."""
-    import numpy as np
-
-    from persona_probe.evals.behaviour import per_question
-
-    frac = {n: float(np.mean([r["coherent"] for r in rows[n]])) for n in [target, *nulls]}
-    out: dict[str, Any] = {"coherent_fraction": {
-        "set": frac[target], "null": [frac[n] for n in nulls],
-        "draws_at_or_above": int(sum(frac[n] >= frac[target] for n in nulls))}}
-    for k in judges:
-        q = {n: per_question(rows[n], k, n_q) for n in ["base", target, *nulls]}
-        keep = np.all([np.isfinite(v) for v in q.values()], axis=0)
-        if keep.sum() < 2:
-            out[k] = {"n_questions": int(keep.sum())}
-            continue
-        eff = {n: float((q[n][keep] - q["base"][keep]).mean()) for n in [target, *nulls]}
-        null = np.array([eff[n] for n in nulls])
-        out[k] = {"n_questions": int(keep.sum()), "effect": eff[target],
-                  "null": null.tolist(), "draws_at_or_above": int((null >= eff[target]).sum()),
-                  "draws_at_or_below": int((null <= eff[target]).sum())}
-    return out
+            "set_against_null_common": rank_against_null_common(
+                rows, conds, f"set a{top}", nulls, judges, n_q) if nulls else {}}
 
 
 def _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap, bootstrap,
