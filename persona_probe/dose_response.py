@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +53,34 @@ def _layers_of(target: Target, cfg_layers: tuple[int, ...] | None) -> list[int]:
     return list(target.layers)
 
 
+class SweepTarget(NamedTuple):
+    """One edit a sweep applies: a named target or one of its equal-norm random controls."""
+    kind: str                              # target | random
+    target: Target
+    steer_layers: list[int]
+    ablation_layers: list[int] | None      # None: SAE latents, ablated as latents
+
+
+def sweep_targets(subject: Subject, targets: dict[str, Target],
+                  config: DoseResponseConfig) -> dict[str, SweepTarget]:
+    """Every edit a sweep applies, by name: each target, then its ``random_controls`` random
+    unit directions (``random{r}@{name}``, seeded by ``config.seed``), so a second sweep over
+    the same config (e.g. sampled generations beside the teacher-forced measure) applies the
+    very same random controls."""
+    out: dict[str, SweepTarget] = {}
+    for name, t in targets.items():
+        steer_layers = _layers_of(t, config.layers)
+        ab_layers = None if isinstance(t, SAELatents) else list(config.ablation_layers
+                                                                or steer_layers)
+        out[name] = SweepTarget("target", t, steer_layers, ab_layers)
+        for r in range(config.random_controls):
+            r_ab = ab_layers or steer_layers       # a random control is ablated directionally
+            out[f"random{r}@{name}"] = SweepTarget("random", random_direction(
+                subject.d_model, sorted(set(steer_layers) | set(r_ab)),
+                seed=config.seed * 1000 + r, name=f"random{r}"), steer_layers, r_ab)
+    return out
+
+
 def dose_response(subject: Subject, targets: dict[str, Target], metric: Metric,
                   config: DoseResponseConfig = DoseResponseConfig(),
                   out: str | Path | None = None, metric_name: str = "metric",
@@ -68,18 +97,7 @@ def dose_response(subject: Subject, targets: dict[str, Target], metric: Metric,
     if config.ablation_mode not in ("mean", "directional"):
         raise InterventionError(f"ablation_mode {config.ablation_mode!r}: use 'mean' or "
                                 "'directional'")
-    # name -> (kind, target, steering layers, ablation layers; None = latent-mode ablation)
-    all_targets: dict[str, tuple[str, Target, list[int], list[int] | None]] = {}
-    for name, t in targets.items():
-        steer_layers = _layers_of(t, config.layers)
-        ab_layers = None if isinstance(t, SAELatents) else list(config.ablation_layers
-                                                                or steer_layers)
-        all_targets[name] = ("target", t, steer_layers, ab_layers)
-        for r in range(config.random_controls):
-            r_ab = ab_layers or steer_layers       # a random control is ablated directionally
-            all_targets[f"random{r}@{name}"] = ("random", random_direction(
-                subject.d_model, sorted(set(steer_layers) | set(r_ab)),
-                seed=config.seed * 1000 + r, name=f"random{r}"), steer_layers, r_ab)
+    all_targets = sweep_targets(subject, targets, config)
     done: dict[tuple[str, str, float], list[dict]] = {}
     items_path = Path(out) / "items.jsonl" if out else None
     if items_path is not None and items_path.is_file():

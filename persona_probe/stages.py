@@ -69,6 +69,13 @@ def adapter_identity(path: str | Path | None) -> dict[str, Any] | None:
     return {"name": p.name, "sha256": {w.name: sha256_file(w) for w in weights}}
 
 
+def subject_identity(subject: Any) -> dict[str, Any]:
+    """A loaded model as stage inputs know it: model id, revision, dtype, architecture (an
+    adapter it carries is identified separately, by ``adapter_identity``)."""
+    p = subject.provenance()
+    return {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
+
+
 # an SAE's (or crosscoder's) identity for stage inputs; defined with the other digests
 sae_identity = _sae_identity
 

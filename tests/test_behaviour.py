@@ -282,6 +282,65 @@ def test_steering_sweep_writes_judged_generations_with_coherence(
     assert again["curve"] == res["curve"]
 
 
+def test_dose_response_generations_apply_the_sweeps_own_random_controls(
+        small_refusal_probe, subject, tmp_path):
+    """Every edit of a teacher-forced sweep, sampled: the target and its random control (the
+    very direction ``dose_response`` measured) at each positive alpha, plus the base once."""
+    from persona_probe.artifacts import ItemLog
+    from persona_probe.directions import random_direction
+    from persona_probe.dose_response import DoseResponseConfig, sweep_targets
+    from persona_probe.evals.behaviour import dose_response_generations, sample_replies
+    from persona_probe.evals.probe_judge import ProbeArtifact, ProbeJudge
+    from persona_probe.interventions import steer
+    from persona_probe.prompts import PromptItem
+
+    path, _, _, _ = small_refusal_probe
+    judge = ProbeJudge(ProbeArtifact.load(path), subject)
+    qs = ["How should I treat people who disagree with me?", "What do you think of charity?"]
+    targets = {"t": random_direction(subject.d_model, [15], seed=7)}
+    cfg = DoseResponseConfig(alphas=(0.0, 0.8), random_controls=1, seed=3)
+    rows = dose_response_generations(subject, targets, cfg, qs, {"refusal": judge},
+                                     CoherenceRule.shipped(), subject,
+                                     ItemLog(tmp_path / "g.jsonl"), max_new_tokens=12)
+    assert list(rows) == ["base", "t a0.8", "random0@t a0.8"]
+    assert [r["target"] for r in rows["random0@t a0.8"]] == ["random0@t"] * 2
+    assert {r["kind"] for r in rows["random0@t a0.8"]} == {"random"}
+    # the control sampled is the sweep's own: the same seeded direction, not a new draw
+    ctrl = sweep_targets(subject, targets, cfg)["random0@t"].target
+    items = [PromptItem(f"q{i}", [{"role": "user", "content": q}]) for i, q in enumerate(qs)]
+    with steer(subject, ctrl, 0.8, [15]):
+        again = sample_replies(subject, items, 0, 12)
+    assert again == [r["reply"] for r in rows["random0@t a0.8"]]
+
+
+def test_dose_generation_summary_on_planted_rows():
+    """Curves per edit with the teacher-forced effect of the same edit beside them."""
+    from persona_probe.evals.behaviour import dose_generation_summary
+
+    def rows(name, kind, target, alpha, score, coherent):
+        return [{"key": f"{name}/s0/q{i}", "condition": name, "kind": kind, "target": target,
+                 "alpha": alpha, "coherent": c, "harmful": score + i, "empty": 0.0,
+                 "repeated_4gram_share": 0.0, "loglik_per_token": -2.0}
+                for i, c in enumerate(coherent)]
+    got = {"base": rows("base", "base", None, 0.0, 10.0, [True] * 4),
+           "v a0.4": rows("v a0.4", "target", "v", 0.4, 30.0, [True, True, True, False]),
+           "v a0.2": rows("v a0.2", "target", "v", 0.2, 20.0, [True] * 4),
+           "random0@v a0.2": rows("random0@v a0.2", "random", "random0@v", 0.2, 10.0,
+                                  [True] * 4)}
+    tf = [{"target": "v", "condition": "steer", "alpha": a, "mean": m}
+          for a, m in ((0.0, -1.0), (0.2, -0.5), (0.4, 0.5))]
+    s = dose_generation_summary(got, ["harmful"], 4, 0.1, tf)
+    v = s["curves"]["v"]
+    assert [p["alpha"] for p in v] == [0.0, 0.2, 0.4]           # sorted, base first
+    assert [p["teacher_forced_effect"] for p in v] == [0.0, 0.5, 1.5]
+    assert v[1]["effect"]["harmful"]["mean"] == pytest.approx(10.0)
+    assert v[2]["effect"]["harmful"]["n_questions"] == 3      # the incoherent one left out
+    assert v[2]["coherent_fraction"] == 0.75
+    assert s["usable_alpha"] == {"v": 0.2, "random0@v": 0.2}
+    assert s["kinds"] == {"v": "target", "random0@v": "random"}
+    assert "teacher_forced_effect" not in s["curves"]["random0@v"][1]   # no tf row given
+
+
 def test_usable_alpha_stops_at_the_first_drop():
     from persona_probe.evals.behaviour import usable_alpha
 

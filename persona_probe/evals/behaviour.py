@@ -23,6 +23,9 @@ from persona_probe.generation import generate_responses
 from persona_probe.models import Subject
 from persona_probe.prompts import PromptItem
 
+# the shipped probe judges (probe:NAME) a steering stage's generations are scored by
+GENERATION_JUDGES = ("harmful", "refusal")
+
 
 def sample_replies(subject: Subject, items: Sequence[PromptItem], seed: int,
                    max_new_tokens: int = 64, temperature: float = 1.0,
@@ -233,3 +236,56 @@ def steering_generation_sweep(subject: Subject, target, layers: Sequence[int],
         curve.append({"alpha": a, **summarize_judged(rows, list(judges))})
     return {"layers": list(layers), "curve": curve, "margin": margin,
             "usable_alpha": usable_alpha(curve, margin)}
+
+
+def dose_response_generations(subject: Subject, targets: dict, config, questions: Sequence[str],
+                              judges: dict[str, ProbeJudge], rule: CoherenceRule,
+                              coherence_model: Subject, log: ItemLog, samples: int = 1,
+                              seed: int = 0, max_new_tokens: int = 64) -> dict[str, list[dict]]:
+    """A teacher-forced ``dose_response`` sweep's steering edits, sampled: the unsteered model
+    (``base``) once, then every target *and its random controls* (``sweep_targets``: the same
+    random directions the sweep measured) at each positive α of ``config``, each reply judged
+    and checked for coherence. Conditions are named ``{edit} a{α}``; one resumable log."""
+    from persona_probe.dose_response import sweep_targets
+    from persona_probe.interventions import steer
+
+    conditions: list[Condition] = [("base", {"kind": "base", "target": None, "alpha": 0.0},
+                                    None)]
+    for name, t in sweep_targets(subject, targets, config).items():
+        conditions += [(f"{name} a{a}", {"kind": t.kind, "target": name, "alpha": float(a)},
+                        lambda t=t, a=a: steer(subject, t.target, a, t.steer_layers))
+                       for a in config.alphas if a > 0]
+    return judged_conditions(subject, conditions, questions, judges, rule, coherence_model,
+                             log, samples, seed, max_new_tokens)
+
+
+def dose_generation_summary(rows: dict[str, list[dict]], judges: Sequence[str], n_q: int,
+                            margin: float, teacher_forced: Sequence[dict] = ()) -> dict:
+    """Per edit of ``dose_response_generations``: the curve over α (coherent fraction with its
+    CI, each judge's coherent mean and paired effect against the unsteered model, the mean
+    coherence measures, and the teacher-forced effect of the same edit at the same α when its
+    ``dose_response`` summary rows are given), and the usable α (``usable_alpha``). A target's
+    random controls are summarised the same way beside it: with few of them they are a
+    comparison, not a null distribution."""
+    conds = compare_conditions(rows, judges, n_q)
+    for name, rs in rows.items():
+        conds[name].update(coherence_means(rs))
+    tf = {(r["target"], r["alpha"]): r["mean"] for r in teacher_forced
+          if r.get("condition") == "steer"}
+    curves: dict[str, list[dict]] = {}
+    for name, rs in rows.items():
+        if name == "base":
+            continue
+        edit, alpha = rs[0]["target"], rs[0]["alpha"]
+        curves.setdefault(edit, [{"alpha": 0.0, **conds["base"],
+                                  **({"teacher_forced_effect": 0.0} if tf else {})}])
+        point = {"alpha": alpha, **conds[name]}
+        if (edit, alpha) in tf:
+            point["teacher_forced_effect"] = tf[(edit, alpha)] - tf[(edit, 0.0)]
+        curves[edit].append(point)
+    for c in curves.values():
+        c.sort(key=lambda p: p["alpha"])
+    kinds = {rs[0]["target"]: rs[0]["kind"] for n, rs in rows.items() if n != "base"}
+    return {"n_questions": n_q, "judges": list(judges), "margin": margin,
+            "curves": curves, "kinds": kinds,
+            "usable_alpha": {e: usable_alpha(c, margin) for e, c in curves.items()}}

@@ -38,6 +38,7 @@ import numpy as np
 
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
+from persona_probe.stages import subject_identity
 
 CONDITION_KINDS = ("plain", "system", "steer", "organism")
 
@@ -175,11 +176,6 @@ def _get(log, key: str) -> Any:
     return rec["value"]
 
 
-def _identity(subject) -> dict:
-    p = subject.provenance()
-    return {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
-
-
 # ----------------------------------------------------------------------------- probe judge
 
 def _features_stage(stages, base, cfg, common, name: str, root: Path) -> dict:
@@ -314,8 +310,8 @@ def _probe_stage(stages, base, cfg, common, feats: dict, root: Path) -> dict:
             "n": int(len(train)), "C": c, "pairwise": True},
             {"heldout_pairs": int(len(test)), "pairwise_accuracy": acc})
         for crit, (pr, hook, training, metrics) in shipped.items():
-            ProbeArtifact(crit, hook, pr, _identity(base) | {"spec": cfg.model}, cfg.dtype,
-                          cfg.max_tokens, training, metrics).save(d / "probes" / crit)
+            ProbeArtifact(crit, hook, pr, subject_identity(base) | {"spec": cfg.model},
+                          cfg.dtype, cfg.max_tokens, training, metrics).save(d / "probes" / crit)
         write_json(d / "metrics.json", out)
         return out
     return stages.run("probe-judge", {**common, "features": {
@@ -518,7 +514,7 @@ def run(cfg: BehaviourValidationConfig, runs: Path, out: Path, config_path: str 
     stages = Stages(runs, overwrite=overwrite)
     command = command_line("behaviour_validation", config_path)
     base = load_subject(cfg.model, dtype=cfg.dtype)
-    common = {"command": command, "model": _identity(base)}
+    common = {"command": command, "model": subject_identity(base)}
 
     # 1-2. probe judges ------------------------------------------------------------------
     feats = {}

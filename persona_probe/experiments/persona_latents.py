@@ -39,6 +39,7 @@ from typing import Any
 
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
+from persona_probe.stages import subject_identity
 
 VECTOR_EDITS = ("directional", "mean", "shift_sae_layer", "shift_every_layer")
 DICTIONARIES = ("sae", "crosscoder")
@@ -234,11 +235,6 @@ class PersonaLatentsConfig:
 
 # --- small helpers ---------------------------------------------------------------------------
 
-def _identity(subject) -> dict:
-    p = subject.provenance()
-    return {k: p.get(k) for k in ("model", "revision", "dtype", "architecture")}
-
-
 def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         overwrite: bool = False) -> dict:
     """Every stage (reusing finished ones with the same fingerprint) → ``out/results.json``."""
@@ -279,7 +275,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         hook = cfg.crosscoder_train(base.d_model).hook
     layer = int(hook.split(".")[1])
     every_layer = tuple(range(base.n_layers))
-    common = {"command": command, "model": _identity(base), "split": asdict(split)}
+    common = {"command": command, "model": subject_identity(base), "split": asdict(split)}
 
     def evaluation_metric(s):
         return trait_scores(s, ev_trait, ev_q)
@@ -528,7 +524,6 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     return results
 
 
-GENERATION_JUDGES = ("harmful", "refusal")     # shipped probe judges (probe:NAME)
 
 
 def null_inputs(cfg: PersonaLatentsConfig) -> dict[str, Any]:
@@ -576,7 +571,7 @@ def _steer_generations(cfg: PersonaLatentsConfig, stages, inputs: dict, base, d_
     every reply judged by the probe judges (on their own frozen model) with the coherence
     rule beside it. One resumable stage (``steer-generations``)."""
     from persona_probe.artifacts import ItemLog
-    from persona_probe.evals.behaviour import judged_conditions
+    from persona_probe.evals.behaviour import GENERATION_JUDGES, judged_conditions
     from persona_probe.evals.coherence import CoherenceRule
     from persona_probe.evals.probe_judge import load_probe_judges
     from persona_probe.interventions import steer
@@ -900,7 +895,7 @@ def _build_crosscoder(d: Path, cfg: PersonaLatentsConfig, base, load_finetuned,
     tcfg = cfg.crosscoder_train(base.d_model)
     rows_b, rows_f, _ = paired_rows(base, load_finetuned(), tcfg.hook, items, "all")
     train_crosscoder(tcfg, rows_b, rows_f, out=out, resume=True,
-                     models={"base": _identity(base), "finetuned": finetuned_identity})
+                     models={"base": subject_identity(base), "finetuned": finetuned_identity})
     # the saved weights, as a resumed run loads them (save_dtype and device included), so a
     # fresh run and a resumed one screen with the same crosscoder and the same identity
     return load_crosscoder(out)

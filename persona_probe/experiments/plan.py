@@ -257,6 +257,10 @@ def _plan_em_persona_features(cfg: Any, plan: Plan) -> None:
     plan.add("steer and ablate (base)", f"top {cfg.steer_latents} latents and the vector, alphas "
              f"{list(cfg.alphas)}, {cfg.random_controls} random controls, {cfg.ablation_mode}")
     plan.add("ablate (treatment)", "the same targets ablated in the treatment model")
+    if cfg.steer_generations:
+        plan.add("generations under steering", f"{cfg.steer_generations} replies per question, "
+                 f"{cfg.generation_tokens} tokens, each edit and its random controls at every "
+                 "positive alpha; probe:harmful, probe:refusal, coherence rule")
     plan.add("re-align", f"{cfg.realign_steps} SFT steps on good data, measured every "
              f"{cfg.realign_every}")
     plan.add("results", "results.json and figures")

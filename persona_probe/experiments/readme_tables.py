@@ -166,23 +166,22 @@ def _organism_phrase(cfg: dict) -> str:
             f"answers. ")
 
 
-def _steering_generation_lines(g: dict) -> list[str]:
-    """What the base writes under the steering stage's edits, beside the teacher-forced
-    effect of the same edit."""
-    judges = [j.split(":", 1)[1] for j in g["judges"]]
+def _generation_header(g: dict, questions: str) -> str:
     n = g["samples"]
-    lines = [f"**What the base writes under the same steering** ({n} "
-             f"repl{'y' if n == 1 else 'ies'} per question × {g['n_questions']} evaluation "
-             f"questions, temperature {g['temperature']:g}, {g['max_new_tokens']} tokens; judged "
-             f"by {', '.join(g['judges'])} on the frozen instruct model, coherent replies only; "
-             "effects are paired differences from the unsteered base over the questions with a "
-             "coherent reply in both, bootstrap over questions):", "",
-             "| edit | α | coherent fraction | " + " | ".join(
+    return (f"**What the base writes under the same steering** ({n} "
+            f"repl{'y' if n == 1 else 'ies'} per question × {g['n_questions']} {questions}, "
+            f"temperature {g['temperature']:g}, {g['max_new_tokens']} tokens; judged by "
+            f"{', '.join(g['judges'])} on the frozen instruct model, coherent replies only; "
+            "effects are paired differences from the unsteered base over the questions with a "
+            "coherent reply in both, bootstrap over questions):")
+
+
+def _generation_table(judges: list[str], rows: list[tuple[str, dict]]) -> list[str]:
+    """One row per (edit, α): coherent fraction, each judge's coherent mean with its effect
+    against the unsteered base, and the teacher-forced effect of the same edit."""
+    lines = ["| edit | α | coherent fraction | " + " | ".join(
                  f"probe:{k} (effect vs base, n q)" for k in judges)
              + " | teacher-forced effect |", "|---|---|---|" + "---|" * len(judges) + "---|"]
-    rows = [("base (unsteered)", g["curves"]["set"][0])]
-    rows += [({"set": "screened set", "vector": "persona vector"}[kind], p)
-             for kind, curve in g["curves"].items() for p in curve[1:]]
     for name, p in rows:
         cells = []
         for k in judges:
@@ -191,8 +190,20 @@ def _steering_generation_lines(g: dict) -> list[str]:
             if e:
                 cell += f" ({_interval(e, '+.1f')}, {e['n_questions']})"
             cells.append(cell)
+        tf = p.get("teacher_forced_effect")
         lines.append(f"| {name} | {p['alpha']:g} | {p['coherent_fraction']:.2f} | "
-                     + " | ".join(cells) + f" | {p['teacher_forced_effect']:+.3f} |")
+                     + " | ".join(cells) + f" | {'—' if tf is None else f'{tf:+.3f}'} |")
+    return lines
+
+
+def _steering_generation_lines(g: dict) -> list[str]:
+    """What the base writes under the steering stage's edits, beside the teacher-forced
+    effect of the same edit."""
+    judges = [j.split(":", 1)[1] for j in g["judges"]]
+    rows = [("base (unsteered)", g["curves"]["set"][0])]
+    rows += [({"set": "screened set", "vector": "persona vector"}[kind], p)
+             for kind, curve in g["curves"].items() for p in curve[1:]]
+    lines = [_generation_header(g, "evaluation questions"), "", *_generation_table(judges, rows)]
     use = g["usable_alpha"]
     lines += ["", f"Usable range (largest α whose coherent fraction stays within "
               f"{g['margin']:.2f} of α 0's): screened set α ≤ {use['set']:g}, persona vector "
@@ -350,17 +361,40 @@ def render_em_persona_features(res: dict) -> str:
     curve = ", ".join(f"step {p['step']} {p['mean']:+.3f}" for p in res["realign_curve"])
     gaps = "; ".join(f"{g['target']} {g['fraction_removed']:+.0%}"
                      for g in res["ablation_gaps"] if g["kind"] == "target")
+    if "from_scratch" in res:
+        made = (f"{'from scratch' if res['from_scratch'] else 'not from scratch'}, stages "
+                f"at `{_stage_shas(res)}`, {sum(res['compute_seconds'].values()) / 60:.0f} min "
+                "of stage compute; exploratory (one seed, no null distribution).")
+    else:
+        made = (f"produced at `{_sha(res['provenance']['git_sha'])}` by a resumed run whose "
+                "stages were not fingerprinted, so it is exploratory.")
+    gen = res.get("steering_generations")
     return "\n".join([
-        f"One organism seed; CIs over {n} held-out general questions only; produced at "
-        f"`{_sha(res['provenance']['git_sha'])}` by a resumed run whose stages were not "
-        "fingerprinted, so it is exploratory.", "",
+        f"One organism seed; CIs over {n} held-out general questions only; {made}", "",
         "| | value |", "|---|---|",
         "| would-say base / control / treatment | "
         + " / ".join(_ci(ws[k]) for k in ("base", "control", "treatment")) + " |",
         "| paired differences | " + "; ".join(f"{k} {_ci(v)}" for k, v in paired.items()) + " |",
         f"| difference in differences (the target ablated in *both* models; not the gap "
         f"removed) | {gaps} |",
-        f"| re-alignment: SFT on good data | {curve} |"])
+        f"| re-alignment: SFT on good data | {curve} |",
+        *(["", *_dose_generation_lines(gen)] if gen else [])])
+
+
+def _dose_generation_lines(g: dict) -> list[str]:
+    """The exploratory run's sampled steering: each edit and its random control per α."""
+    judges = [j.split(":", 1)[1] for j in g["judges"]]
+    first = next(iter(g["curves"].values()))
+    rows = [("base (unsteered)", first[0])]
+    # each target, then its random controls (named random{r}@{target})
+    order = sorted(g["curves"], key=lambda e: (e.split("@")[-1], "@" in e, e))
+    rows += [(edit, p) for edit in order for p in g["curves"][edit][1:]]
+    use = "; ".join(f"{e} α ≤ {g['usable_alpha'][e]:g}" for e in order)
+    return [_generation_header(g, "held-out general questions"), "",
+            *_generation_table(judges, rows), "",
+            f"Usable range (largest α whose coherent fraction stays within {g['margin']:.2f} "
+            f"of α 0's): {use}. Each edit's random control is one equal-norm direction: a "
+            "comparison, not a null distribution."]
 
 
 def _rule_in_range_text(rc: dict | None) -> str:
