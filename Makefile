@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo persona-latents persona-latents-crosscoder persona-latents-travel behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae persona-rich-sae notebooks clean
+.PHONY: install demo persona-latents persona-latents-crosscoder persona-latents-travel persona-latents-travel-nearest behaviour-validation poisoning-dose monitor-actions constitution-distill helpful-only line1-generations test test-fast bench bench-sae bench-crosscoder bench-monitor gpu-check gpu-wheels shipped-sae persona-rich-sae notebooks clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ persona-latents-travel: install
 	$(BIN)/python experiments/persona_latents.py \
 	  --config experiments/configs/persona_latents-travel-smollm2-cpu.json \
 	  --runs runs/persona_latents_travel --out figures/persona_latents_travel
+	$(BIN)/python experiments/render_readme.py
+
+persona-latents-travel-nearest: install
+	$(BIN)/python experiments/persona_latents.py \
+	  --config experiments/configs/persona_latents-travel-nearest-smollm2-cpu.json \
+	  --runs runs/persona_latents_travel_nearest --out figures/persona_latents_travel_nearest
 	$(BIN)/python experiments/render_readme.py
 
 # The early-warning monitor against a poisoning dose: 24 monitored finetunes (~25 min on 2

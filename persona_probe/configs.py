@@ -44,6 +44,9 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
     missing = [k for k in required if k not in raw]
     if missing:
         raise error(f"{where}: {', '.join(missing)} required")
+    nested = nested_fields(cls)
+    raw = {k: (build_nested(nested[k], v, f"{where}: {k}", error)
+               if k in nested and isinstance(v, dict) else v) for k, v in raw.items()}
     check_field_types(cls, raw, where, error)
     try:
         return cls(**raw)
@@ -52,6 +55,61 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
     except PersonaProbeError as exc:     # a __post_init__ check: say which config it was
         msg = str(exc)
         raise type(exc)(msg if msg.startswith(f"{where}:") else f"{where}: {msg}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def nested_fields(cls: type) -> dict[str, type]:
+    """The fields that hold a whole config of their own (a dataclass, or one or None), by
+    name: a JSON object there is built into that class, so it is typed, documented and
+    validated like the config around it."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:   # an annotation that does not resolve at run time
+        return {}
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = hints.get(f.name)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if len(options) == 1 and isinstance(options[0], type) and \
+                dataclasses.is_dataclass(options[0]):
+            out[f.name] = options[0]
+    return out
+
+
+def build_nested(cls: type[T], raw: dict[str, Any], where: str,
+                 error: type[PersonaProbeError] = PersonaProbeError) -> T:
+    """A nested config from its JSON object, through the class's own ``from_dict`` where it
+    has one (it may resolve more than its fields); errors name the path (``f.json: screening``)."""
+    from_dict = getattr(cls, "from_dict", None)
+    try:
+        if from_dict is not None:
+            return from_dict(raw, where)
+        return config_from_dict(cls, raw, where, error)
+    except PersonaProbeError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def coerce_nested(obj: Any, where: str = "",
+                  error: type[PersonaProbeError] = PersonaProbeError) -> None:
+    """In a ``__post_init__``: a nested config given as a dict (direct construction in Python)
+    is built into its class, so both ways of making a config give the same typed object."""
+    for name, sub in nested_fields(type(obj)).items():
+        value = getattr(obj, name)
+        if isinstance(value, dict):
+            setattr(obj, name, build_nested(sub, value, f"{where}{name}", error))
+        elif value is not None and not isinstance(value, sub):
+            raise error(f"{where}{name} must be a {sub.__name__} or a JSON object of its "
+                        f"fields, not {type(value).__name__}")
+
+
+def refuse_fixed(overrides: dict[str, Any], fixed: tuple[str, ...], where: str, by: str,
+                 error: type[PersonaProbeError] = PersonaProbeError) -> None:
+    """Refuse override keys the parent config sets itself (they would be silently replaced)."""
+    bad = sorted(set(overrides) & set(fixed))
+    if bad:
+        raise error(f"{where} may not set {bad}: {by} sets {'it' if len(bad) == 1 else 'them'}"
+                    "; drop them there")
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +123,10 @@ def _field_types(cls: type) -> dict[str, Any]:
     except Exception:   # an annotation that does not resolve at run time
         return {}
     out = {}
+    nested = nested_fields(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in nested:            # built and checked by its own class
+            continue
         try:
             out[f.name] = pydantic.TypeAdapter(hints[f.name])
         except Exception:
@@ -190,8 +251,15 @@ def _own_field_docs(src: str, names: set[str]) -> dict[str, str]:
 def config_reference(cls: type) -> str:
     """``name (default): doc`` for every field, one per line: what ``--help`` prints."""
     docs = field_docs(cls)
+    nested = nested_fields(cls)
     out = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in nested:            # its own fields, one level in
+            doc = docs.get(f.name, "")
+            out.append(f"{f.name} ({nested[f.name].__name__})" + (f": {doc}" if doc else ""))
+            out += [f"  {f.name}.{line}" for line in
+                    config_reference(nested[f.name]).splitlines()]
+            continue
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -264,28 +264,55 @@ def null_matching_mass(dictionary, mass_finetuned: torch.Tensor | Sequence[float
 
 def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[int],
                         n_draws: int = 100, seed: int = 0, n_bins: int = 10,
-                        ) -> list[list[int]]:
+                        neighbours: int = 0) -> list[list[int]]:
     """``n_draws`` random latent sets of ``len(chosen)``, each member drawn (without
-    replacement, never a chosen latent) from the activation-mass decile of the chosen latent it
-    stands for. The same seed gives the same draws, so every evaluation seed uses them."""
-    bins = decile_bins(mass, n_bins)
-    rng = np.random.default_rng(seed)
+    replacement, never a chosen latent) from a pool matched to the chosen latent it stands for:
+    its activation-mass decile (``neighbours=0``), or the ``neighbours`` other latents nearest
+    to it in the rank of ``mass`` (why: a decile is coarse at the top, where screened latents
+    sit, so a decile-matched set removes far less mass than the chosen one; a silent chosen
+    latent is still matched by silent ones). The same seed gives the same draws, so every
+    evaluation seed uses them."""
+    m = np.asarray(mass, dtype=np.float64)
     chosen_set = {int(c) for c in chosen}
-    pools = {}
-    for c in chosen:
-        b = int(bins[int(c)])        # -1: a latent silent on these tokens, matched by silent ones
-        pools[b] = np.array([i for i in np.flatnonzero(bins == b) if i not in chosen_set])
-        if len(pools[b]) < len(chosen):
-            raise ScreeningError(f"too few latents in latent {c}'s activation decile to draw "
-                                 "matched random sets from")
+    if neighbours < 0:
+        raise ScreeningError("neighbours must be >= 0 (0: match by decile)")
+    if neighbours:
+        pools = {int(c): _nearest_in_rank(m, int(c), chosen_set, neighbours) for c in chosen}
+    else:
+        bins = decile_bins(m, n_bins)
+        pools = {}
+        for c in chosen:
+            b = int(bins[int(c)])    # -1: a latent silent on these tokens, matched by silent ones
+            pools[int(c)] = np.array([i for i in np.flatnonzero(bins == b)
+                                      if i not in chosen_set])
+    for c, pool in pools.items():
+        if len(pool) < len(chosen):
+            raise ScreeningError(f"too few latents to match latent {c} from (pool of "
+                                 f"{len(pool)} for a set of {len(chosen)}); raise neighbours or "
+                                 "match by decile")
+    rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_draws):
         picked: list[int] = []
         for c in chosen:
-            pool = [i for i in pools[int(bins[int(c)])] if i not in picked]
+            pool = [i for i in pools[int(c)] if i not in picked]
             picked.append(int(rng.choice(pool)))
         draws.append(picked)
     return draws
+
+
+def _nearest_in_rank(m: np.ndarray, c: int, exclude: set[int], k: int) -> np.ndarray:
+    """The ``k`` latents (none in ``exclude``) nearest to latent ``c`` in the ranking of ``m``
+    (ties broken by index); a silent ``c`` (m = 0) is matched by silent latents only."""
+    if m[c] <= 0:
+        silent = [i for i in np.flatnonzero(m <= 0) if i not in exclude]
+        return np.array(silent)
+    alive = [i for i in np.argsort(-m, kind="stable") if m[i] > 0]
+    pos = alive.index(c)
+    others = [i for i in alive if i not in exclude]
+    ranks = {i: r for r, i in enumerate(alive)}
+    nearest = sorted(others, key=lambda i: (abs(ranks[i] - pos), ranks[i]))[:k]
+    return np.array(sorted(nearest, key=lambda i: ranks[i]))
 
 
 def screen_finetune(base: Subject, finetuned: Subject, sae, trait: Trait,

@@ -28,6 +28,10 @@ CASES = [
     (EmergentAlignmentConfig, {"regimes": ["wide"]}, "narrow and/or broad"),
     (EmergentAlignmentConfig, {"finetune": {"data": "x"}}, "may not set 'data'"),
     (PersonaLatentsConfig, {"null_draws": 5}, ">= 100"),
+    (PersonaLatentsConfig, {"organism": {"model": "gpt2"}}, r"organism may not set \['model'\]"),
+    (PersonaLatentsConfig, {"screening": {"max_set": 0}}, "screening: max_set"),
+    (PersonaLatentsConfig, {"null_neighbours": -1}, "null_neighbours"),
+    (InductionConfig, {"organism": {"seed": 3}}, r"induce.organism may not set \['seed'\]"),
     (PoisoningDoseConfig, {"doses": [0.5, 1.0]}, "start at 0.0"),
 ]
 
@@ -158,3 +162,30 @@ def test_field_docs_of_a_subclass_take_the_base_class_docs():
     assert field_docs(_Extended) == {"a": "on its line", "b": "above it, on two lines",
                                      "c": "a trailing comment that goes on",
                                      "d": "redocumented here", "e": "its own"}
+
+
+def test_a_nested_config_is_typed_from_files_and_from_python_alike():
+    """A field that holds a whole config (PersonaLatentsConfig.screening) is built into its
+    class from a JSON object and from a dict passed in Python; its errors name the path; its
+    fields are listed one level in by ``config_reference``; and it round-trips through asdict."""
+    from dataclasses import asdict
+
+    from persona_probe.configs import config_reference
+    from persona_probe.experiments.persona_latents import PersonaLatentsConfig
+    from persona_probe.latent_screening import ScreeningConfig
+
+    small = {"tiny": True, "eval_seeds": [1], "null_draws": 2}
+    from_file = PersonaLatentsConfig.from_dict({**small, "screening": {"n_delta": 7}})
+    direct = PersonaLatentsConfig(**small, screening={"n_delta": 7})
+    for cfg in (from_file, direct):
+        assert isinstance(cfg.screening, ScreeningConfig) and cfg.screening.n_delta == 7
+        assert cfg.screening.max_set == ScreeningConfig().max_set
+    assert PersonaLatentsConfig.from_dict(asdict(from_file)) == from_file
+    with pytest.raises(PersonaProbeError, match=r"screening: unknown keys \['n_deltas'\]"):
+        PersonaLatentsConfig.from_dict({**small, "screening": {"n_deltas": 7}})
+    with pytest.raises(PersonaProbeError, match="screening.*max_set must be in 1..20"):
+        PersonaLatentsConfig(**small, screening={"max_set": 0})
+    with pytest.raises(PersonaProbeError, match="screening must be a ScreeningConfig"):
+        PersonaLatentsConfig(**small, screening=[1, 2])
+    ref = config_reference(PersonaLatentsConfig)
+    assert "screening (ScreeningConfig)" in ref and "  screening.rank_by (default" in ref

@@ -31,6 +31,29 @@ def test_matched_random_sets_come_from_the_same_decile_and_repeat():
         decile_bins(np.zeros(100))
 
 
+def test_nearest_rank_matching_draws_close_neighbours_and_matches_mass_at_the_top():
+    """With ``neighbours=k`` each member comes from the k latents nearest its chosen latent in
+    rank (silent ones from silent ones), so a set holding the most active latent is matched by
+    far more mass than its decile gives (the coarse-top problem the option exists for)."""
+    rng = np.random.default_rng(0)
+    mass = np.concatenate([np.zeros(50), rng.lognormal(0, 1.5, 950)])
+    order = [int(i) for i in np.argsort(-mass, kind="stable") if mass[i] > 0]
+    chosen = [order[0], order[400], 7]                 # the top, the middle, a silent latent
+    draws = matched_random_sets(mass, chosen, n_draws=300, seed=5, neighbours=10)
+    assert draws == matched_random_sets(mass, chosen, n_draws=300, seed=5, neighbours=10)
+    rank = {i: r for r, i in enumerate(order)}
+    for d in draws:
+        assert len(set(d)) == 3 and not set(d) & set(chosen)
+        assert 1 <= rank[d[0]] <= 10                   # the top's neighbours are just below it
+        assert abs(rank[d[1]] - 400) <= 5              # 10 nearest: 5 on each side
+        assert mass[d[2]] == 0
+    near = np.median([mass[d].sum() for d in draws])
+    by_decile = np.median([mass[d].sum() for d in matched_random_sets(mass, chosen, 300, 5)])
+    assert near > 2 * by_decile and near <= mass[chosen].sum()
+    with pytest.raises(ScreeningError, match="raise neighbours"):
+        matched_random_sets(mass, chosen, 5, neighbours=2)
+
+
 @pytest.fixture(scope="module")
 def planted(subject):
     """A second copy of the model whose layer-15 residual gets half a mean residual norm of

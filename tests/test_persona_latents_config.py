@@ -301,6 +301,7 @@ def test_null_options_enter_the_evaluation_fingerprint_only_off_their_defaults()
                                   "null_sets": ["causal screening", "top Δ"]}
     assert null_inputs(cfg(null_match="write"))["null_match"] == "write"
     assert null_inputs(cfg(directional_null=False))["directional_null"] is False
+    assert null_inputs(cfg(null_neighbours=20))["null_neighbours"] == 20
     assert null_inputs(cfg(null_seed=1)) != null_inputs(cfg())
 
 

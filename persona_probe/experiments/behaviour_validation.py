@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from persona_probe.configs import refuse_fixed
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
 from persona_probe.stages import subject_identity
@@ -144,6 +145,8 @@ class BehaviourValidationConfig:
         if any(c.kind == "organism" for c in conds):
             from persona_probe.training.organism import OrganismConfig
 
+            refuse_fixed(self.organism, ("model", "seed"), "organism",
+                         "the config's model and organism_seed", PersonaProbeError)
             OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
 
     @property

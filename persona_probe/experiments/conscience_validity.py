@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_probe.configs import refuse_fixed
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL
 
@@ -74,6 +75,8 @@ class ConscienceValidityConfig:
             raise PersonaProbeError(f"readers {bad or '[]'}: use some of {list(READER_NAMES)}")
         if self.per_domain < 1 or self.max_new_tokens < 1:
             raise PersonaProbeError("per_domain and max_new_tokens must be >= 1")
+        refuse_fixed(self.organism, ("model", "seed"), "organism",
+                     "the config's model and seed", PersonaProbeError)
         OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
         self.best_of_n_seeds = tuple(int(x) for x in self.best_of_n_seeds)
         if self.best_of_n:

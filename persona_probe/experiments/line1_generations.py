@@ -122,7 +122,7 @@ def run(cfg: Line1GenerationsConfig, runs: Path, out: Path, config_path: str = "
     # line 1's own draws: the same matching quantity, seed and count it used
     draws = matched_random_sets(
         null_matching_mass(sae, screen["mass_finetuned"], lc.get("null_match", "activation")),
-        chosen, cfg.null_draws, lc["null_seed"])
+        chosen, cfg.null_draws, lc["null_seed"], neighbours=lc.get("null_neighbours", 0))
     layer = int(sae.cfg.metadata.hook_name.split(".")[1])
     vec = Direction.load(line1_runs / "vector")
     judges = load_probe_judges([j.split(":")[1] for j in JUDGES])

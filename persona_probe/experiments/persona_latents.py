@@ -37,7 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_probe.configs import refuse_fixed
 from persona_probe.errors import PersonaProbeError
+from persona_probe.latent_screening import ScreeningConfig
 from persona_probe.models import DEFAULT_MODEL
 from persona_probe.stages import subject_identity
 
@@ -66,13 +68,18 @@ class PersonaLatentsConfig:
     eval_seeds: tuple[int, ...] = (4, 5, 6)   # 1-3 were the first run's (evil-line1 split)
     diff_per_domain: int = 8                 # diffing questions from each other domain
     diff_max_new_tokens: int = 48            # length of the base's answers to those questions
-    screening: dict[str, Any] = field(default_factory=dict)  # ScreeningConfig fields
+    # how candidates are screened and the set chosen (a JSON object of its fields in a file)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     null_draws: int = 100                    # random sets/directions per null (>= 100 unless tiny)
     null_seed: int = 2026                    # seed of those random draws
     # what random latent sets are matched on, decile by decile: activation (mean activation on
     # the finetune's selection tokens) | write (that × the finetuned decoder row's norm: the
     # mass an ablation removes; the same for unit-norm SAEs, not for a crosscoder)
     null_match: str = "activation"
+    # 0: each member of a random set is drawn from its chosen latent's decile of that quantity;
+    # k > 0: from the k latents nearest to it in that quantity's rank (deciles are coarse at the
+    # top, where screened latents sit)
+    null_neighbours: int = 0
     # latent sets ablated against their matched random null (the primary's set always is; the
     # naive top-Δ baseline's null costs 100 more measurements per evaluation seed)
     null_sets: tuple[str, ...] = LATENT_SETS
@@ -100,9 +107,10 @@ class PersonaLatentsConfig:
     tiny: bool = False      # smoke-sized (tests, notebooks): fewer seeds and draws, no claims
 
     def __post_init__(self) -> None:
-        from persona_probe.latent_screening import ScreeningConfig
+        from persona_probe.configs import coerce_nested
         from persona_probe.training.organism import OrganismConfig
 
+        coerce_nested(self, error=PersonaProbeError)
         self.eval_seeds = tuple(int(s) for s in self.eval_seeds)
         self.steer_alphas = tuple(float(a) for a in self.steer_alphas)
         self.vector_edits = tuple(self.vector_edits)
@@ -127,6 +135,8 @@ class PersonaLatentsConfig:
                                     f"{', '.join(NULL_MATCHING)}")
         if self.null_draws < 2:
             raise PersonaProbeError("null_draws must be >= 2")
+        if self.null_neighbours < 0:
+            raise PersonaProbeError("null_neighbours must be >= 0 (0: match by decile)")
         if self.steer_generations < 0:
             raise PersonaProbeError("steer_generations must be >= 0 (0: no generations)")
         if self.steer_generations:         # the generation settings matter only when sampled
@@ -162,7 +172,8 @@ class PersonaLatentsConfig:
         if self.primary not in rows:
             raise PersonaProbeError(f"primary {self.primary!r} names no row of the results; "
                                     f"use one of {rows}")
-        ScreeningConfig(**self.screening)
+        refuse_fixed(self.organism, ("model", "seed"), "organism",
+                     "the config's model and each organism's seed", PersonaProbeError)
         OrganismConfig.from_dict({**self.organism, "model": self.model}, "organism")
 
     @property
@@ -246,7 +257,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.interventions import ablate, reference_projection, shift, steer
     from persona_probe.latent_dictionaries import SAEDictionary
-    from persona_probe.latent_screening import (ScreeningConfig, matched_random_sets,
+    from persona_probe.latent_screening import (matched_random_sets,
                                                 null_matching_mass, screen_finetune)
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
@@ -348,7 +359,7 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     rows_base, _ = d_lat.rows(base, items)
 
     # 4. screening on the selection seed --------------------------------------------------------
-    scfg = ScreeningConfig(**cfg.screening)
+    scfg = cfg.screening
     stage("screening (selection seed)")
 
     def build_screen(d: Path) -> dict:
@@ -377,7 +388,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
         "screening": asdict(scfg)}, build_screen)
     latent_sets = {"causal screening": chosen["latents"], "top Δ": chosen["top_delta"]}
     null_mass = null_matching_mass(d_lat, chosen["mass_finetuned"], cfg.null_match)
-    nulls = {name: matched_random_sets(null_mass, lat, cfg.null_draws, cfg.null_seed)
+    nulls = {name: matched_random_sets(null_mass, lat, cfg.null_draws, cfg.null_seed,
+                                       neighbours=cfg.null_neighbours)
              for name, lat in latent_sets.items() if name in cfg.null_sets}
     random_dirs = [random_direction(base.d_model, every_layer, seed=cfg.null_seed + j,
                                     name=f"random{j}") for j in range(cfg.null_draws)
@@ -492,7 +504,8 @@ def run(cfg: PersonaLatentsConfig, runs: Path, out: Path, config_path: str = "",
     results = _aggregate(cfg, values, steer_vals, latent_sets, chosen, np, crossed_bootstrap,
                          bootstrap, base_null_vals)
     results["null_matching"] = null_matching_report(
-        d_lat, chosen["mass_finetuned"], latent_sets, nulls, cfg.null_match)
+        d_lat, chosen["mass_finetuned"], latent_sets, nulls, cfg.null_match,
+        cfg.null_neighbours)
     if generations is not None:
         results["steering_generations"] = _generation_summary(cfg, *generations, steer_vals,
                                                               len(ev_q))
@@ -533,11 +546,13 @@ def null_inputs(cfg: PersonaLatentsConfig) -> dict[str, Any]:
     return {"null_draws": cfg.null_draws, "null_seed": cfg.null_seed,
             "null_sets": list(cfg.null_sets),
             **({} if cfg.directional_null else {"directional_null": False}),
-            **({} if cfg.null_match == "activation" else {"null_match": cfg.null_match})}
+            **({} if cfg.null_match == "activation" else {"null_match": cfg.null_match}),
+            **({"null_neighbours": cfg.null_neighbours} if cfg.null_neighbours else {})}
 
 
 def null_matching_report(d_lat, mass_finetuned, sets: dict[str, list[int]],
-                         nulls: dict[str, list[list[int]]], match: str) -> dict:
+                         nulls: dict[str, list[list[int]]], match: str,
+                         neighbours: int = 0) -> dict:
     """How well the random sets match each chosen set on both quantities they could be matched
     on: summed mean activation, and summed write mass (activation × the finetuned decoder
     row's norm, what an ablation in the finetune removes). Deciles are coarse at the top, where
@@ -549,7 +564,7 @@ def null_matching_report(d_lat, mass_finetuned, sets: dict[str, list[int]],
 
     act = np.asarray(mass_finetuned, dtype=np.float64)
     write = null_matching_mass(d_lat, act, "write")
-    out: dict[str, Any] = {"match": match}
+    out: dict[str, Any] = {"match": match, **({"neighbours": neighbours} if neighbours else {})}
     for name, draws in nulls.items():
         row = {}
         for q, m in (("activation", act), ("write", write)):

@@ -233,8 +233,10 @@ def _plan_persona_latents(cfg: Any, plan: Plan) -> None:
     plan.add(f"screen-{label}",
              f"causal screening of {sae} latents ({cfg.screening or 'defaults'})")
     for seed in cfg.eval_seeds:
-        plan.add(f"eval-seed{seed}", f"edits vs {cfg.null_draws} matched nulls on the evaluation "
-                 f"questions; vector edits {', '.join(cfg.vector_edits)}"
+        match = (f"{cfg.null_match}, nearest {cfg.null_neighbours} in rank"
+                 if cfg.null_neighbours else f"{cfg.null_match} decile")
+        plan.add(f"eval-seed{seed}", f"edits vs {cfg.null_draws} matched nulls ({match}) on the "
+                 f"evaluation questions; vector edits {', '.join(cfg.vector_edits)}"
                  + ("" if cfg.directional_null else " (no random-direction null)"))
     if cfg.base_null:
         plan.add("base-null", f"the screened set's {cfg.null_draws} null draws ablated in the "

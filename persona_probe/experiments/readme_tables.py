@@ -242,13 +242,15 @@ def _null_matching_lines(res: dict) -> list[str]:
         return []
     out = []
     for name, row in nm.items():
-        if name == "match":
+        if name in ("match", "neighbours"):
             continue
         parts = [f"{q} {v['chosen']:.2f} vs the draws' median {v['null_median']:.2f} (5th–95th "
                  f"percentile {v['null_p5']:.2f}–{v['null_p95']:.2f}; "
                  f"{v['draws_at_or_above_chosen']} of {v['draws']} at or above)"
                  for q, v in row.items()]
-        out.append(f"**Null matching** (random sets matched by decile on *{nm['match']}*; "
+        how = (f"each latent by the {nm['neighbours']} latents nearest to it in rank"
+               if nm.get("neighbours") else "decile")
+        out.append(f"**Null matching** (random sets matched by {how} on *{nm['match']}*; "
                    f"summed over {name}'s latents): " + "; ".join(parts) + ". Write mass is "
                    "activation × the finetuned decoder row's norm, what the ablation removes.")
     return ["", *out]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persona_probe.configs import config_from_dict
+from persona_probe.configs import config_from_dict, refuse_fixed
 from persona_probe.errors import PersonaProbeError
 from persona_probe.models import DEFAULT_MODEL, Subject
 from persona_probe.training.finetune import FinetuneConfig, finetune_once
@@ -38,6 +38,11 @@ class InductionConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("organism", "em"):
             raise InductionError(f"kind {self.kind!r}; use 'organism' or 'em'")
+        refuse_fixed(self.organism, ("model", "seed"), "induce.organism",
+                     "induce's model and seed", InductionError)
+        for arm, fields in self.em.items():
+            refuse_fixed(fields, ("model", "seed"), f"induce.em.{arm}",
+                         "induce's model and seed", InductionError)
         if self.kind == "organism":
             self.organism_config()                 # fail on bad keys before any model loads
         else:
