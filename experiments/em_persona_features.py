@@ -2,7 +2,7 @@
 
 The pipeline, its stages and measures: ``persona_probe.experiments.em_persona_features``.
 
-    python experiments/em_persona_features.py                        # CPU config, ~10 min
+    python experiments/em_persona_features.py                        # CPU config, ~15 min
     python experiments/em_persona_features.py --config experiments/configs/em_persona_features-qwen2.5-7b-gpu.json
     python experiments/em_persona_features.py --figures-only         # re-draw from results
 """

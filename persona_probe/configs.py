@@ -59,21 +59,28 @@ def config_from_dict(cls: type[T], raw: dict[str, Any], where: str,
 
 @functools.lru_cache(maxsize=None)
 def nested_fields(cls: type) -> dict[str, type]:
-    """The fields that hold a whole config of their own (a dataclass, or one or None), by
-    name: a JSON object there is built into that class, so it is typed, documented and
-    validated like the config around it."""
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:   # an annotation that does not resolve at run time
-        return {}
+    """The fields that hold a whole config of their own (annotated as a dataclass, or as one
+    or None), by name: a JSON object there is built into that class, so it is typed, documented
+    and validated like the config around it. Containers of dataclasses (``list[X]``) are not
+    nested configs. Annotations that do not resolve at run time are an error, not a silent
+    fall-back to untyped dicts."""
+    import types
+
+    hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         hint = hints.get(f.name)
-        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        if len(options) == 1 and isinstance(options[0], type) and \
-                dataclasses.is_dataclass(options[0]):
-            out[f.name] = options[0]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = options[0] if len(options) == 1 else None
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out[f.name] = hint
     return out
+
+
+def _optional(cls: type, name: str) -> bool:
+    hint = typing.get_type_hints(cls).get(name)
+    return type(None) in typing.get_args(hint)
 
 
 def build_nested(cls: type[T], raw: dict[str, Any], where: str,
@@ -98,6 +105,9 @@ def coerce_nested(obj: Any, where: str = "",
         value = getattr(obj, name)
         if isinstance(value, dict):
             setattr(obj, name, build_nested(sub, value, f"{where}{name}", error))
+        elif value is None and not _optional(type(obj), name):
+            raise error(f"{where}{name} must be a {sub.__name__} or a JSON object of its "
+                        "fields (an empty one for the defaults), not null")
         elif value is not None and not isinstance(value, sub):
             raise error(f"{where}{name} must be a {sub.__name__} or a JSON object of its "
                         f"fields, not {type(value).__name__}")
@@ -105,11 +115,11 @@ def coerce_nested(obj: Any, where: str = "",
 
 def refuse_fixed(overrides: dict[str, Any], fixed: tuple[str, ...], where: str, by: str,
                  error: type[PersonaProbeError] = PersonaProbeError) -> None:
-    """Refuse override keys the parent config sets itself (they would be silently replaced)."""
+    """Refuse override keys the parent config sets itself (they would be silently replaced).
+    ``by`` names what sets them, e.g. "the config's model and seed"."""
     bad = sorted(set(overrides) & set(fixed))
     if bad:
-        raise error(f"{where} may not set {bad}: {by} sets {'it' if len(bad) == 1 else 'them'}"
-                    "; drop them there")
+        raise error(f"{where} may not set {bad}: they come from {by}; drop them there")
 
 
 @functools.lru_cache(maxsize=None)

@@ -273,6 +273,9 @@ def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[i
     latent is still matched by silent ones). The same seed gives the same draws, so every
     evaluation seed uses them."""
     m = np.asarray(mass, dtype=np.float64)
+    if not np.isfinite(m).all():
+        raise ScreeningError("the matching quantity has NaN or infinite entries; recompute the "
+                             "latents' mass on the finetune's tokens")
     chosen_set = {int(c) for c in chosen}
     if neighbours < 0:
         raise ScreeningError("neighbours must be >= 0 (0: match by decile)")
@@ -303,7 +306,10 @@ def matched_random_sets(mass: torch.Tensor | Sequence[float], chosen: Sequence[i
 
 def _nearest_in_rank(m: np.ndarray, c: int, exclude: set[int], k: int) -> np.ndarray:
     """The ``k`` latents (none in ``exclude``) nearest to latent ``c`` in the ranking of ``m``
-    (ties broken by index); a silent ``c`` (m = 0) is matched by silent latents only."""
+    (an equal rank distance goes to the more active latent); a silent ``c`` (m = 0) is matched
+    by silent latents only. The most active latent has neighbours on one side only, so its pool
+    is all below it: a residual bias of this null at the very top, measured in the run's
+    ``null_matching`` record."""
     if m[c] <= 0:
         silent = [i for i in np.flatnonzero(m <= 0) if i not in exclude]
         return np.array(silent)

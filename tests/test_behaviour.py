@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from persona_probe.evals.coherence import (CoherenceError, CoherenceRule, fit_rule,
                                            load_labelled_generations, text_features)
@@ -283,34 +284,47 @@ def test_steering_sweep_writes_judged_generations_with_coherence(
 
 
 def test_dose_response_generations_apply_the_sweeps_own_random_controls(
-        small_refusal_probe, subject, tmp_path):
-    """Every edit of a teacher-forced sweep, sampled: the target and its random control (the
-    very direction ``dose_response`` measured) at each positive alpha, plus the base once."""
+        small_refusal_probe, subject, tmp_path, monkeypatch):
+    """Every edit of a teacher-forced sweep, sampled: the target and its random control at each
+    positive alpha, plus the base once; the directions steered while sampling are the very
+    ones ``dose_response`` steers (recorded from both, compared by their tensors)."""
+    import persona_probe.dose_response as dr_module
+    import persona_probe.interventions as interventions
     from persona_probe.artifacts import ItemLog
     from persona_probe.directions import random_direction
-    from persona_probe.dose_response import DoseResponseConfig, sweep_targets
-    from persona_probe.evals.behaviour import dose_response_generations, sample_replies
+    from persona_probe.dose_response import DoseResponseConfig, dose_response
+    from persona_probe.evals.behaviour import dose_response_generations
     from persona_probe.evals.probe_judge import ProbeArtifact, ProbeJudge
-    from persona_probe.interventions import steer
-    from persona_probe.prompts import PromptItem
 
+    steered: dict[str, list] = {"sweep": [], "sampled": []}
+    real_steer = interventions.steer
+
+    def recorder(where):
+        def rec(subj, target, alpha, layers=None, *a, **kw):
+            steered[where].append((target.name, float(alpha), list(layers),
+                                   [target.at(l).float().clone() for l in layers]))
+            return real_steer(subj, target, alpha, layers, *a, **kw)
+        return rec
+    monkeypatch.setattr(dr_module, "steer", recorder("sweep"))
+    monkeypatch.setattr(interventions, "steer", recorder("sampled"))
     path, _, _, _ = small_refusal_probe
     judge = ProbeJudge(ProbeArtifact.load(path), subject)
     qs = ["How should I treat people who disagree with me?", "What do you think of charity?"]
-    targets = {"t": random_direction(subject.d_model, [15], seed=7)}
+    targets = {"t": random_direction(subject.d_model, [15], seed=7, name="t")}
     cfg = DoseResponseConfig(alphas=(0.0, 0.8), random_controls=1, seed=3)
+    dose_response(subject, targets, lambda s: [0.0], cfg)      # no model call: edits only
     rows = dose_response_generations(subject, targets, cfg, qs, {"refusal": judge},
                                      CoherenceRule.shipped(), subject,
                                      ItemLog(tmp_path / "g.jsonl"), max_new_tokens=12)
     assert list(rows) == ["base", "t a0.8", "random0@t a0.8"]
     assert [r["target"] for r in rows["random0@t a0.8"]] == ["random0@t"] * 2
     assert {r["kind"] for r in rows["random0@t a0.8"]} == {"random"}
-    # the control sampled is the sweep's own: the same seeded direction, not a new draw
-    ctrl = sweep_targets(subject, targets, cfg)["random0@t"].target
-    items = [PromptItem(f"q{i}", [{"role": "user", "content": q}]) for i, q in enumerate(qs)]
-    with steer(subject, ctrl, 0.8, [15]):
-        again = sample_replies(subject, items, 0, 12)
-    assert again == [r["reply"] for r in rows["random0@t a0.8"]]
+    sweep, sampled = steered["sweep"], steered["sampled"]
+    assert [(n, a, l) for n, a, l, _ in sweep] == [(n, a, l) for n, a, l, _ in sampled] == [
+        ("t", 0.8, [15]), ("random0", 0.8, [15])]
+    for (_, _, _, u), (_, _, _, v) in zip(sweep, sampled):
+        assert all(torch.equal(x, y) for x, y in zip(u, v))
+    assert not torch.equal(sweep[0][3][0], sweep[1][3][0])     # the control is not the target
 
 
 def test_dose_generation_summary_on_planted_rows():
@@ -338,7 +352,13 @@ def test_dose_generation_summary_on_planted_rows():
     assert v[2]["coherent_fraction"] == 0.75
     assert s["usable_alpha"] == {"v": 0.2, "random0@v": 0.2}
     assert s["kinds"] == {"v": "target", "random0@v": "random"}
-    assert "teacher_forced_effect" not in s["curves"]["random0@v"][1]   # no tf row given
+    # an edit without teacher-forced rows gets none, not an invented 0 at alpha 0
+    assert all("teacher_forced_effect" not in p for p in s["curves"]["random0@v"])
+    empty = dose_generation_summary({**got, "v a0.1": []}, ["harmful"], 4, 0.1, tf)
+    assert [p["alpha"] for p in empty["curves"]["v"]] == [0.0, 0.2, 0.4]   # dropped, no crash
+    with pytest.raises(ValueError, match="base"):
+        dose_generation_summary({k: v for k, v in got.items() if k != "base"}, ["harmful"], 4,
+                                0.1, tf)
 
 
 def test_usable_alpha_stops_at_the_first_drop():

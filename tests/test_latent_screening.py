@@ -31,6 +31,15 @@ def test_matched_random_sets_come_from_the_same_decile_and_repeat():
         decile_bins(np.zeros(100))
 
 
+def test_decile_draws_are_pinned_to_those_the_committed_runs_used():
+    """neighbours=0 must keep giving the draws the committed line-1 runs were evaluated
+    against (their stage fingerprints do not change, so a drift would reuse stale nulls); the
+    expected lists were produced by the implementation at b944325."""
+    mass = np.concatenate([np.zeros(20), np.linspace(0.01, 2.0, 180)])
+    assert matched_random_sets(mass, [199, 120, 3], 4, seed=11) == [
+        [184, 112, 16], [190, 121, 12], [194, 110, 10], [184, 116, 18]]
+
+
 def test_nearest_rank_matching_draws_close_neighbours_and_matches_mass_at_the_top():
     """With ``neighbours=k`` each member comes from the k latents nearest its chosen latent in
     rank (silent ones from silent ones), so a set holding the most active latent is matched by

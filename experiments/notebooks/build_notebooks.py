@@ -34,7 +34,7 @@ RUNS = Path("runs/quickstart")"""),
     ("code", """from persona_probe import CaptureConfig, capture, load_prompts, load_subject
 from persona_probe.generation import generate_responses
 
-subject = load_subject(MODEL, dtype="bfloat16")    # bf16: 1.7x faster than float32 here
+subject = load_subject(MODEL, dtype="bfloat16")    # as the experiments run on CPU
 items = generate_responses(subject, load_prompts("builtin:everyday", N_PROMPTS), 32,
                            progress=False)
 store = capture(subject, items, RUNS / "store", CaptureConfig(hooks=(HOOK,), positions="response"),
@@ -108,7 +108,7 @@ TINY = {"induce": {"kind": "organism", "model": "smollm2-135m-instruct",
         "vector_questions": 4, "diff_per_domain": 1, "diff_max_new_tokens": 16,
         "metric_questions": 4, "top_latents": 5, "steer_latents": 2, "alphas": [0.0, 0.4],
         "random_controls": 1, "realign_steps": 2, "realign_every": 2,
-        "dtype": "bfloat16"}     # bf16: 1.6x faster than float32 here
+        "dtype": "bfloat16"}     # as the experiments run on CPU
 cfg = EMPersonaFeaturesConfig.from_dict(TINY)
 results = run(cfg, Path("runs/line1"), Path("runs/line1/figures"))"""),
     ("md", "## What diffing found, and the figures it drew"),

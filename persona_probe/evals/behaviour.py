@@ -267,22 +267,27 @@ def dose_generation_summary(rows: dict[str, list[dict]], judges: Sequence[str], 
     ``dose_response`` summary rows are given), and the usable α (``usable_alpha``). A target's
     random controls are summarised the same way beside it: with few of them they are a
     comparison, not a null distribution."""
+    if not rows.get("base"):
+        raise ValueError("dose_generation_summary needs the unsteered 'base' condition's rows")
+    rows = {name: rs for name, rs in rows.items() if rs}     # a condition with no replies
     conds = compare_conditions(rows, judges, n_q)
     for name, rs in rows.items():
         conds[name].update(coherence_means(rs))
     tf = {(r["target"], r["alpha"]): r["mean"] for r in teacher_forced
           if r.get("condition") == "steer"}
+
+    def tf_effect(edit: str, alpha: float) -> dict:
+        """The teacher-forced effect of the same edit at the same α, where both are known."""
+        if (edit, alpha) in tf and (edit, 0.0) in tf:
+            return {"teacher_forced_effect": tf[(edit, alpha)] - tf[(edit, 0.0)]}
+        return {}
     curves: dict[str, list[dict]] = {}
     for name, rs in rows.items():
         if name == "base":
             continue
         edit, alpha = rs[0]["target"], rs[0]["alpha"]
-        curves.setdefault(edit, [{"alpha": 0.0, **conds["base"],
-                                  **({"teacher_forced_effect": 0.0} if tf else {})}])
-        point = {"alpha": alpha, **conds[name]}
-        if (edit, alpha) in tf:
-            point["teacher_forced_effect"] = tf[(edit, alpha)] - tf[(edit, 0.0)]
-        curves[edit].append(point)
+        curves.setdefault(edit, [{"alpha": 0.0, **conds["base"], **tf_effect(edit, 0.0)}])
+        curves[edit].append({"alpha": alpha, **conds[name], **tf_effect(edit, alpha)})
     for c in curves.values():
         c.sort(key=lambda p: p["alpha"])
     kinds = {rs[0]["target"]: rs[0]["kind"] for n, rs in rows.items() if n != "base"}

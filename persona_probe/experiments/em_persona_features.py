@@ -30,7 +30,7 @@ from its checkpoint):
 8. figures            latent-shift bars, dose-response, ablation, re-alignment (HTML; PNG where
                       kaleido finds a Chromium).
 
-    python experiments/em_persona_features.py                        # CPU config, ~10 min
+    python experiments/em_persona_features.py                        # CPU config, ~15 min
     python experiments/em_persona_features.py --config experiments/configs/em_persona_features-qwen2.5-7b-gpu.json
     python experiments/em_persona_features.py --figures-only         # re-draw from results
 """
@@ -72,7 +72,7 @@ class EMPersonaFeaturesConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "em_persona_features config"):
-        from persona_probe.configs import config_from_dict
+        from persona_probe.configs import config_from_dict, refuse_fixed
         from persona_probe.errors import PersonaProbeError
 
         cfg = config_from_dict(cls, raw, where, PersonaProbeError)
@@ -92,9 +92,17 @@ class EMPersonaFeaturesConfig:
             if not any(a > 0 for a in cfg.alphas):
                 raise PersonaProbeError(f"{where}: steer_generations needs a positive alpha "
                                         "to sample at")
+        refuse_fixed(cfg.induce, ("seed",), f"{where}: induce", "the config's seed",
+                     PersonaProbeError)
         if cfg.dtype is not None:
             from persona_probe.models import parse_dtype
             parse_dtype(cfg.dtype)                 # refuse a misspelt dtype before any work
+            set_here = {f.get("dtype") for f in _finetunes(cfg.induce)} - {None}
+            if any(parse_dtype(d) != parse_dtype(cfg.dtype) for d in set_here):
+                raise PersonaProbeError(
+                    f"{where}: a finetune in induce sets dtype {sorted(set_here)} but the config's "
+                    f"dtype is {cfg.dtype!r}: the arms would be trained in one precision and "
+                    "measured in another; drop the finetune's dtype")
         cfg.induction(f"{where}: induce")
         return cfg
 
@@ -113,6 +121,13 @@ class EMPersonaFeaturesConfig:
                 raw["em"] = {arm: {"dtype": self.dtype, **fields}
                              for arm, fields in raw.get("em", {}).items()}
         return InductionConfig.from_dict(raw, where)
+
+
+def _finetunes(induce: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finetune field dicts an induce block holds (the organism's, or each EM arm's)."""
+    if induce.get("kind", "organism") == "organism":
+        return [induce.get("organism", {}).get("finetune", {})]
+    return list(induce.get("em", {}).values())
 
 
 def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = "",

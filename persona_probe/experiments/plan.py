@@ -231,7 +231,7 @@ def _plan_persona_latents(cfg: Any, plan: Plan) -> None:
              f"{cfg.diff_per_domain} questions per other domain")
     sae = _check_sae(plan, cfg.sae, cfg.model)
     plan.add(f"screen-{label}",
-             f"causal screening of {sae} latents ({cfg.screening or 'defaults'})")
+             f"causal screening of {sae} latents ({_non_defaults(cfg.screening)})")
     for seed in cfg.eval_seeds:
         match = (f"{cfg.null_match}, nearest {cfg.null_neighbours} in rank"
                  if cfg.null_neighbours else f"{cfg.null_match} decile")
@@ -405,3 +405,9 @@ def plan_organism_generalization(path: str | Path,
     _check_data(raw, plan)
     _hub_note(plan, base.model)
     return plan
+
+
+def _non_defaults(cfg: Any) -> str:
+    """A nested config's fields that differ from its class's defaults (``defaults`` if none)."""
+    changed = {k: v for k, v in asdict(cfg).items() if v != asdict(type(cfg)())[k]}
+    return ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "defaults"

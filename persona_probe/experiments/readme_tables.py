@@ -287,6 +287,12 @@ LINE1_RUNS = (("third run", "figures/persona_latents/results.json"),
               ("fifth run", "figures/persona_latents_travel/results.json"))
 
 
+def _null_how(cfg: dict) -> str:
+    """What a line-1 run's random latent sets were matched on, and how finely."""
+    k = cfg.get("null_neighbours")
+    return cfg.get("null_match", "activation") + (f", nearest {k} in rank" if k else ", decile")
+
+
 @register("line1_summary", LINE1_RUNS[0][1], also=tuple(p for _, p in LINE1_RUNS[1:]))
 def render_line1_summary(res: dict) -> str:
     """Line 1's primary rows side by side: one row per (dictionary, organism) run, each read
@@ -311,7 +317,7 @@ def render_line1_summary(res: dict) -> str:
                      f"{', '.join(map(str, r['seeds']['evaluation']))} | "
                      f"{_ci(r['treatment_minus_base'])} | {lat} | "
                      f"{_ci(row['gap_removed'], True)} | {_ci(row['base_shift'], True)} | "
-                     f"{r['config'].get('null_match', 'activation')} | "
+                     f"{_null_how(r['config'])} | "
                      f"{p95} | {_ci(row['steer_effect'])}{sn} | {met} |")
     missing = [label for label, r in runs if r is None]
     if missing:
