@@ -282,9 +282,17 @@ def render_persona_latents_travel(res: dict) -> str:
     return render_persona_latents(res)
 
 
+@register("persona_latents_travel_nearest",
+          "figures/persona_latents_travel_nearest/results.json")
+def render_persona_latents_travel_nearest(res: dict) -> str:
+    """The sixth line-1 run: the fifth run against a nearest-rank matched null."""
+    return render_persona_latents(res)
+
+
 LINE1_RUNS = (("third run", "figures/persona_latents/results.json"),
               ("fourth run", "figures/persona_latents_crosscoder/results.json"),
-              ("fifth run", "figures/persona_latents_travel/results.json"))
+              ("fifth run", "figures/persona_latents_travel/results.json"),
+              ("sixth run", "figures/persona_latents_travel_nearest/results.json"))
 
 
 def _null_how(cfg: dict) -> str:
