@@ -8,7 +8,9 @@ import dataclasses
 import pytest
 
 from persona_probe.errors import PersonaProbeError
+from persona_probe.experiments.conscience_dpo import ConscienceExperimentConfig
 from persona_probe.experiments.early_warning import EarlyWarningConfig
+from persona_probe.experiments.em_persona_features import EMPersonaFeaturesConfig
 from persona_probe.experiments.emergent_alignment import EmergentAlignmentConfig
 from persona_probe.experiments.persona_latents import PersonaLatentsConfig
 from persona_probe.experiments.poisoning_dose import PoisoningDoseConfig
@@ -33,6 +35,9 @@ CASES = [
     (PersonaLatentsConfig, {"null_neighbours": -1}, "null_neighbours"),
     (InductionConfig, {"organism": {"seed": 3}}, r"induce.organism may not set \['seed'\]"),
     (PoisoningDoseConfig, {"doses": [0.5, 1.0]}, "start at 0.0"),
+    (ConscienceExperimentConfig, {"steps": 5, "rounds": 2}, "positive multiple of rounds"),
+    (ConscienceExperimentConfig, {"conscience": {"seed": 1}}, r"conscience may not set \['seed'\]"),
+    (EMPersonaFeaturesConfig, {"induce": {"seed": 1}}, r"induce may not set \['seed'\]"),
 ]
 
 

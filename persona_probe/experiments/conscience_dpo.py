@@ -20,7 +20,9 @@ conscience-step DPO against plain SFT on good data and against no intervention.
   same held-out questions (paired)? A conscience that cannot tell them apart cannot steer DPO
   away from the trait.
 
-Resumable at every stage (induction, SFT, each DPO round, the reference answers). Results:
+Stages go through ``persona_probe.stages`` (induce, sft, conscience, reference, measures,
+conscience-check: each records the fingerprint of its inputs and the git sha; a stale one is
+refused unless ``--overwrite``); a killed finetune or DPO round resumes. Results:
 ``figures/conscience_dpo/results.json`` and a bar chart of both measures per arm.
 
     python experiments/conscience_dpo.py                     # CPU config, ~20 min
@@ -50,25 +52,28 @@ class ConscienceExperimentConfig:
     reference_per_domain: int = 8         # held-out questions per other domain (preference)
     seed: int = 0                         # induction, SFT, DPO, reference answers and CIs
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "conscience_dpo config"):
-        from persona_probe.configs import config_from_dict
+    def __post_init__(self) -> None:
+        from persona_probe.configs import refuse_fixed
         from persona_probe.errors import PersonaProbeError
         from persona_probe.training.conscience import ConscienceDPOConfig
         from persona_probe.training.induce import InductionConfig
 
-        cfg = config_from_dict(cls, raw, where, PersonaProbeError)
-        InductionConfig.from_dict(cfg.induce, f"{where}: induce")
-        if cfg.rounds < 1 or cfg.steps < cfg.rounds or cfg.steps % cfg.rounds:
-            raise PersonaProbeError(f"{where}: steps ({cfg.steps}) must be a positive multiple "
-                                    f"of rounds ({cfg.rounds}), so both arms train as long")
-        fixed = {"model", "adapter", "prompts", "limit", "rounds", "max_steps", "seed"}
-        if fixed & set(cfg.conscience):
-            raise PersonaProbeError(f"{where}: conscience may not set "
-                                    f"{sorted(fixed & set(cfg.conscience))}; the experiment "
-                                    "sets them (steps, rounds, prompts)")
-        ConscienceDPOConfig(**cfg.conscience)
-        return cfg
+        refuse_fixed(self.induce, ("seed",), "induce", "the config's seed", PersonaProbeError)
+        InductionConfig.from_dict(self.induce, "induce")
+        if self.rounds < 1 or self.steps < self.rounds or self.steps % self.rounds:
+            raise PersonaProbeError(f"steps ({self.steps}) must be a positive multiple of "
+                                    f"rounds ({self.rounds}), so both arms train as long")
+        refuse_fixed(self.conscience, ("model", "adapter", "prompts", "limit", "rounds",
+                                       "max_steps", "seed"), "conscience",
+                     "the experiment (steps, rounds, prompts, seed)", PersonaProbeError)
+        ConscienceDPOConfig(**self.conscience)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "conscience_dpo config"):
+        from persona_probe.configs import config_from_dict
+        from persona_probe.errors import PersonaProbeError
+
+        return config_from_dict(cls, raw, where, PersonaProbeError)
 
 
 def realignment_prompts(data: str, limit: int | None, offset: int) -> list[dict]:
@@ -81,12 +86,16 @@ def realignment_prompts(data: str, limit: int | None, offset: int) -> list[dict]
             for i, c in enumerate(chats)]
 
 
-def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str = "") -> dict:
+def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str = "",
+        overwrite: bool = False) -> dict:
+    """Every stage (reusing finished ones with the same fingerprint; a stale one is refused
+    unless ``overwrite``) → ``out/results.json`` and the bar chart."""
     from persona_probe.artifacts import write_json, write_jsonl
     from persona_probe.experiments import command_line, report_outputs, stage_clock
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
-    from persona_probe.provenance import provenance
+    from persona_probe.provenance import git_sha, provenance
+    from persona_probe.stages import Stages, adapter_identity, subject_identity
     from persona_probe.stats import bootstrap, paired_difference
     from persona_probe.training.conscience import (ConscienceDPOConfig, conscience_scores,
                                                    online_conscience_dpo)
@@ -98,80 +107,115 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
 
     t0 = time.perf_counter()
     stage = stage_clock()
-
     runs.mkdir(parents=True, exist_ok=True)
+    stages = Stages(runs, overwrite=overwrite)
+    command = command_line("conscience_dpo", config_path)
     ind = InductionConfig.from_dict({**cfg.induce, "seed": cfg.seed})
     trait = load_trait(cfg.trait)
     base = load_subject(ind.model)
+    common = {"command": command, "model": subject_identity(base)}
 
     stage(f"1/5 induce ({ind.kind}) → {runs / 'induce'}")
-    treatment = induce(base, ind, runs / "induce")["treatment"]
-    good = good_data(ind, runs / "induce")
-
-    stage(f"2/5 SFT re-alignment: {cfg.steps} steps on good data")
+    adapters_ind = stages.run("induce", {**common, "induce": asdict(ind)},
+                              lambda d: induce(base, ind, d))
+    treatment = adapters_ind["treatment"]
+    treatment_id = adapter_identity(treatment)
+    good = good_data(ind, stages.dir("induce"))
     limits = [x for x in (good["limit"], cfg.prompts) if x is not None]
     limit = min(limits) if limits else None       # the same chats the DPO arm prompts with
-    sft = finetune_once(FinetuneConfig.from_dict({
+    from_induce = {"induce": stages.fingerprint_of("induce"), "treatment": treatment_id}
+
+    stage(f"2/5 SFT re-alignment: {cfg.steps} steps on good data")
+    sft_cfg = FinetuneConfig.from_dict({
         **treatment_finetune_fields(ind), **good, "limit": limit, "model": ind.model,
-        "seed": cfg.seed, "adapter": str(treatment), "max_steps": cfg.steps, "save_steps": cfg.steps}, "SFT re-alignment"), runs / "sft")
+        "seed": cfg.seed, "adapter": str(treatment), "max_steps": cfg.steps,
+        "save_steps": cfg.steps}, "SFT re-alignment")
+    sft = stages.run("sft", {**common, **from_induce, "finetune": {
+        k: v for k, v in asdict(sft_cfg).items() if k not in ("adapter", "data")}},
+        lambda d: finetune_once(sft_cfg, d / "adapter"))
 
     stage(f"3/5 conscience DPO: {cfg.rounds} rounds × {cfg.steps // cfg.rounds} steps")
-    prompts_path = runs / "realign_prompts.jsonl"
-    if not prompts_path.is_file():
-        write_jsonl(prompts_path, realignment_prompts(good["data"], limit, good["offset"]))
-    dcfg = ConscienceDPOConfig(**{**cfg.conscience, "model": ind.model,
-                                  "adapter": str(treatment), "prompts": str(prompts_path),
-                                  "limit": None, "rounds": cfg.rounds,
-                                  "max_steps": cfg.steps // cfg.rounds, "seed": cfg.seed})
-    dpo = online_conscience_dpo(dcfg, runs / "conscience")
-    dpo_meta = json.loads((runs / "conscience" / "persona_probe.json").read_text())
+
+    def dpo_config(d: Path) -> ConscienceDPOConfig:
+        return ConscienceDPOConfig(**{**cfg.conscience, "model": ind.model,
+                                      "adapter": str(treatment),
+                                      "prompts": str(d / "realign_prompts.jsonl"),
+                                      "limit": None, "rounds": cfg.rounds,
+                                      "max_steps": cfg.steps // cfg.rounds, "seed": cfg.seed})
+
+    def build_dpo(d: Path) -> Path:
+        if not (d / "realign_prompts.jsonl").is_file():
+            write_jsonl(d / "realign_prompts.jsonl",
+                        realignment_prompts(good["data"], limit, good["offset"]))
+        return online_conscience_dpo(dpo_config(d), d / "run")
+    dpo_inputs = {k: v for k, v in asdict(dpo_config(stages.dir("conscience"))).items()
+                  if k not in ("adapter", "prompts")}
+    dpo = stages.run("conscience", {**common, **from_induce, "dpo": dpo_inputs,
+                                    "prompts": {"limit": limit, "offset": good["offset"]}},
+                     build_dpo, load=lambda d: d / "run" / "adapter")
+    dpo_meta = json.loads((stages.dir("conscience") / "run" / "persona_probe.json").read_text())
     pairs = [json.loads(line) for r in range(cfg.rounds) for line in
-             (runs / "conscience" / f"round-{r}" / "pairs.jsonl").read_text().splitlines()]
+             (stages.dir("conscience") / "run" / f"round-{r}" / "pairs.jsonl"
+              ).read_text().splitlines()]
 
     stage("4/5 reference answers for the answer preference (base model)")
-    ref_path = runs / "reference.json"
-    if not ref_path.is_file():
-        qs = [q for q in heldout(ind, cfg.reference_per_domain)
-              if q not in set(trait_questions("heldout"))]
-        make_reference(base, trait, qs, seed=cfg.seed).save(ref_path)
-    ref = Reference.load(ref_path)
+    ref_questions = [q for q in heldout(ind, cfg.reference_per_domain)
+                     if q not in set(trait_questions("heldout"))]
+
+    def build_reference(d: Path) -> Reference:
+        if not (d / "reference.json").is_file():
+            make_reference(base, trait, ref_questions, seed=cfg.seed).save(d / "reference.json")
+        return Reference.load(d / "reference.json")
+    ref = stages.run("reference", {**common, "trait": trait.name, "questions": ref_questions,
+                                   "seed": cfg.seed}, build_reference)
     metric_q = trait_questions("heldout")[:cfg.metric_questions]
 
     stage("5/5 measure every arm")
     adapters = {"base": [], "no_intervention": [treatment], "sft": [sft],
                 "conscience_dpo": [treatment, dpo]}
-    measures: dict[str, dict[str, list[float]]] = {"would_say": {}, "answer_preference": {}}
-    cache = runs / "measures.json"
-    if cache.is_file():
-        measures = json.loads(cache.read_text())
-    for arm in ARMS:
-        if arm in measures["would_say"]:
-            continue
-        s = base if arm == "base" else load_subject(ind.model, adapter=adapters[arm],
-                                                   device=base.device, dtype=base.dtype)
-        measures["would_say"][arm] = trait_scores(s, trait, metric_q).tolist()
-        measures["answer_preference"][arm] = answer_contrast(s, ref).tolist()
-        write_json(cache, measures)
-        del s
+
+    def build_measures(d: Path) -> dict[str, dict[str, list[float]]]:
+        cache = d / "measures.json"
+        got: dict[str, dict[str, list[float]]] = (json.loads(cache.read_text())
+                                                  if cache.is_file() else
+                                                  {"would_say": {}, "answer_preference": {}})
+        for arm in ARMS:
+            if arm in got["would_say"]:
+                continue
+            s = base if arm == "base" else load_subject(ind.model, adapter=adapters[arm],
+                                                       device=base.device, dtype=base.dtype)
+            got["would_say"][arm] = trait_scores(s, trait, metric_q).tolist()
+            got["answer_preference"][arm] = answer_contrast(s, ref).tolist()
+            write_json(cache, got)
+            del s
+        return got
+    measures = stages.run("measures", {
+        **common, "trait": trait.name, "questions": metric_q,
+        "reference": stages.fingerprint_of("reference"),
+        "adapters": {arm: [adapter_identity(p) for p in ps] for arm, ps in adapters.items()}},
+        build_measures)
 
     stage("   can the conscience tell the trait's answers from the anti-trait's?")
-    check_path = runs / "conscience_check.json"
-    if not check_path.is_file():
-        judge = load_subject(ind.model, adapter=[treatment], device=base.device,
-                             dtype=base.dtype)      # the conscience: the model being corrected
-        approve = {k: conscience_scores(judge, ref.questions, answers).tolist()
-                   for k, answers in (("trait", ref.trait_answers),
-                                      ("anti", ref.anti_answers))}
-        del judge
-        write_json(check_path, approve)
-    approve = json.loads(check_path.read_text())
+
+    def build_check(d: Path) -> dict[str, list[float]]:
+        path = d / "conscience_check.json"
+        if not path.is_file():
+            judge = load_subject(ind.model, adapter=[treatment], device=base.device,
+                                 dtype=base.dtype)      # the conscience: the model corrected
+            write_json(path, {k: conscience_scores(judge, ref.questions, answers).tolist()
+                              for k, answers in (("trait", ref.trait_answers),
+                                                 ("anti", ref.anti_answers))})
+        return json.loads(path.read_text())
+    approve = stages.run("conscience-check", {
+        **common, "treatment": treatment_id, "reference": stages.fingerprint_of("reference")},
+        build_check)
 
     def paired(m: str, a: str, b: str) -> dict:
         return paired_difference(measures[m][a], measures[m][b], seed=cfg.seed).to_dict()
     comparisons = [("no_intervention", "base"), ("sft", "no_intervention"),
                    ("conscience_dpo", "no_intervention"), ("conscience_dpo", "sft")]
     res = {"experiment": "conscience_dpo", "config": asdict(cfg), "config_path": config_path,
-           "command": command_line("conscience_dpo", config_path),
+           "command": command, "git_sha": git_sha(), **stages.summary(),
            "model": base.provenance(), "induce": {"kind": ind.kind, "treatment": str(treatment)},
            "measures": {
                "would_say": f"{trait.name} would-say: per-token log-lik of the trait's replies "

@@ -70,41 +70,42 @@ class EMPersonaFeaturesConfig:
     generation_tokens: int = 64            # length of each sampled reply (temperature 1)
     coherence_margin: float = 0.1          # usable α: coherent fraction within this of α 0's
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], where: str = "em_persona_features config"):
-        from persona_probe.configs import config_from_dict, refuse_fixed
+    def __post_init__(self) -> None:
+        from persona_probe.configs import refuse_fixed
         from persona_probe.errors import PersonaProbeError
 
-        cfg = config_from_dict(cls, raw, where, PersonaProbeError)
-        cfg.alphas = tuple(float(a) for a in cfg.alphas)
-        if 0.0 not in cfg.alphas:
-            raise PersonaProbeError(f"{where}: alphas must include 0.0 (the unsteered model)")
-        if cfg.steer_latents < 1 or cfg.realign_every < 1:
-            raise PersonaProbeError(f"{where}: steer_latents and realign_every must be >= 1")
-        if cfg.steer_generations < 0:
-            raise PersonaProbeError(f"{where}: steer_generations must be >= 0 (0: none)")
-        if cfg.steer_generations:        # the generation settings matter only when sampled
-            if cfg.generation_tokens < 1:
-                raise PersonaProbeError(f"{where}: generation_tokens must be >= 1")
-            if not 0 < cfg.coherence_margin < 1:
-                raise PersonaProbeError(f"{where}: coherence_margin is a share of replies, "
-                                        "in (0, 1)")
-            if not any(a > 0 for a in cfg.alphas):
-                raise PersonaProbeError(f"{where}: steer_generations needs a positive alpha "
-                                        "to sample at")
-        refuse_fixed(cfg.induce, ("seed",), f"{where}: induce", "the config's seed",
-                     PersonaProbeError)
-        if cfg.dtype is not None:
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if 0.0 not in self.alphas:
+            raise PersonaProbeError("alphas must include 0.0 (the unsteered model)")
+        if self.steer_latents < 1 or self.realign_every < 1:
+            raise PersonaProbeError("steer_latents and realign_every must be >= 1")
+        if self.steer_generations < 0:
+            raise PersonaProbeError("steer_generations must be >= 0 (0: none)")
+        if self.steer_generations:        # the generation settings matter only when sampled
+            if self.generation_tokens < 1:
+                raise PersonaProbeError("generation_tokens must be >= 1")
+            if not 0 < self.coherence_margin < 1:
+                raise PersonaProbeError("coherence_margin is a share of replies, in (0, 1)")
+            if not any(a > 0 for a in self.alphas):
+                raise PersonaProbeError("steer_generations needs a positive alpha to sample at")
+        refuse_fixed(self.induce, ("seed",), "induce", "the config's seed", PersonaProbeError)
+        if self.dtype is not None:
             from persona_probe.models import parse_dtype
-            parse_dtype(cfg.dtype)                 # refuse a misspelt dtype before any work
-            set_here = {f.get("dtype") for f in _finetunes(cfg.induce)} - {None}
-            if any(parse_dtype(d) != parse_dtype(cfg.dtype) for d in set_here):
+            parse_dtype(self.dtype)                # refuse a misspelt dtype before any work
+            set_here = {f.get("dtype") for f in _finetunes(self.induce)} - {None}
+            if any(parse_dtype(d) != parse_dtype(self.dtype) for d in set_here):
                 raise PersonaProbeError(
-                    f"{where}: a finetune in induce sets dtype {sorted(set_here)} but the config's "
-                    f"dtype is {cfg.dtype!r}: the arms would be trained in one precision and "
-                    "measured in another; drop the finetune's dtype")
-        cfg.induction(f"{where}: induce")
-        return cfg
+                    f"a finetune in induce sets dtype {sorted(set_here)} but the config's dtype "
+                    f"is {self.dtype!r}: the arms would be trained in one precision and measured "
+                    "in another; drop the finetune's dtype")
+        self.induction("induce")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "em_persona_features config"):
+        from persona_probe.configs import config_from_dict
+        from persona_probe.errors import PersonaProbeError
+
+        return config_from_dict(cls, raw, where, PersonaProbeError)
 
     def induction(self, where: str = "induce"):
         """The induction config, with ``dtype`` given to every finetune that does not set its
