@@ -95,13 +95,14 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
     from persona_probe.likelihood import trait_scores
     from persona_probe.models import load_subject
     from persona_probe.provenance import git_sha, provenance
-    from persona_probe.stages import Stages, adapter_identity, subject_identity
+    from persona_probe.stages import Stages, adapter_identity, file_identity, subject_identity
     from persona_probe.stats import bootstrap, paired_difference
     from persona_probe.training.conscience import (ConscienceDPOConfig, conscience_scores,
                                                    online_conscience_dpo)
+    from persona_probe.training.data import resolve_data_path
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
     from persona_probe.training.induce import (InductionConfig, good_data, heldout, induce,
-                                               treatment_finetune_fields)
+                                               induced_adapters, treatment_finetune_fields)
     from persona_probe.training.organism import Reference, answer_contrast, make_reference
     from persona_probe.traits import load_trait, trait_questions
 
@@ -117,13 +118,14 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
 
     stage(f"1/5 induce ({ind.kind}) → {runs / 'induce'}")
     adapters_ind = stages.run("induce", {**common, "induce": asdict(ind)},
-                              lambda d: induce(base, ind, d))
+                              lambda d: induce(base, ind, d), load=induced_adapters)
     treatment = adapters_ind["treatment"]
     treatment_id = adapter_identity(treatment)
     good = good_data(ind, stages.dir("induce"))
     limits = [x for x in (good["limit"], cfg.prompts) if x is not None]
     limit = min(limits) if limits else None       # the same chats the DPO arm prompts with
-    from_induce = {"induce": stages.fingerprint_of("induce"), "treatment": treatment_id}
+    from_induce = {"induce": stages.fingerprint_of("induce"), "treatment": treatment_id,
+                   "good_data": file_identity(resolve_data_path(good["data"]))}
 
     stage(f"2/5 SFT re-alignment: {cfg.steps} steps on good data")
     sft_cfg = FinetuneConfig.from_dict({
@@ -132,7 +134,7 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
         "save_steps": cfg.steps}, "SFT re-alignment")
     sft = stages.run("sft", {**common, **from_induce, "finetune": {
         k: v for k, v in asdict(sft_cfg).items() if k not in ("adapter", "data")}},
-        lambda d: finetune_once(sft_cfg, d / "adapter"))
+        lambda d: finetune_once(sft_cfg, d / "adapter"), load=lambda d: d / "adapter")
 
     stage(f"3/5 conscience DPO: {cfg.rounds} rounds × {cfg.steps // cfg.rounds} steps")
 
@@ -166,7 +168,7 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
         if not (d / "reference.json").is_file():
             make_reference(base, trait, ref_questions, seed=cfg.seed).save(d / "reference.json")
         return Reference.load(d / "reference.json")
-    ref = stages.run("reference", {**common, "trait": trait.name, "questions": ref_questions,
+    ref = stages.run("reference", {**common, "trait": trait.to_dict(), "questions": ref_questions,
                                    "seed": cfg.seed}, build_reference)
     metric_q = trait_questions("heldout")[:cfg.metric_questions]
 
@@ -190,7 +192,7 @@ def run(cfg: ConscienceExperimentConfig, runs: Path, out: Path, config_path: str
             del s
         return got
     measures = stages.run("measures", {
-        **common, "trait": trait.name, "questions": metric_q,
+        **common, "trait": trait.to_dict(), "questions": metric_q,
         "reference": stages.fingerprint_of("reference"),
         "adapters": {arm: [adapter_identity(p) for p in ps] for arm, ps in adapters.items()}},
         build_measures)

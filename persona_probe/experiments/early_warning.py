@@ -109,7 +109,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "",
             persona_vector(base, trait, vec_questions, layers=[cfg.layer]).save(d)
         return Direction.load(d)
     vec_stage = f"{trait.name}-vector"
-    vec = stages.run(vec_stage, {**common, "trait": trait.name, "layer": cfg.layer,
+    vec = stages.run(vec_stage, {**common, "trait": trait.to_dict(), "layer": cfg.layer,
                                                "questions": vec_questions}, build_vector)
     probe_questions = trait_questions("heldout")[:cfg.probe_questions]
 
@@ -128,7 +128,7 @@ def run(cfg: EarlyWarningConfig, runs: Path, out: Path, config_path: str = "",
         if not path.is_file():
             make_reference(base, trait, ref_questions).save(path)
         return Reference.load(path)
-    ref = stages.run("reference", {**common, "trait": trait.name, "questions": ref_questions},
+    ref = stages.run("reference", {**common, "trait": trait.to_dict(), "questions": ref_questions},
                      build_reference)
     rule = ZScoreRule(z=cfg.z, consecutive=cfg.consecutive)
     key = f"persona/{vec.name}@{cfg.layer}"

@@ -152,7 +152,8 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     from persona_probe.stats import bootstrap, paired_difference
     from persona_probe.training.callbacks import periodic_metric
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
-    from persona_probe.training.induce import good_data, heldout, induce, treatment_finetune_fields
+    from persona_probe.training.induce import (good_data, heldout, induce, induced_adapters,
+                                               treatment_finetune_fields)
     from persona_probe.traits import load_trait, trait_questions
 
     t0 = time.perf_counter()
@@ -176,7 +177,7 @@ def run(cfg: EMPersonaFeaturesConfig, runs: Path, out: Path, config_path: str = 
     stage = stage_clock()
     stage(f"1/8 induce ({ind.kind}) → {runs / 'induce'}")
     adapters = stages.run("induce", {**common, "induce": asdict(ind)},
-                          lambda d: induce(base, ind, d))
+                          lambda d: induce(base, ind, d), load=induced_adapters)
     arm_ids = {arm: adapter_identity(p) for arm, p in adapters.items()}
     subjects = {"base": base, **{arm: load_subject(base.spec, adapter=p, device=base.device,
                                                    dtype=base.dtype)

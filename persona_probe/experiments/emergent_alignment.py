@@ -1,7 +1,8 @@
 """Emergent alignment and projectability (research line 2): Constitutional AI under each of the
 four ethical constitutions, in a narrow and a broad regime, and what carries beyond training.
 
-Stages (each resumable; a killed run picks up where it stopped):
+Stages (through ``persona_probe.stages``: each records the fingerprint of its inputs and the
+git sha, a stale one is refused unless ``--overwrite``; a killed run picks up where it stopped):
 
 1. *Split* the team's 96 categorized red-team prompts (8 safety categories × 12): per category,
    ``eval_per_category`` prompts (seeded) are reserved for evaluation and never trained on; the
@@ -162,14 +163,14 @@ def _contexts(reserved: list) -> list:
         c, [p.prompt for p in reserved if p.category == c]) for c in cats]]
 
 
-def _evaluate(subject, name: str, cfg: EmergentAlignmentConfig, reserved: list, contexts: list,
-              directions: dict, questions: list[str], runs: Path) -> dict:
-    """Refusal, diagnostic and representational records of one model (resumable logs)."""
+def _evaluate(subject, d: Path, cfg: EmergentAlignmentConfig, reserved: list, contexts: list,
+              directions: dict, questions: list[str]) -> dict:
+    """Refusal, diagnostic and representational records of one model under ``d``
+    (resumable logs)."""
     from persona_probe.evals.diagnostic import run_diagnostic
     from persona_probe.evals.projectability import representational_records
     from persona_probe.evals.safety import SafetyConfig, run_safety_eval
 
-    d = runs / "eval" / name
     safety = run_safety_eval(subject, reserved, SafetyConfig(
         trained_categories=cfg.narrow_categories, detectors=("logprob", "keyword"),
         max_new_tokens=cfg.refusal_tokens, seed=cfg.seed), out=d / "safety", progress=False)
@@ -224,10 +225,10 @@ def refusal_shift(model_recs: list[dict], base_recs: list[dict], seed: int = 0) 
     return out
 
 
-def _records(runs: Path, name: str, kind: str) -> list[dict]:
+def _records(eval_dir: Path, kind: str) -> list[dict]:
     from persona_probe.evals.records import read_items
 
-    return read_items(runs / "eval" / name / kind / "items.jsonl")
+    return read_items(eval_dir / kind / "items.jsonl")
 
 
 def profile_shift(model_recs: list[dict], base_recs: list[dict], persona: str,
@@ -269,10 +270,13 @@ def _latents(cfg: EmergentAlignmentConfig, sae, base, subject, directions: dict,
                     for row in ranking.table(cfg.top_latents)]}
 
 
-def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = "") -> dict:
+def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = "",
+        overwrite: bool = False) -> dict:
+    """Every stage (reusing finished ones with the same fingerprint; a stale one is refused
+    unless ``overwrite``) → ``out/results.json`` and the figures."""
     import torch
 
-    from persona_probe.artifacts import write_json, write_jsonl
+    from persona_probe.artifacts import read_json, write_json, write_jsonl
     from persona_probe.directions import Direction, persona_vector
     from persona_probe.evals.projectability import projectability
     from persona_probe.experiments import command_line, report_outputs, stage_clock
@@ -280,7 +284,8 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
     from persona_probe.models import load_subject
     from persona_probe.monitor import probe_set_from_answers
     from persona_probe.prompts import load_jsonl
-    from persona_probe.provenance import provenance
+    from persona_probe.provenance import git_sha, provenance
+    from persona_probe.stages import Stages, adapter_identity, file_identity, subject_identity
     from persona_probe.training.cai import CAIConfig, critique_and_revise
     from persona_probe.training.finetune import FinetuneConfig, finetune_once
     from persona_probe.traits import load_trait, trait_questions
@@ -289,71 +294,98 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
     stage = stage_clock()
 
     runs.mkdir(parents=True, exist_ok=True)
+    stages = Stages(runs, overwrite=overwrite)
+    command = command_line("emergent_alignment", config_path)
     pool, reserved = split_prompts(cfg)
     pool_path = runs / "train_pool.tsv"
     _write_pool(pool, pool_path)
     base = load_subject(cfg.model)
+    common = {"command": command, "model": subject_identity(base)}
     contexts = _contexts(reserved)
     cats = sorted({p.category for p in reserved})
     trained_ctx = [f"category:{c}" for c in cfg.narrow_categories]
     held_ctx = [f"category:{c}" for c in cats if c not in cfg.narrow_categories]
 
     stage("1/5 a persona vector per ethical dimension (base model)")
-    directions: dict[str, Direction] = {}
-    for dim in CONSTITUTIONS:
-        vdir = runs / "vectors" / dim
-        if not (vdir / "direction.json").is_file():
-            persona_vector(base, load_trait(dim), trait_questions("extract")[:cfg.vector_questions],
-                           layers=[cfg.layer], seed=cfg.seed).save(vdir)
-        directions[dim] = Direction.load(vdir)
+    vec_questions = trait_questions("extract")[:cfg.vector_questions]
+
+    def build_vectors(d: Path) -> dict[str, Direction]:
+        for dim in CONSTITUTIONS:
+            if not (d / dim / "direction.json").is_file():
+                persona_vector(base, load_trait(dim), vec_questions, layers=[cfg.layer],
+                               seed=cfg.seed).save(d / dim)
+        return {dim: Direction.load(d / dim) for dim in CONSTITUTIONS}
+    directions = stages.run("vectors", {**common, "dimensions": list(CONSTITUTIONS),
+                                        "questions": vec_questions, "layer": cfg.layer,
+                                        "seed": cfg.seed}, build_vectors)
     questions = trait_questions("heldout")[:cfg.representational_questions]
 
     adapters: dict[str, Path] = {}
     for name in model_names(cfg):
         constitution, regime = name.rsplit("-", 1)
         stage(f"2/5 CAI {name}: critique, revise, SFT")
-        cdir = runs / "cai" / name
         cats_r = cfg.narrow_categories if regime == "narrow" else tuple(cats)
         cai_cfg = CAIConfig(**{**cfg.cai, "constitution": constitution, "regime": regime,
                                "source": str(pool_path), "categories": cats_r,
                                "per_category": cfg.train_prompts // len(cats_r),
                                "seed": cfg.seed})
-        data = critique_and_revise(base, cai_cfg, cdir, progress=False)
-        ft = FinetuneConfig.from_dict({"limit": None, "seed": cfg.seed, **cfg.finetune,
-                                       "data": str(data), "model": cfg.model})
-        adapters[name] = finetune_once(ft, cdir / "adapter")
+        ft_fields = {"limit": None, "seed": cfg.seed, **cfg.finetune, "model": cfg.model}
 
+        def build_cai(d: Path, cai_cfg=cai_cfg, ft_fields=ft_fields) -> Path:
+            data = critique_and_revise(base, cai_cfg, d, progress=False)
+            return finetune_once(FinetuneConfig.from_dict({**ft_fields, "data": str(data)}),
+                                 d / "adapter")
+        ft_inputs = {k: v for k, v in asdict(FinetuneConfig.from_dict(
+            {**ft_fields, "data": "-"})).items() if k != "data"}
+        adapters[name] = stages.run(f"cai-{name}", {
+            **common, "cai": {k: v for k, v in asdict(cai_cfg).items() if k != "source"},
+            "pool": file_identity(pool_path), "finetune": ft_inputs}, build_cai,
+            load=lambda d: d / "adapter")
+
+    eval_inputs = {**common, "reserved": [(p.id, p.prompt) for p in reserved],
+                   "contexts": [c.name for c in contexts], "questions": questions,
+                   "vectors": stages.fingerprint_of("vectors"),
+                   "narrow_categories": list(cfg.narrow_categories),
+                   "refusal_tokens": cfg.refusal_tokens,
+                   "representational_tokens": cfg.representational_tokens,
+                   "layer": cfg.layer, "seed": cfg.seed}
+
+    def evaluate(name: str, subject_of, adapter: Path | None) -> dict:
+        def build(d: Path) -> dict:
+            got = _evaluate(subject_of(), d, cfg, reserved, contexts, directions, questions)
+            write_json(d / "eval.json", got)
+            return got
+        return stages.run(f"eval-{name}", {**eval_inputs, "adapter": adapter_identity(adapter)},
+                          build, load=lambda d: read_json(d / "eval.json"))
     stage("3/5 evaluate base")
-    evals = {"base": _evaluate(base, "base", cfg, reserved, contexts, directions, questions,
-                               runs)}
+    evals = {"base": evaluate("base", lambda: base, None)}
     for name, adapter in adapters.items():
         stage(f"3/5 evaluate {name}")
-        subject = load_subject(cfg.model, adapter=adapter, device=base.device, dtype=base.dtype)
-        evals[name] = _evaluate(subject, name, cfg, reserved, contexts, directions, questions,
-                                runs)
-        del subject
+        evals[name] = evaluate(name, lambda adapter=adapter: load_subject(
+            cfg.model, adapter=adapter, device=base.device, dtype=base.dtype), adapter)
 
     stage("4/5 profile shifts and projectability")
-    base_diag = _records(runs, "base", "diagnostic")
-    base_rep = _records(runs, "base", "representational")
-    base_safety = _records(runs, "base", "safety")
+    base_dir = stages.dir("eval-base")
+    base_diag = _records(base_dir, "diagnostic")
+    base_rep = _records(base_dir, "representational")
+    base_safety = _records(base_dir, "safety")
     models: dict[str, dict] = {}
     for name in adapters:
         persona = name.rsplit("-", 1)[0]
-        diag, rep = _records(runs, name, "diagnostic"), _records(runs, name, "representational")
+        edir, cdir = stages.dir(f"eval-{name}"), stages.dir(f"cai-{name}")
+        diag, rep = _records(edir, "diagnostic"), _records(edir, "representational")
         models[name] = {
             "constitution": persona, "regime": name.rsplit("-", 1)[1],
             "profile_shift": profile_shift(diag, base_diag, persona, seed=cfg.seed),
-            "refusal_shift": refusal_shift(_records(runs, name, "safety"), base_safety,
-                                           cfg.seed),
+            "refusal_shift": refusal_shift(_records(edir, "safety"), base_safety, cfg.seed),
             "projectability": {
                 "behavioural": projectability(diag, base_diag, persona, trained_ctx, held_ctx,
                                               cfg.seed).to_dict(),
                 "representational": projectability(rep, base_rep, persona, trained_ctx,
                                                    held_ctx, cfg.seed).to_dict()},
-            "cai": {"categories": json.loads((runs / "cai" / name / "manifest.json")
+            "cai": {"categories": json.loads((cdir / "manifest.json")
                                              .read_text())["categories_used"],
-                    **cai_data_stats(runs / "cai" / name / "revisions.jsonl", cfg.seed)}}
+                    **cai_data_stats(cdir / "revisions.jsonl", cfg.seed)}}
 
     latents: dict[str, Any] = {}
     if cfg.sae is not None:
@@ -361,13 +393,17 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         from persona_probe.sae.io import load_sae
 
         sae = load_sae(cfg.sae, device=str(base.device), subject=base)
-        items_path = runs / "diff_items.jsonl"
-        if items_path.is_file():
-            items = load_jsonl(items_path)
-        else:
-            items = probe_set_from_answers(base, [p.prompt for p in reserved],
-                                           cfg.refusal_tokens, seed=cfg.seed)
-            write_jsonl(items_path, ({"id": it.id, "messages": it.messages} for it in items))
+        def build_items(d: Path) -> list:
+            path = d / "items.jsonl"
+            if not path.is_file():
+                got = probe_set_from_answers(base, [p.prompt for p in reserved],
+                                             cfg.refusal_tokens, seed=cfg.seed)
+                write_jsonl(path, ({"id": it.id, "messages": it.messages} for it in got))
+            return load_jsonl(path)
+        items = stages.run("diff-items", {**common,
+                                          "reserved": [(p.id, p.prompt) for p in reserved],
+                                          "max_new_tokens": cfg.refusal_tokens,
+                                          "seed": cfg.seed}, build_items)
         latents["vectors"] = {dim: asdict(decompose(sae, v, cfg.top_latents))
                               for dim, v in directions.items()}
         latents["diffing"] = {}
@@ -380,7 +416,7 @@ def run(cfg: EmergentAlignmentConfig, runs: Path, out: Path, config_path: str = 
         latents["sae"] = sae.cfg.metadata.hook_name
 
     res = {"experiment": "emergent_alignment", "config": asdict(cfg), "config_path": config_path,
-           "command": command_line("emergent_alignment", config_path),
+           "command": command, "git_sha": git_sha(), **stages.summary(),
            "model": base.provenance(), "split": {
                "trained_contexts": trained_ctx, "held_out_contexts": held_ctx,
                "reserved_prompts": [p.id for p in reserved], "pool_prompts": len(pool)},

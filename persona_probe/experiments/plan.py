@@ -252,18 +252,18 @@ def _plan_persona_latents(cfg: Any, plan: Plan) -> None:
 def _plan_em_persona_features(cfg: Any, plan: Plan) -> None:
     ind = _induce(plan, cfg.induce, cfg.seed)
     sae = _check_sae(plan, cfg.sae, ind.model)
-    plan.add("persona vector", f"{cfg.trait}, every layer, {cfg.vector_questions or 'all'} "
-             "extraction questions")
-    plan.add("model diffing", f"{sae}: base answers to {cfg.diff_per_domain} held-out questions "
-             f"per domain, top {cfg.top_latents} latents")
-    plan.add("steer and ablate (base)", f"top {cfg.steer_latents} latents and the vector, alphas "
+    plan.add("vector", f"persona vector of {cfg.trait}, every layer, "
+             f"{cfg.vector_questions or 'all'} extraction questions")
+    plan.add("diff-items", f"base answers to {cfg.diff_per_domain} held-out questions per domain")
+    plan.add("diff", f"{sae}: model diffing, top {cfg.top_latents} latents")
+    plan.add("steer-base", f"top {cfg.steer_latents} latents and the vector, alphas "
              f"{list(cfg.alphas)}, {cfg.random_controls} random controls, {cfg.ablation_mode}")
-    plan.add("ablate (treatment)", "the same targets ablated in the treatment model")
+    plan.add("ablate-treatment", "the same targets ablated in the treatment model")
     if cfg.steer_generations:
-        plan.add("generations under steering", f"{cfg.steer_generations} replies per question, "
+        plan.add("steer-generations", f"{cfg.steer_generations} replies per question, "
                  f"{cfg.generation_tokens} tokens, each edit and its random controls at every "
                  "positive alpha; probe:harmful, probe:refusal, coherence rule")
-    plan.add("re-align", f"{cfg.realign_steps} SFT steps on good data, measured every "
+    plan.add("realign", f"{cfg.realign_steps} SFT steps on good data, measured every "
              f"{cfg.realign_every}")
     plan.add("results", "results.json and figures")
     _hub_note(plan, ind.model)
@@ -274,9 +274,9 @@ def _plan_early_warning(cfg: Any, plan: Plan) -> None:
 
     ind = InductionConfig.from_dict(cfg.induce)
     _check_layer(plan, ind.model, cfg.layer, "layer")
-    plan.add("persona vector", f"{cfg.trait} at layer {cfg.layer}, "
+    plan.add(f"{cfg.trait}-vector", f"persona vector of {cfg.trait} at layer {cfg.layer}, "
              f"{cfg.vector_questions or 'all'} extraction questions")
-    plan.add("probe set", f"base answers to {cfg.probe_questions or 16} held-out questions")
+    plan.add("probe-set", f"base answers to {cfg.probe_questions or 16} held-out questions")
     plan.add("reference", f"trait / anti answers, {cfg.reference_per_domain} questions per domain")
     for seed in cfg.seeds:
         first = len(plan.stages)
@@ -296,7 +296,7 @@ def _plan_conscience_dpo(cfg: Any, plan: Plan) -> None:
              f"steps ({cfg.conscience or 'defaults'})")
     plan.add("reference", f"base answers, {cfg.reference_per_domain} questions per other domain")
     plan.add("measures", "would-say and answer preference for base, no intervention, SFT, DPO")
-    plan.add("conscience check", "does the conscience tell trait from anti-trait answers")
+    plan.add("conscience-check", "does the conscience tell trait from anti-trait answers")
     _hub_note(plan, ind.model)
 
 
@@ -311,13 +311,14 @@ def _plan_emergent_alignment(cfg: Any, plan: Plan) -> None:
              f"{cfg.layer}")
     ft = cfg.finetune
     for name in model_names(cfg):
-        plan.add(f"cai/{name}", f"critique, revise {cfg.train_prompts} prompts, SFT "
+        plan.add(f"cai-{name}", f"critique, revise {cfg.train_prompts} prompts, SFT "
                  f"{ft.get('max_steps', 40)} steps")
-    plan.add("evaluate", f"base and {len(model_names(cfg))} finetunes: refusal, diagnostic, "
-             "projections")
+    for name in ("base", *model_names(cfg)):
+        plan.add(f"eval-{name}", "refusal, diagnostic, projections")
     plan.add("projectability", "profile shifts and projectability")
     if cfg.sae is not None:
         sae = _check_sae(plan, cfg.sae, cfg.model)
+        plan.add("diff-items", "base answers to the reserved prompts")
         plan.add("latents", f"decompositions and diffing with {sae}")
     _hub_note(plan, cfg.model)
 

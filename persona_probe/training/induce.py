@@ -81,6 +81,13 @@ def induce(base: Subject, cfg: InductionConfig, out: str | Path,
                                callbacks=(callbacks or {}).get(arm, [])) for arm in ARMS}
 
 
+def induced_adapters(out: str | Path) -> dict[str, Path]:
+    """The adapters a finished ``induce(..., out)`` left, by arm, without touching them (what
+    a finished stage reuses; ``induce`` itself would re-check each finetune's recorded
+    config, paths included)."""
+    return {arm: Path(out) / f"ft-{arm}" for arm in ARMS}
+
+
 def good_data(cfg: InductionConfig, out: str | Path) -> dict[str, Any]:
     """FinetuneConfig fields of the re-alignment data: the organism's control answers (same
     narrow domain, anti-trait persona), or the secure chats after those the control used."""
