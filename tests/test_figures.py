@@ -156,6 +156,33 @@ def test_write_figure_or_html_falls_back_to_html_with_the_fix(tmp_path, monkeypa
     assert "HTML only" in capsys.readouterr().out
 
 
+def test_a_failed_static_render_does_not_stop_a_run(tmp_path, monkeypatch, capsys):
+    """A render that fails inside kaleido (as a timeout under load did) leaves the HTML and
+    says so; an error before the HTML exists still raises."""
+    from persona_probe.figures import export, realignment_curve, write_figure_or_html
+
+    fig = realignment_curve({"a": [{"step": 0, "mean": 0, "lo": 0, "hi": 0}]})
+    monkeypatch.setattr(export, "_require_static_export", lambda: None)
+
+    def boom(self, *a, **kw):
+        raise RuntimeError("kaleido timed out")
+    monkeypatch.setattr(type(fig), "write_image", boom)
+    assert write_figure_or_html(fig, tmp_path / "c") == [tmp_path / "c.html"]
+    assert "static export failed: RuntimeError: kaleido timed out" in capsys.readouterr().out
+    import plotly.io as pio
+
+    from persona_probe.figures import write_figures_or_html
+    monkeypatch.setattr(pio, "write_images", lambda *a, **kw: boom(None))
+    assert write_figures_or_html({"e": fig}, tmp_path) == [tmp_path / "e.html"]
+    assert not list(tmp_path.glob(".e.png.*.tmp"))            # no temporary file left
+
+    def no_disk(*a, **kw):
+        raise OSError("disk")
+    monkeypatch.setattr(export, "write_html", no_disk)
+    with pytest.raises(OSError, match="disk"):
+        write_figure_or_html(fig, tmp_path / "d")
+
+
 def test_line_two_figures_from_the_emergent_alignment_results(tmp_path):
     """Refusal by category, projectability bars and heatmap, the radar and the profile shift,
     from the committed results of experiments/emergent_alignment.py."""

@@ -114,13 +114,21 @@ def write_figure(fig: go.Figure, path: str | Path, formats: tuple[str, ...] = ("
 
 def write_figure_or_html(fig: go.Figure, path: str | Path,
                          formats: tuple[str, ...] = ("html", "png")) -> list[Path]:
-    """``write_figure``, falling back to HTML alone (with the fix printed) where kaleido or a
-    Chromium is missing: what experiment scripts want, so a figure never stops a run."""
+    """``write_figure``, falling back to HTML alone (with the reason printed) where kaleido or
+    a Chromium is missing, or where the static render itself fails (e.g. a kaleido timeout on a
+    loaded machine): what experiment scripts want, so a figure never stops a finished run."""
+    html = Path(path).with_suffix(".html")
     try:
         return write_figure(fig, path, formats)
     except FigureExportError as exc:
         print(f"{Path(path).name}: HTML only ({exc})")
-        return [Path(path).with_suffix(".html")]
+        return [html]
+    except Exception as exc:       # inside kaleido/Chromium, after the HTML was written
+        if not html.is_file():
+            raise
+        print(f"{Path(path).name}: HTML only (static export failed: {type(exc).__name__}: "
+              f"{str(exc)[:200]}; re-draw with --figures-only)")
+        return [html]
 
 
 def _image_size(fig: go.Figure) -> tuple[int | None, int | None]:
@@ -136,7 +144,7 @@ def write_figures_or_html(figs: dict[str, go.Figure], out: str | Path,
     """``write_figure_or_html(fig, out / name)`` for every figure, the static images rendered
     in one kaleido browser session (``plotly.io.write_images``) instead of one Chromium start
     per image (~3 s each on 2 cores); the files are the same as figure by figure. Where kaleido
-    or a Chromium is missing, HTML alone, with the fix printed once."""
+    or a Chromium is missing, or the render fails, HTML alone, with the reason printed once."""
     import tempfile
 
     import plotly.io as pio
@@ -167,6 +175,10 @@ def write_figures_or_html(figs: dict[str, go.Figure], out: str | Path,
                          height=[h for _, h in sizes])
         for tmp, (_, target, _) in zip(tmps, jobs):
             atomic_write(target, lambda t, tmp=tmp: os.replace(tmp, t))
+    except Exception as exc:       # inside kaleido/Chromium: the HTML is already written
+        print(f"{', '.join(figs)}: HTML only (static export failed: {type(exc).__name__}: "
+              f"{str(exc)[:200]}; re-draw with --figures-only)")
+        return paths
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
