@@ -314,10 +314,9 @@ def _nearest_in_rank(m: np.ndarray, c: int, exclude: set[int], k: int) -> np.nda
         silent = [i for i in np.flatnonzero(m <= 0) if i not in exclude]
         return np.array(silent)
     alive = [i for i in np.argsort(-m, kind="stable") if m[i] > 0]
-    pos = alive.index(c)
-    others = [i for i in alive if i not in exclude]
     ranks = {i: r for r, i in enumerate(alive)}
-    nearest = sorted(others, key=lambda i: (abs(ranks[i] - pos), ranks[i]))[:k]
+    others = [i for i in alive if i not in exclude]
+    nearest = sorted(others, key=lambda i: (abs(ranks[i] - ranks[c]), ranks[i]))[:k]
     return np.array(sorted(nearest, key=lambda i: ranks[i]))
 
 
